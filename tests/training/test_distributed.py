@@ -1,0 +1,52 @@
+"""Two real processes on the gloo backend: InfoNCE over gathered negatives equals the
+single-process loss on the same global batch, and so do the gradients."""
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from training.distributed import simclr_loss
+from training.loss import info_nce
+
+WORLD, N_PER_RANK, DIM, TAU = 2, 4, 16, 0.1
+
+
+def _global_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(WORLD * N_PER_RANK, DIM, generator=g), torch.randn(
+        WORLD * N_PER_RANK, DIM, generator=g)
+
+
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        a, b = _global_batch()
+        rows = slice(rank * N_PER_RANK, (rank + 1) * N_PER_RANK)
+        a_local, b_local = a[rows].clone().requires_grad_(), b[rows].clone().requires_grad_()
+        loss = simclr_loss(F.normalize(a_local, dim=1), F.normalize(b_local, dim=1), TAU)
+        loss.backward()
+        torch.save({"loss": loss.detach(), "grad_a": a_local.grad, "grad_b": b_local.grad},
+                   Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gathered_loss_and_gradients_equal_single_process(tmp_path: Path) -> None:
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+    a, b = (x.requires_grad_() for x in _global_batch())
+    full = info_nce(F.normalize(a, dim=1), F.normalize(b, dim=1), TAU)
+    full.backward()
+
+    mean_loss = torch.stack([r["loss"] for r in ranks]).mean()
+    torch.testing.assert_close(mean_loss, full.detach(), rtol=1e-5, atol=1e-6)
+    # Each rank backpropagated its own loss; the gather's backward sums every rank's share into
+    # the local rows, so rank grads = WORLD x d(mean loss)/dz, as DDP's averaging then undoes.
+    grad_a = torch.cat([r["grad_a"] for r in ranks]) / WORLD
+    grad_b = torch.cat([r["grad_b"] for r in ranks]) / WORLD
+    torch.testing.assert_close(grad_a, a.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grad_b, b.grad, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,71 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.loss import info_nce
+
+
+def slow_info_nce(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
+    """Eq. 1 of SimCLR written as a loop: l(i, j) = -log exp(s_ij/t) / sum_{k != i} exp(s_ik/t),
+    averaged over all 2N ordered positive pairs."""
+    z = torch.cat([z1, z2]).double()
+    n2 = z.shape[0]
+    n = n2 // 2
+    total = 0.0
+    for i in range(n2):
+        j = (i + n) % n2
+        sim = lambda a, b: float(z[a] @ z[b]) / tau  # noqa: E731
+        denom = sum(math.exp(sim(i, k)) for k in range(n2) if k != i)
+        total += -math.log(math.exp(sim(i, j)) / denom)
+    return torch.tensor(total / n2)
+
+
+def unit(*shape: int, seed: int = 0) -> torch.Tensor:
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+@pytest.mark.parametrize(("n", "d", "tau"), [(2, 3, 0.5), (8, 16, 0.1), (5, 128, 0.07)])
+def test_matches_slow_loop_from_the_paper(n: int, d: int, tau: float) -> None:
+    z1, z2 = unit(n, d, seed=1), unit(n, d, seed=2)
+    assert info_nce(z1, z2, tau).item() == pytest.approx(slow_info_nce(z1, z2, tau).item(), rel=1e-5)
+
+
+def test_identical_embeddings_give_log_of_2n_minus_1() -> None:
+    n = 6
+    z = F.normalize(torch.ones(n, 4), dim=1)
+    assert info_nce(z, z.clone(), 0.1).item() == pytest.approx(math.log(2 * n - 1), rel=1e-6)
+
+
+def test_orthogonal_aligned_pairs_closed_form() -> None:
+    n, tau = 4, 0.2
+    z = torch.eye(8)[:n]  # each image its own axis, both views on it
+    expected = math.log(1 + (2 * n - 2) * math.exp(-1 / tau))
+    assert info_nce(z, z.clone(), tau).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_symmetric_in_views_and_invariant_to_batch_order() -> None:
+    z1, z2 = unit(7, 32, seed=3), unit(7, 32, seed=4)
+    loss = info_nce(z1, z2, 0.1)
+    assert info_nce(z2, z1, 0.1).item() == pytest.approx(loss.item(), rel=1e-6)
+    perm = torch.randperm(7, generator=torch.Generator().manual_seed(0))
+    assert info_nce(z1[perm], z2[perm], 0.1).item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_lower_when_views_agree_and_gradients_flow() -> None:
+    z1 = unit(16, 32, seed=5).requires_grad_()
+    aligned = info_nce(z1, z1.detach().clone(), 0.1)
+    random = info_nce(z1, unit(16, 32, seed=6), 0.1)
+    assert aligned < random
+    random.backward()
+    assert z1.grad is not None and torch.isfinite(z1.grad).all() and z1.grad.abs().sum() > 0
+
+
+def test_global_batch_form_equals_single_process_when_split() -> None:
+    """The rank-sliced form (queries local, keys global) averaged over ranks is the full loss."""
+    z1, z2 = unit(8, 16, seed=7), unit(8, 16, seed=8)
+    full = info_nce(z1, z2, 0.1)
+    parts = [info_nce(z1[r * 4:(r + 1) * 4], z2[r * 4:(r + 1) * 4], 0.1, z1, z2, rank=r)
+             for r in range(2)]
+    assert torch.stack(parts).mean().item() == pytest.approx(full.item(), rel=1e-6)

@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from training.model import ModelConfig, SimCLR, resnet18_cifar
+
+
+def test_shapes_and_unit_norm_projection() -> None:
+    model = SimCLR(ModelConfig()).eval()
+    h, z = model(torch.randn(3, 3, 32, 32))
+    assert h.shape == (3, 512) and z.shape == (3, 128)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(3))
+
+
+def test_cifar_stem_keeps_resolution_into_the_first_stage() -> None:
+    net = resnet18_cifar()
+    assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
+    assert isinstance(net.maxpool, torch.nn.Identity)
+    x = net.relu(net.bn1(net.conv1(torch.randn(1, 3, 32, 32))))
+    assert net.layer1(net.maxpool(x)).shape == (1, 64, 32, 32)
+
+
+@pytest.mark.parametrize(("layers", "linears"), [(1, 2), (2, 3)])
+def test_projection_head_depth(layers: int, linears: int) -> None:
+    model = SimCLR(ModelConfig(proj_layers=layers, proj_hidden_dim=64, proj_out_dim=16))
+    lin = [m for m in model.projector.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(lin) == linears
+    assert lin[0].in_features == 512 and lin[-1].out_features == 16
+
+
+def test_bad_config_names_valid_choices() -> None:
+    with pytest.raises(ValueError, match="resnet18"):
+        SimCLR(ModelConfig(arch="vit"))
+    with pytest.raises(ValueError, match="1 or 2"):
+        SimCLR(ModelConfig(proj_layers=3))
+
+
+def test_channels_last_matches_contiguous() -> None:
+    torch.manual_seed(0)
+    model = SimCLR(ModelConfig()).eval()
+    x = torch.randn(2, 3, 32, 32)
+    h, _ = model(x)
+    model = model.to(memory_format=torch.channels_last)
+    h_cl, _ = model(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(h_cl, h, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,112 @@
+"""`simclr-embed`: one entry point, one subcommand per stage. Heavy imports (torch) happen inside
+the subcommand that needs them, so `--help` is instant and serving never imports torch."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+log = logging.getLogger("simclr_embed")
+
+_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float}
+_CHOICES = {"optimizer": "OPTIMIZERS", "precision": "PRECISIONS", "device": "DEVICES"}
+
+
+def _add_dataclass_args(p: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    """One --flag per field of a flat config dataclass, its default shown in --help."""
+    from training import optim, train
+
+    for f in dataclasses.fields(cls):
+        if f.type not in _TYPES and f.type != "bool":
+            continue  # nested configs get their own prefixed flags
+        flag = "--" + (prefix + f.name).replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        kw: dict = {"dest": prefix + f.name, "default": default, "help": f"(default: {default})"}
+        if f.type == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+            continue
+        if f.name in _CHOICES:
+            kw["choices"] = getattr(optim if f.name == "optimizer" else train, _CHOICES[f.name])
+        p.add_argument(flag, type=_TYPES[f.type], **kw)
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    from training.model import ModelConfig
+    from training.train import TrainConfig
+
+    p = sub.add_parser("train", help="train SimCLR, then kNN + linear-probe evaluation",
+                       description="Train SimCLR (InfoNCE) on CIFAR-10 or an image folder. --data "
+                       "is 'cifar10' (downloads), or a path: a directory with train/ and test/ "
+                       "(folders or .tar.gz), or one image folder / .tar.gz.")
+    _add_dataclass_args(p, TrainConfig)
+    _add_dataclass_args(p, ModelConfig, prefix="model_")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out-dir from its checkpoint.pt")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="end after this many epochs; the run stays resumable")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from training.model import ModelConfig
+    from training.train import TrainConfig, train
+
+    v = vars(args)
+    model = ModelConfig(**{f.name: v["model_" + f.name] for f in dataclasses.fields(ModelConfig)})
+    flat = {f.name: v[f.name] for f in dataclasses.fields(TrainConfig) if f.name in v}
+    ckpt = train(TrainConfig(**flat, model=model), resume=args.resume, stop_after=args.stop_after)
+    log.info("checkpoint: %s", ckpt)
+
+
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="kNN + linear probe of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", default=None, help="data source (default: the checkpoint's)")
+    p.add_argument("--probe-epochs", type=int, default=None)
+    p.add_argument("--train-per-class", type=int, default=None)
+    p.add_argument("--test-per-class", type=int, default=None)
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> None:
+    from training.train import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, args.data, args.probe_epochs,
+                                 args.train_per_class, args.test_per_class, args.device)
+    result.pop("probe_history")
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="simclr-embed", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _train_parser(sub)
+    _eval_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from training.checkpoint import CheckpointError
+    from training.data import DataError
+
+    try:
+        args.func(args)
+    except (DataError, CheckpointError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Image data as uint8 arrays: CIFAR-10 from torchvision, or any image folder (a directory or a
+.tar.gz of `<class>/<image>` files), decoded once and cached as .npz.
+
+A data source is one of:
+  * `cifar10`: torchvision's copy, downloaded into `download_root` when missing;
+  * a directory holding `train` and `test` splits, each an image folder or `<split>.tar.gz`
+    (this is the layout of the offline copy in ../shared/data/cifar10);
+  * a single image folder or .tar.gz, from which a stratified 10 % is held out as the test split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+SPLITS = ("train", "test")
+HOLDOUT_FRACTION = 0.1
+
+
+class DataError(RuntimeError):
+    """A data source that cannot be read; the message says what to do."""
+
+
+@dataclass
+class ImageArray:
+    images: np.ndarray  # (N, H, W, 3) uint8 RGB
+    labels: np.ndarray  # (N,) int64
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: np.ndarray) -> ImageArray:
+        return ImageArray(self.images[idx], self.labels[idx], self.classes)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SIMCLR_EMBED_CACHE", Path.home() / ".cache" / "simclr-embed"))
+
+
+def load_dataset(
+    source: str, image_size: int = 32, cache_dir: Path | None = None
+) -> tuple[ImageArray, ImageArray]:
+    """(train, test) for a data source (see the module docstring)."""
+    cache_dir = cache_dir or default_cache_dir()
+    if source == "cifar10":
+        return tuple(_torchvision_cifar10(cache_dir / "torchvision", s) for s in SPLITS)  # type: ignore[return-value]
+    root = Path(source).expanduser()
+    if not root.exists():
+        raise DataError(
+            f"data source {source!r} does not exist; pass 'cifar10' (downloads) or a path to an "
+            "image folder, a .tar.gz of one, or a directory with train/ and test/ splits"
+        )
+    splits = [_find_split(root, s) for s in SPLITS]
+    if all(splits):
+        train, test = (_cached_folder(p, image_size, cache_dir) for p in splits)  # type: ignore[arg-type]
+        if train.classes != test.classes:
+            raise DataError(f"train and test class folders differ under {root}")
+        return train, test
+    full = _cached_folder(root, image_size, cache_dir)
+    test_idx = stratified_indices(full.labels, fraction=HOLDOUT_FRACTION, seed=0)
+    train_mask = np.ones(len(full), bool)
+    train_mask[test_idx] = False
+    log.info("no train/test split under %s: holding out %d images as test", root, len(test_idx))
+    return full.subset(np.flatnonzero(train_mask)), full.subset(test_idx)
+
+
+def stratified_indices(
+    labels: np.ndarray, per_class: int | None = None, fraction: float | None = None, seed: int = 0
+) -> np.ndarray:
+    """Sorted indices of a random subset with `per_class` (or `fraction` of each class) images."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = per_class if per_class is not None else max(1, round(len(idx) * (fraction or 0)))
+        if k > len(idx):
+            raise DataError(f"class {c} has {len(idx)} images, fewer than the {k} asked for")
+        picked.append(rng.choice(idx, size=k, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def stratified_subset(data: ImageArray, per_class: int | None, seed: int = 0) -> ImageArray:
+    """k images per class (all images when per_class is None)."""
+    if per_class is None:
+        return data
+    return data.subset(stratified_indices(data.labels, per_class=per_class, seed=seed))
+
+
+def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std on a 0..1 scale, in chunks to bound memory."""
+    total = np.zeros(3)
+    total_sq = np.zeros(3)
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].reshape(-1, 3).astype(np.float64) / 255.0
+        total += x.sum(0)
+        total_sq += (x * x).sum(0)
+    count = images.shape[0] * images.shape[1] * images.shape[2]
+    mean = total / count
+    std = np.sqrt(total_sq / count - mean * mean)
+    return mean.tolist(), std.tolist()
+
+
+def _find_split(root: Path, split: str) -> Path | None:
+    for candidate in (root / split, root / f"{split}.tar.gz", root / f"{split}.tgz"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _cached_folder(path: Path, image_size: int, cache_dir: Path) -> ImageArray:
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{image_size}"
+    cache = cache_dir / f"{path.name}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
+    if cache.exists():
+        with np.load(cache) as f:
+            return ImageArray(f["images"], f["labels"], [str(c) for c in f["classes"]])
+    data = decode_folder(path, image_size)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez(tmp, images=data.images, labels=data.labels, classes=np.array(data.classes))
+    os.replace(tmp, cache)  # a reader never sees a half-written cache
+    log.info("cached %d decoded images from %s in %s", len(data), path, cache)
+    return data
+
+
+def decode_folder(path: Path, image_size: int) -> ImageArray:
+    """Decode every image of `<class>/<image>` (a directory or .tar.gz) to (N, S, S, 3) uint8."""
+    items = sorted(_iter_files(path))  # (class, name, bytes), sorted for a stable order
+    if not items:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+    classes = sorted({c for c, _, _ in items})
+    images = np.empty((len(items), image_size, image_size, 3), np.uint8)
+    labels = np.empty(len(items), np.int64)
+    index = {c: i for i, c in enumerate(classes)}
+    for i, (cls, name, raw) in enumerate(tqdm(items, desc=f"decode {path.name}", unit="img")):
+        try:
+            images[i] = to_square_rgb(Image.open(io.BytesIO(raw)), image_size)
+        except OSError as e:
+            raise DataError(f"cannot decode {cls}/{name} in {path}: {e}") from e
+        labels[i] = index[cls]
+    return ImageArray(images, labels, classes)
+
+
+def to_square_rgb(img: Image.Image, size: int) -> np.ndarray:
+    """RGB, shorter side resized to `size`, centre-cropped to size x size: (size, size, 3) uint8."""
+    img = img.convert("RGB")
+    if img.size != (size, size):
+        w, h = img.size
+        scale = size / min(w, h)
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+        left, top = (img.width - size) // 2, (img.height - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _iter_files(path: Path) -> Iterator[tuple[str, str, bytes]]:
+    """(class folder name, file name, bytes) for each image directly inside a class folder."""
+    if path.is_dir():
+        for f in path.glob("*/*"):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                yield f.parent.name, f.name, f.read_bytes()
+        return
+    if not tarfile.is_tarfile(path):
+        raise DataError(f"{path} is neither a directory nor a tar archive")
+    with tarfile.open(path) as tar:
+        for m in tar:
+            parts = Path(m.name).parts
+            if m.isfile() and len(parts) >= 2 and Path(m.name).suffix.lower() in IMAGE_SUFFIXES:
+                yield parts[-2], parts[-1], tar.extractfile(m).read()  # type: ignore[union-attr]
+
+
+def _torchvision_cifar10(root: Path, split: str) -> ImageArray:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        ds = CIFAR10(str(root), train=split == "train", download=True)
+    except Exception as e:  # URLError, timeouts, checksum failures: all mean "no usable copy"
+        raise DataError(
+            f"could not download CIFAR-10 into {root} ({type(e).__name__}: {e}). Without "
+            "internet, point --data at a local copy: a directory with train/ and test/ image "
+            "folders or train.tar.gz/test.tar.gz (e.g. --data ../shared/data/cifar10)"
+        ) from e
+    return ImageArray(np.asarray(ds.data), np.asarray(ds.targets, np.int64), list(ds.classes))

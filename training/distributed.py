@@ -1,0 +1,43 @@
+"""Data parallelism under torchrun: process group set-up and the gradient-preserving gather
+that gives every rank the global batch of negatives."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from torch import Tensor
+
+from training.loss import info_nce
+
+
+def init_from_env(device_type: str) -> tuple[int, int]:
+    """(rank, world_size); starts the process group when torchrun set WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """(n, D) on each rank -> (world * n, D), rank-major. Gradients flow back to every rank's
+    rows (torch.distributed.nn's all_gather sums them in backward), unlike dist.all_gather."""
+    if not is_distributed():
+        return x
+    return torch.cat(dist_fn.all_gather(x))
+
+
+def simclr_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
+    """InfoNCE with negatives from all ranks; equals the single-process loss on the global batch
+    once averaged over ranks (which DDP's gradient averaging does)."""
+    if not is_distributed():
+        return info_nce(z1, z2, temperature)
+    return info_nce(z1, z2, temperature, gather_with_grad(z1), gather_with_grad(z2), dist.get_rank())

@@ -1,0 +1,140 @@
+"""Evaluation of frozen representations, shared by training, export and the tests:
+kNN classification (cosine, temperature-weighted votes) and the linear probe."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: nn.Module,
+    images: np.ndarray,
+    preprocess: Callable[[Tensor], Tensor],
+    device: torch.device,
+    batch_size: int = 512,
+    autocast_dtype: torch.dtype | None = None,
+    desc: str = "features",
+) -> Tensor:
+    """h for every image: (N, H, W, 3) uint8 -> (N, 512) fp32 on the CPU, in eval mode."""
+    was_training = encoder.training
+    encoder.eval()
+    out = []
+    amp = (
+        torch.autocast(device.type, dtype=autocast_dtype)
+        if autocast_dtype
+        else contextlib.nullcontext()
+    )
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False):
+        x = torch.from_numpy(images[start : start + batch_size]).to(device)  # (B, H, W, 3)
+        with amp:
+            out.append(encoder(preprocess(x)).float().cpu())  # (B, 512)
+    encoder.train(was_training)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def knn_predict(
+    query: Tensor,
+    bank: Tensor,
+    bank_labels: Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk: int = 1024,
+) -> Tensor:
+    """Class of each query by its k nearest bank features (cosine), each vote weighted by
+    exp(sim / temperature), as in Wu et al. (2018) and lightly's kNN monitor.
+
+    query: (Q, D), bank: (N, D), bank_labels: (N,) -> (Q,) predicted labels.
+    """
+    bank = F.normalize(bank.float(), dim=1)  # (N, D)
+    k = min(k, bank.shape[0])
+    preds = []
+    for q in query.float().split(chunk):
+        sim = F.normalize(q, dim=1) @ bank.T  # (q, N)
+        top_sim, top_idx = sim.topk(k, dim=1)  # (q, k)
+        votes = F.one_hot(bank_labels[top_idx], num_classes).float()  # (q, k, C)
+        scores = (votes * (top_sim / temperature).exp().unsqueeze(-1)).sum(1)  # (q, C)
+        preds.append(scores.argmax(1))
+    return torch.cat(preds)
+
+
+def knn_accuracy(
+    train_feats: Tensor,
+    train_labels: Tensor,
+    test_feats: Tensor,
+    test_labels: Tensor,
+    k: int = 200,
+    temperature: float = 0.1,
+) -> float:
+    """kNN top-1 (%) of test features against the train features as the bank."""
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    pred = knn_predict(test_feats, train_feats, train_labels, num_classes, k, temperature)
+    return 100.0 * (pred == test_labels).float().mean().item()
+
+
+@dataclass
+class ProbeResult:
+    top1: float  # % on the test features after the last epoch
+    history: list[dict[str, float]]  # per epoch: epoch, loss, test_top1
+    head: nn.Linear  # trained on h, on the CPU
+
+
+def linear_probe(
+    train_feats: Tensor,
+    train_labels: Tensor,
+    test_feats: Tensor,
+    test_labels: Tensor,
+    num_classes: int,
+    epochs: int = 20,
+    lr: float = 0.1,
+    weight_decay: float = 1e-4,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> ProbeResult:
+    """A linear layer trained on frozen h (SGD, momentum 0.9, cosine schedule), scored on test.
+
+    The encoder is frozen and un-augmented, so its features are computed once by the caller.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    head = nn.Linear(train_feats.shape[1], num_classes)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        head.reset_parameters()
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(train_labels) / batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch)
+    history = []
+    for epoch in range(1, epochs + 1):
+        perm = torch.randperm(len(train_labels), generator=gen)
+        total = 0.0
+        for idx in perm.split(batch_size):
+            loss = F.cross_entropy(head(train_feats[idx]), train_labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": total / len(train_labels),
+                "test_top1": linear_accuracy(head, test_feats, test_labels),
+            }
+        )
+    return ProbeResult(history[-1]["test_top1"], history, head)
+
+
+@torch.no_grad()
+def linear_accuracy(head: nn.Linear, feats: Tensor, labels: Tensor) -> float:
+    return 100.0 * (head(feats).argmax(1) == labels).float().mean().item()

@@ -1,0 +1,80 @@
+"""SimCLR: a ResNet-18 encoder f (CIFAR stem) and a projection head g (Chen et al., 2020).
+
+h = f(x) is the 512-d representation that evaluation, export and serving use;
+z = g(h) / ||g(h)|| is the projection the InfoNCE loss sees during training only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network; stored in every checkpoint."""
+
+    arch: str = "resnet18"
+    proj_hidden_dim: int = 2048
+    proj_out_dim: int = 128
+    proj_layers: int = 1  # hidden layers in g: 1 -> 512-2048-128, 2 -> 512-2048-2048-128
+
+
+ARCHS = ("resnet18",)
+
+
+def resnet18_cifar() -> nn.Module:
+    """ResNet-18 with the CIFAR stem: a 3x3 stride-1 conv and no max-pool, so 32x32 inputs keep
+    their resolution through the first stage. The classifier is removed: output is h, (B, 512)."""
+    net = torchvision.models.resnet18(weights=None)
+    net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    return net
+
+
+class ProjectionHead(nn.Module):
+    """g: MLP with BatchNorm + ReLU on each hidden layer, linear output (SimCLR's head)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, hidden_layers: int) -> None:
+        super().__init__()
+        if hidden_layers not in (1, 2):
+            raise ValueError(f"proj_layers must be 1 or 2, got {hidden_layers}")
+        layers: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(hidden_layers):
+            layers += [nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU()]
+            dim = hidden_dim
+        layers.append(nn.Linear(dim, out_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.net(h)
+
+
+class SimCLR(nn.Module):
+    feature_dim = 512
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.arch not in ARCHS:
+            raise ValueError(f"unknown arch {config.arch!r}; valid choices: {', '.join(ARCHS)}")
+        self.config = config
+        self.encoder = resnet18_cifar()
+        self.projector = ProjectionHead(
+            self.feature_dim, config.proj_hidden_dim, config.proj_out_dim, config.proj_layers
+        )
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x: (B, 3, H, W) normalized images -> h (B, 512), z (B, proj_out_dim) unit-norm."""
+        h = self.encoder(x)  # (B, 512)
+        z = F.normalize(self.projector(h).float(), dim=1)  # (B, d), fp32 for the loss
+        return h, z
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
