@@ -1,0 +1,139 @@
+"""Checkpoint -> bundle, top to bottom: ONNX FP32 (+ parity vs PyTorch) -> INT8 (calibrated on a
+stratified training subset) -> FP32 vs INT8 report -> gallery embeddings -> manifest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from export.onnx_export import build_embed_classify, config_digest, export_onnx
+from export.quantize import quantize_int8
+from export.report import compare, embed_all, markdown
+from service.bundle import write_manifest
+from service.runtime import make_session
+from training.checkpoint import load_checkpoint
+from training.data import load_dataset, stratified_subset
+
+log = logging.getLogger(__name__)
+
+PARITY_TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The export ran but its result fails a check (parity, INT8 accuracy)."""
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: str
+    out: str = "bundles/default"
+    data: str | None = None  # None: the checkpoint's own data source
+    exporter: str = "torchscript"
+    calibration_per_class: int = 30
+    calibration_method: str = "minmax"
+    activation_type: str = "quint8"
+    weight_type: str = "qint8"
+    gallery_per_class: int | None = None  # None: the whole training split
+    test_per_class: int | None = None  # None: the whole test split
+    tolerance: float = 2.0  # max INT8 linear top-1 drop vs FP32, in points
+    threads: int = 0
+    latency_rounds: int = 5
+    seed: int = 0
+
+
+def check_parity(state: dict[str, Any], session, images: np.ndarray) -> float:
+    """Max |ORT FP32 - PyTorch| over both outputs on real images; raises past the tolerance."""
+    model = build_embed_classify(state)
+    with torch.no_grad():
+        ref = [t.numpy() for t in model(torch.from_numpy(images))]
+    got = session.run(None, {session.get_inputs()[0].name: images})
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(got, ref, strict=True))
+    if diff > PARITY_TOLERANCE:
+        raise ExportError(f"ONNX FP32 differs from PyTorch by {diff:.2e} > {PARITY_TOLERANCE}")
+    return diff
+
+
+def build_bundle(cfg: ExportConfig) -> Path:
+    start = time.perf_counter()
+    state = load_checkpoint(cfg.checkpoint)
+    train, test = load_dataset(cfg.data or state["config"]["data"], state["config"]["image_size"])
+    if train.classes != state["classes"]:
+        raise ExportError(f"data classes {train.classes} differ from the checkpoint's")
+    out = Path(cfg.out)
+    if out.exists():
+        shutil.rmtree(out)  # never mix files of two exports under one manifest
+    (out / "gallery").mkdir(parents=True)
+    paths = {"fp32": out / "encoder_fp32.onnx", "int8": out / "encoder_int8.onnx"}
+
+    export_onnx(state, paths["fp32"], cfg.exporter)
+    fp32 = make_session(paths["fp32"], cfg.threads)
+    parity = check_parity(state, fp32, test.images[:64])
+    log.info("ONNX FP32 parity vs PyTorch: max abs diff %.2e", parity)
+
+    calib = stratified_subset(train, cfg.calibration_per_class, cfg.seed + 1)
+    quantize_int8(paths["fp32"], paths["int8"], calib.images, cfg.calibration_method,
+                  cfg.activation_type, cfg.weight_type)
+    sessions = {"fp32": fp32, "int8": make_session(paths["int8"], cfg.threads)}
+
+    gallery = stratified_subset(train, cfg.gallery_per_class, cfg.seed)
+    test = stratified_subset(test, cfg.test_per_class, cfg.seed)
+    emb = {p: embed_all(s, gallery.images, test.images, p) for p, s in sessions.items()}
+    report = compare(emb, gallery.labels, test.labels, sessions, paths, test.images,
+                     cfg.latency_rounds)
+    report["parity_max_abs_diff"] = parity
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(markdown(report))
+    log.info("FP32 vs INT8:\n%s", markdown(report))
+    if report["linear_drop_points"] > cfg.tolerance:
+        raise ExportError(
+            f"INT8 linear top-1 is {report['linear_drop_points']:.2f} points below FP32, over "
+            f"the {cfg.tolerance} tolerance; see {out / 'report.md'} (try --calibration-method "
+            "entropy or percentile, or more --calibration-per-class). No manifest was written."
+        )
+
+    np.save(out / "gallery/ids.npy", np.array([f"{gallery.classes[y]}/{i}" for i, y in
+                                               enumerate(gallery.labels)]))
+    np.save(out / "gallery/labels.npy", gallery.labels)
+    for p, (g_emb, _, _) in emb.items():
+        np.save(out / f"gallery/embeddings_{p}.npy", g_emb.astype(np.float32))
+    head = state["linear_head"]
+    np.savez(out / "head.npz", weight=head["weight"].numpy(), bias=head["bias"].numpy())
+    write_manifest(out, manifest(state, cfg, report, time.perf_counter() - start))
+    log.info("bundle written to %s in %.0f s", out, time.perf_counter() - start)
+    return out
+
+
+def manifest(state: dict[str, Any], cfg: ExportConfig, report: dict, seconds: float) -> dict:
+    size = state["config"]["image_size"]
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": {p: version(p) for p in ("torch", "onnx", "onnxruntime", "numpy")},
+        "classes": state["classes"],
+        "embedding_dim": int(state["linear_head"]["weight"].shape[1]),
+        "input": {"name": "pixels", "dtype": "uint8", "layout": "NHWC", "size": size,
+                  "color": "RGB", "normalization": "inside the graph"},
+        "outputs": ["embedding", "logits"],
+        "default_precision": "int8",
+        "encoders": {"fp32": "encoder_fp32.onnx", "int8": "encoder_int8.onnx"},
+        "head": "head.npz",
+        "gallery": {
+            "ids": "gallery/ids.npy", "labels": "gallery/labels.npy",
+            "embeddings": {"fp32": "gallery/embeddings_fp32.npy",
+                           "int8": "gallery/embeddings_int8.npy"},
+            "source": f"{cfg.data or state['config']['data']} (train split)",
+        },
+        "checkpoint": {"path": str(cfg.checkpoint), "epoch": state["epoch"],
+                       "config_digest": config_digest(state), "eval": state.get("eval", {})},
+        "export": {k: v for k, v in vars(cfg).items() if k != "checkpoint"} | {
+            "seconds": round(seconds, 1)},
+        "metrics": report,
+    }

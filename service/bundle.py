@@ -1,0 +1,116 @@
+"""The model bundle: a directory the service loads as is, written by export/.
+
+    manifest.json            format, versions, sha256 + size of every file, classes, metrics
+    encoder_fp32.onnx        uint8 pixels -> (embedding, logits)
+    encoder_int8.onnx        the same graph, statically quantized
+    head.npz                 the linear head (weight, bias) that both graphs end in
+    gallery/ids.npy, labels.npy, embeddings_{fp32,int8}.npy
+    report.json, report.md   FP32 vs INT8 on the test split
+
+Loading verifies every file against the manifest, so a missing, truncated or tampered file is
+named before the service ever reports ready. No torch here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "simclr-embed/bundle"
+VERSION = 1
+MANIFEST = "manifest.json"
+PRECISIONS = ("int8", "fp32")
+
+
+class BundleError(RuntimeError):
+    """A bundle that cannot be used; the message names the file and what is wrong."""
+
+
+def sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
+    """Hash every file under root (except the manifest) into manifest['files'] and write it."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        **manifest,
+        "files": {
+            str(p.relative_to(root)): {"sha256": sha256(p), "bytes": p.stat().st_size}
+            for p in files
+        },
+    }
+    path = root / MANIFEST
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+@dataclass
+class Bundle:
+    root: Path
+    manifest: dict[str, Any]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.manifest["classes"]
+
+    def encoder_path(self, precision: str) -> Path:
+        if precision not in PRECISIONS:
+            raise BundleError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        return self.root / self.manifest["encoders"][precision]
+
+    def gallery(self, precision: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids (N,) str, labels (N,) int64, embeddings (N, D) float32) for one precision."""
+        g = self.manifest["gallery"]
+        ids = np.load(self.root / g["ids"], allow_pickle=False)
+        labels = np.load(self.root / g["labels"], allow_pickle=False)
+        emb = np.load(self.root / g["embeddings"][precision], allow_pickle=False)
+        return ids, labels, emb.astype(np.float32, copy=False)
+
+    def head(self) -> tuple[np.ndarray, np.ndarray]:
+        with np.load(self.root / self.manifest["head"], allow_pickle=False) as f:
+            return f["weight"], f["bias"]
+
+
+def load_bundle(root: Path | str, verify: bool = True) -> Bundle:
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{root} is not a bundle: {MANIFEST} is missing (build one with "
+                          "`simclr-embed export <checkpoint> --out <dir>`)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path} is not valid JSON: {e}") from e
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise BundleError(f"{path}: expected format {FORMAT} version {VERSION}, got "
+                          f"{manifest.get('format')} version {manifest.get('version')}")
+    if verify:
+        verify_files(root, manifest["files"])
+    return Bundle(root, manifest)
+
+
+def verify_files(root: Path, files: dict[str, dict[str, Any]]) -> None:
+    for rel, meta in files.items():
+        p = root / rel
+        if not p.is_file():
+            raise BundleError(f"bundle file {rel} is missing from {root}")
+        if p.stat().st_size != meta["bytes"]:
+            raise BundleError(f"bundle file {rel} has {p.stat().st_size} bytes, the manifest "
+                              f"says {meta['bytes']} (truncated or replaced)")
+        if sha256(p) != meta["sha256"]:
+            raise BundleError(f"bundle file {rel} does not match its sha256 in the manifest "
+                              "(modified after export)")

@@ -1,0 +1,65 @@
+"""The training loop on real CIFAR-10 images: resume equals an uninterrupted run, the run
+directory holds what it promises, and the CLI reports bad choices."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.checkpoint import load_checkpoint
+from training.cli import main
+from training.train import TrainConfig, train
+
+
+def tiny(cifar10_dir: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(cifar10_dir), out_dir=str(out), train_per_class=8, test_per_class=4,
+                epochs=2, batch_size=32, warmup_epochs=1, knn_every=0, probe_epochs=2, lr=0.1)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(cifar10_dir, tmp_path) -> None:
+    whole = train(tiny(cifar10_dir, tmp_path / "whole"))
+    train(tiny(cifar10_dir, tmp_path / "split"), stop_after=1)
+    assert load_checkpoint(tmp_path / "split/checkpoint.pt")["epoch"] == 1
+    split = train(tiny(cifar10_dir, tmp_path / "split"), resume=True)
+    a, b = load_checkpoint(whole), load_checkpoint(split)
+    assert a["epoch"] == b["epoch"] == 2
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert [m["loss"] for m in a["metrics"]] == [m["loss"] for m in b["metrics"]]
+    assert torch.equal(a["linear_head"]["weight"], b["linear_head"]["weight"])
+
+
+def test_run_directory_and_self_describing_checkpoint(cifar10_dir, tmp_path) -> None:
+    ckpt = train(tiny(cifar10_dir, tmp_path, knn_every=1, epochs=1))
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"config.json", "metrics.jsonl", "metrics.csv", "probe.jsonl", "summary.json",
+            "loss.png", "knn.png", "probe.png", "checkpoint.pt"} <= names
+    state = load_checkpoint(ckpt)
+    assert state["config"]["batch_size"] == 32 and state["classes"][0] == "airplane"
+    assert len(state["normalization"]["mean"]) == 3
+    assert [m["epoch"] for m in state["metrics"]] == [0, 1]  # epoch 0: random-init kNN
+    assert 0 <= state["eval"]["knn_top1"] <= 100
+    assert state["linear_head"]["weight"].shape == (10, 512)
+    for key in ("optimizer", "scheduler", "scaler", "rng"):
+        assert key in state
+
+
+def test_cli_rejects_bad_choices_naming_the_valid_ones(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--precision", "fp8"])
+    assert "choose from 'auto', 'fp32', 'bf16', 'fp16'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["frobnicate"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_cli_eval_and_clear_errors(cifar10_dir, tmp_path, capsys, caplog) -> None:
+    ckpt = train(tiny(cifar10_dir, tmp_path, epochs=1, probe_epochs=1))
+    assert main(["eval", str(ckpt), "--train-per-class", "5", "--test-per-class", "3",
+                 "--probe-epochs", "1"]) == 0
+    assert '"knn_top1"' in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "nope.pt")]) == 2
+    assert "does not exist" in caplog.text
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out-dir", str(tmp_path)]) == 2
+    assert "does not exist" in caplog.text
