@@ -44,7 +44,8 @@ def _head_nodes(model_path: Path) -> list[str]:
 
     graph = onnx.load(str(model_path)).graph
     names = [n.name for n in graph.node]
-    pools = [i for i, n in enumerate(graph.node) if n.op_type in ("GlobalAveragePool", "ReduceMean")]
+    pooling = ("GlobalAveragePool", "ReduceMean")
+    pools = [i for i, n in enumerate(graph.node) if n.op_type in pooling]
     return names[pools[-1] + 1 :] if pools else []
 
 

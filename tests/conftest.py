@@ -25,3 +25,26 @@ def cifar10(cifar10_dir: Path):
     from training.data import load_dataset
 
     return load_dataset(str(cifar10_dir))
+
+
+@pytest.fixture(scope="session")
+def short_checkpoint(cifar10_dir: Path, tmp_path_factory) -> Path:
+    """A finished (probe included) one-epoch run on 80 real CIFAR-10 images."""
+    from training.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("short_run")
+    cfg = TrainConfig(data=str(cifar10_dir), out_dir=str(out), train_per_class=8,
+                      test_per_class=4, epochs=1, batch_size=32, warmup_epochs=1, knn_every=0,
+                      probe_epochs=5)
+    return train(cfg)
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(short_checkpoint: Path, tmp_path_factory) -> Path:
+    """A real bundle exported from the short run, on small gallery/test subsets."""
+    from export.build import ExportConfig, build_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    return build_bundle(ExportConfig(str(short_checkpoint), out=str(out), calibration_per_class=5,
+                                     gallery_per_class=20, test_per_class=10, latency_rounds=1,
+                                     tolerance=5.0))

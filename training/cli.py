@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import logging
 import sys
@@ -12,16 +13,23 @@ from collections.abc import Sequence
 
 log = logging.getLogger("simclr_embed")
 
-_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float}
-_CHOICES = {"optimizer": "OPTIMIZERS", "precision": "PRECISIONS", "device": "DEVICES"}
+_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float,
+          "str | None": str}
+_CHOICES = {  # field -> (module, tuple of valid values)
+    "optimizer": ("training.optim", "OPTIMIZERS"),
+    "precision": ("training.train", "PRECISIONS"),
+    "device": ("training.train", "DEVICES"),
+    "exporter": ("export.onnx_export", "EXPORTERS"),
+    "calibration_method": ("export.quantize", "CALIBRATION_METHODS"),
+    "activation_type": ("export.quantize", "QUANT_TYPES"),
+    "weight_type": ("export.quantize", "QUANT_TYPES"),
+}
 
 
 def _add_dataclass_args(p: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
     """One --flag per field of a flat config dataclass, its default shown in --help."""
-    from training import optim, train
-
     for f in dataclasses.fields(cls):
-        if f.type not in _TYPES and f.type != "bool":
+        if f.name == "checkpoint" or (f.type not in _TYPES and f.type != "bool"):
             continue  # nested configs get their own prefixed flags
         flag = "--" + (prefix + f.name).replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
@@ -30,7 +38,8 @@ def _add_dataclass_args(p: argparse.ArgumentParser, cls: type, prefix: str = "")
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
         if f.name in _CHOICES:
-            kw["choices"] = getattr(optim if f.name == "optimizer" else train, _CHOICES[f.name])
+            module, attr = _CHOICES[f.name]
+            kw["choices"] = getattr(importlib.import_module(module), attr)
         p.add_argument(flag, type=_TYPES[f.type], **kw)
 
 
@@ -82,12 +91,32 @@ def _run_eval(args: argparse.Namespace) -> None:
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
 
 
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    from export.build import ExportConfig
+
+    p = sub.add_parser("export", help="checkpoint -> ONNX FP32 + INT8 -> verified model bundle",
+                       description="Export a finished training checkpoint to a model bundle: "
+                       "ONNX FP32, calibrated INT8, FP32-vs-INT8 report, gallery embeddings.")
+    p.add_argument("checkpoint")
+    _add_dataclass_args(p, ExportConfig)
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from export.build import ExportConfig, build_bundle
+
+    v = vars(args)
+    cfg = ExportConfig(**{f.name: v[f.name] for f in dataclasses.fields(ExportConfig)})
+    build_bundle(cfg)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simclr-embed", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _train_parser(sub)
     _eval_parser(sub)
+    _export_parser(sub)
     return parser
 
 
@@ -97,12 +126,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from export.build import ExportError
+    from service.bundle import BundleError
     from training.checkpoint import CheckpointError
     from training.data import DataError
 
     try:
         args.func(args)
-    except (DataError, CheckpointError, ValueError) as e:
+    except (DataError, CheckpointError, ExportError, BundleError, ValueError) as e:
         log.error("%s", e)
         return 2
     return 0

@@ -40,4 +40,5 @@ def simclr_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     once averaged over ranks (which DDP's gradient averaging does)."""
     if not is_distributed():
         return info_nce(z1, z2, temperature)
-    return info_nce(z1, z2, temperature, gather_with_grad(z1), gather_with_grad(z2), dist.get_rank())
+    z1_all, z2_all = gather_with_grad(z1), gather_with_grad(z2)  # (N, D) each
+    return info_nce(z1, z2, temperature, z1_all, z2_all, dist.get_rank())

@@ -46,7 +46,7 @@ class TrainConfig:
     epochs: int = 200
     batch_size: int = 256
     temperature: float = 0.1
-    optimizer: str = "sgd"
+    optimizer: str = "lars"
     lr: float | None = None  # None: OPTIMIZER_DEFAULTS base lr * batch_size / 256
     weight_decay: float | None = None
     momentum: float = 0.9
@@ -196,7 +196,8 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
         run.scheduler.step()
         total += loss.item()
         seen += cfg.batch_size
-        bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        rate = seen / (time.perf_counter() - start)
+        bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}")
     elapsed = time.perf_counter() - start
     return {
         "epoch": epoch,

@@ -49,11 +49,11 @@ def test_crash_mid_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypat
 
 
 def test_unreadable_missing_and_foreign_files_are_named(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(CheckpointError, match=r"does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="junk.pt"):
+    with pytest.raises(CheckpointError, match=r"junk.pt"):
         load_checkpoint(tmp_path / "junk.pt")
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match="not a simclr-embed checkpoint"):
+    with pytest.raises(CheckpointError, match=r"not a simclr-embed checkpoint"):
         load_checkpoint(tmp_path / "other.pt")

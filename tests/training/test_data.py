@@ -30,7 +30,7 @@ def test_stratified_subset(cifar10) -> None:
     assert np.bincount(sub.labels).tolist() == [7] * 10
     again = stratified_subset(cifar10[1], 7, seed=1)
     np.testing.assert_array_equal(sub.images, again.images)
-    with pytest.raises(DataError, match="fewer"):
+    with pytest.raises(DataError, match=r"fewer"):
         stratified_subset(cifar10[1], 1001)
 
 
@@ -76,10 +76,10 @@ def test_split_layout_and_cache_reuse(tmp_path: Path, cifar10, monkeypatch) -> N
 
 
 def test_bad_sources_give_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="does not exist.*cifar10"):
+    with pytest.raises(DataError, match=r"does not exist.*cifar10"):
         load_dataset(str(tmp_path / "nope"))
     (tmp_path / "empty" / "cls").mkdir(parents=True)
-    with pytest.raises(DataError, match="no images"):
+    with pytest.raises(DataError, match=r"no images"):
         load_dataset(str(tmp_path / "empty"), cache_dir=tmp_path / "c")
     bad = tmp_path / "bad" / "cls"
     bad.mkdir(parents=True)
@@ -93,5 +93,5 @@ def test_offline_cifar10_download_says_how_to_use_a_local_copy(tmp_path: Path, m
         raise OSError("network is unreachable (test)")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)  # offline, whatever this machine has
-    with pytest.raises(DataError, match="could not download CIFAR-10.*--data"):
+    with pytest.raises(DataError, match=r"could not download CIFAR-10.*--data"):
         load_dataset("cifar10", cache_dir=tmp_path)

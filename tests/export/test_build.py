@@ -1,0 +1,97 @@
+"""Checkpoint -> ONNX -> INT8 -> bundle on a real short-trained checkpoint and real images."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.build import ExportConfig, ExportError, build_bundle, check_parity
+from export.onnx_export import build_embed_classify, export_onnx
+from service.bundle import BundleError, load_bundle
+from service.runtime import make_session, run_batches
+from training.checkpoint import CheckpointError, load_checkpoint
+from training.data import stratified_subset
+from training.train import TrainConfig, train
+
+
+def test_bundle_report_and_parity(bundle_dir: Path) -> None:
+    bundle = load_bundle(bundle_dir)  # verifies every hash
+    report = bundle.manifest["metrics"]
+    assert report["parity_max_abs_diff"] <= 1e-4
+    assert report["cosine_mean"] > 0.99 and report["cosine_min"] > 0.9
+    assert 0.5 <= report["top10_overlap"] <= 1.0
+    assert report["int8"]["size_mb"] < report["fp32"]["size_mb"] / 3
+    assert report["linear_drop_points"] <= 5.0
+    assert (bundle_dir / "report.md").read_text().startswith("Test images: 100")
+    ids, labels, emb = bundle.gallery("int8")
+    assert emb.shape == (200, 512) and len(ids) == len(labels) == 200
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+
+
+def test_onnx_metadata_and_gallery_match_the_int8_encoder(bundle_dir: Path, cifar10) -> None:
+    bundle = load_bundle(bundle_dir)
+    meta = {p.key: p.value for p in onnx.load(str(bundle.encoder_path("int8"))).metadata_props}
+    assert json.loads(meta["class_names"])[9] == "truck"
+    assert meta["embedding_dim"] == "512" and "NHWC uint8" in meta["input_layout"]
+    assert len(meta["config_digest"]) == 64 and "metrics" in meta
+    ids, labels, emb = bundle.gallery("int8")
+    gallery = stratified_subset(cifar10[0], 20, seed=0)  # what the export used
+    again, _ = run_batches(make_session(bundle.encoder_path("int8")), gallery.images[:16])
+    np.testing.assert_allclose(again, emb[:16], atol=1e-5)
+    assert ids[0] == "airplane/0" and labels.tolist() == gallery.labels.tolist()
+    w, b = bundle.head()
+    assert w.shape == (10, 512) and b.shape == (10,)
+
+
+def test_parity_on_real_images(short_checkpoint: Path, cifar10, tmp_path: Path) -> None:
+    state = load_checkpoint(short_checkpoint)
+    path = export_onnx(state, tmp_path / "m.onnx")
+    images = cifar10[1].images[:32]
+    assert check_parity(state, make_session(path), images) <= 1e-4
+    emb, logits = run_batches(make_session(path), images, batch_size=7)  # odd batch: dynamic axis
+    with torch.no_grad():
+        ref_emb, ref_logits = build_embed_classify(state)(torch.from_numpy(images))
+    np.testing.assert_allclose(emb, ref_emb.numpy(), atol=1e-4)
+    np.testing.assert_allclose(logits, ref_logits.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("damage", ["tamper", "truncate", "delete"])
+def test_manifest_rejects_damaged_files(bundle_dir: Path, tmp_path: Path, damage: str) -> None:
+    copy = tmp_path / "b"
+    shutil.copytree(bundle_dir, copy)
+    target = copy / "gallery/embeddings_int8.npy"
+    if damage == "tamper":
+        raw = bytearray(target.read_bytes())
+        raw[-1] ^= 0xFF
+        target.write_bytes(bytes(raw))
+    elif damage == "truncate":
+        target.write_bytes(target.read_bytes()[:100])
+    else:
+        target.unlink()
+    with pytest.raises(BundleError, match=r"gallery/embeddings_int8.npy"):
+        load_bundle(copy)
+
+
+def test_bad_checkpoints_give_clear_errors(tmp_path: Path, cifar10_dir: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"does not exist"):
+        build_bundle(ExportConfig(str(tmp_path / "missing.pt"), out=str(tmp_path / "o")))
+    (tmp_path / "bad.pt").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match=r"bad.pt"):
+        build_bundle(ExportConfig(str(tmp_path / "bad.pt"), out=str(tmp_path / "o")))
+    cfg = TrainConfig(data=str(cifar10_dir), out_dir=str(tmp_path / "run"), train_per_class=4,
+                      test_per_class=2, epochs=2, batch_size=20, knn_every=0)
+    unfinished = train(cfg, stop_after=1)
+    with pytest.raises(CheckpointError, match=r"no linear head.*--resume"):
+        build_bundle(ExportConfig(str(unfinished), out=str(tmp_path / "o")))
+
+
+def test_int8_over_tolerance_fails_without_a_manifest(short_checkpoint: Path, tmp_path) -> None:
+    cfg = ExportConfig(str(short_checkpoint), out=str(tmp_path / "b"), calibration_per_class=2,
+                       gallery_per_class=5, test_per_class=5, latency_rounds=1, tolerance=-101)
+    with pytest.raises(ExportError, match=r"below FP32"):
+        build_bundle(cfg)
+    assert (tmp_path / "b/report.json").exists() and not (tmp_path / "b/manifest.json").exists()
