@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import json
 import logging
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -21,29 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import hardware
 from training.augment import AugmentConfig, Normalize, two_views
 from training.distributed import simclr_loss
 from training.model import ModelConfig, SimCLR
 from training.train import autocast_dtype, pick_device
 
 log = logging.getLogger("benchmarks.train_throughput")
-
-
-def hardware() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(),
-            "cpu_count": torch.get_num_threads(), "torch": torch.__version__}
-    with contextlib.suppress(OSError):
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        for line in cpuinfo.splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                info["cpu_flags"] = sorted(f for f in flags if f.startswith(("avx512", "amx")))
-                break
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -13,6 +13,9 @@ from collections.abc import Sequence
 
 log = logging.getLogger("simclr_embed")
 
+# Errors whose message already says what went wrong and what to do: no traceback for them.
+EXPECTED_ERRORS = {"DataError", "CheckpointError", "ExportError", "BundleError", "ValueError"}
+
 _TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float,
           "str | None": str}
 _CHOICES = {  # field -> (module, tuple of valid values)
@@ -110,13 +113,67 @@ def _run_export(args: argparse.Namespace) -> None:
     build_bundle(cfg)
 
 
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the HTTP service on a model bundle (no torch needed)",
+                       description="Serve embed, search and classify over HTTP. Every option "
+                       "also reads from SIMCLR_EMBED_<NAME> (see service/settings.py).")
+    p.add_argument("bundle", nargs="?", default=None, help="bundle directory (default: "
+                   "$SIMCLR_EMBED_BUNDLE or bundles/default)")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--precision", choices=("int8", "fp32"), default=None)
+    p.add_argument("--provider", choices=("cpu", "cuda"), default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.add_argument("--build-if-missing", action="store_true",
+                   help="no bundle yet: train and export a default one first (about 10 min on "
+                   "a 2-core CPU with a short run; the full recipe on a GPU)")
+    p.add_argument("--data", default="cifar10", help="data for --build-if-missing")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> None:
+    import os
+
+    import uvicorn
+
+    overrides = {"bundle": args.bundle, "host": args.host, "port": args.port,
+                 "precision": args.precision, "provider": args.provider, "threads": args.threads}
+    for key, value in overrides.items():
+        if value is not None:  # the app factory reads the environment, in every worker
+            os.environ[f"SIMCLR_EMBED_{key.upper()}"] = str(value)
+    from service.settings import Settings
+
+    settings = Settings()
+    if args.build_if_missing and not (settings.bundle / "manifest.json").exists():
+        from training.quickstart import build_default_bundle
+
+        build_default_bundle(settings.bundle, args.data)
+    uvicorn.run("service.app:app_from_env", factory=True, host=settings.host, port=settings.port,
+                workers=args.workers, timeout_graceful_shutdown=20, access_log=False)
+
+
+def _unavailable(sub: argparse._SubParsersAction, name: str, err: ImportError) -> None:
+    p = sub.add_parser(name, help=f"(needs the train extra: {err.name} is not installed)")
+
+    def fail(_: argparse.Namespace) -> None:
+        raise ValueError(f"`simclr-embed {name}` needs torch: pip install 'simclr-embed[train]'"
+                         f" ({err.name} is not installed)")
+
+    p.set_defaults(func=fail)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simclr-embed", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _train_parser(sub)
-    _eval_parser(sub)
-    _export_parser(sub)
+    stages = {"train": _train_parser, "eval": _eval_parser, "export": _export_parser}
+    for name, register in stages.items():
+        try:
+            register(sub)
+        except ImportError as e:  # a serving-only install has no torch
+            _unavailable(sub, name, e)
+    _serve_parser(sub)
     return parser
 
 
@@ -126,14 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from export.build import ExportError
-    from service.bundle import BundleError
-    from training.checkpoint import CheckpointError
-    from training.data import DataError
-
     try:
         args.func(args)
-    except (DataError, CheckpointError, ExportError, BundleError, ValueError) as e:
+    except Exception as e:  # expected failures get one clear line, anything else a traceback
+        if type(e).__name__ not in EXPECTED_ERRORS:
+            raise
         log.error("%s", e)
         return 2
     return 0

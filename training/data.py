@@ -23,6 +23,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from service.preprocess import to_square_rgb
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -153,18 +155,6 @@ def decode_folder(path: Path, image_size: int) -> ImageArray:
             raise DataError(f"cannot decode {cls}/{name} in {path}: {e}") from e
         labels[i] = index[cls]
     return ImageArray(images, labels, classes)
-
-
-def to_square_rgb(img: Image.Image, size: int) -> np.ndarray:
-    """RGB, shorter side resized to `size`, centre-cropped to size x size: (size, size, 3) uint8."""
-    img = img.convert("RGB")
-    if img.size != (size, size):
-        w, h = img.size
-        scale = size / min(w, h)
-        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-        left, top = (img.width - size) // 2, (img.height - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-    return np.asarray(img, dtype=np.uint8)
 
 
 def _iter_files(path: Path) -> Iterator[tuple[str, str, bytes]]:

@@ -18,4 +18,4 @@ def test_quick_run_writes_complete_json(tmp_path: Path, cifar10_dir: Path) -> No
     for v in result["variants"]:
         assert v["n_steps"] == 2 and v["images_per_s"] > 0 and v["peak_memory_mb"] > 0
         assert v["step_s_p5"] <= v["step_s_median"] <= v["step_s_p95"]
-    assert result["hardware"]["torch"] and result["images"] == str(cifar10_dir)
+    assert result["hardware"]["versions"]["torch"] and result["images"] == str(cifar10_dir)

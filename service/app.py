@@ -1,0 +1,319 @@
+"""FastAPI app: thin routes over the engine. `create_app(settings)` builds one; uvicorn runs
+`service.app:app_from_env` (factory) or `simclr-embed serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
+
+from service import schemas
+from service.engine import Engine
+from service.errors import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    NotReady,
+    PayloadTooLarge,
+    ServiceError,
+    Unauthorized,
+    UnsupportedMedia,
+)
+from service.handlers import error_response, install_handlers
+from service.metrics import Metrics
+from service.preprocess import decode_base64, decode_image
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class NumpyJSON(Response):
+    """JSON via orjson, numpy arrays serialized natively (no per-float Python objects)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class LimitAndMeasure:
+    """ASGI middleware: refuses bodies over the byte limit (413) and records every request's
+    route, status and latency. Pure ASGI, not BaseHTTPMiddleware, to keep per-request CPU low."""
+
+    def __init__(self, app, limit: int, metrics: Metrics) -> None:
+        self.app, self.limit, self.metrics = app, limit, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+
+        async def send_status(msg) -> None:
+            if msg["type"] == "http.response.start":
+                status[0] = msg["status"]
+            await send(msg)
+
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            msg = f"request body is {int(length)} bytes, over the {self.limit}-byte limit"
+            await error_response(413, "payload_too_large", msg)(scope, receive, send_status)
+        else:
+            received = 0
+
+            async def limited_receive():
+                nonlocal received
+                msg = await receive()
+                received += len(msg.get("body", b""))
+                if received > self.limit:
+                    raise PayloadTooLarge(f"request body is over the {self.limit}-byte limit")
+                return msg
+
+            await self.app(scope, limited_receive, send_status)
+        route = scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        self.metrics.requests.labels(path, str(status[0])).inc()
+        self.metrics.latency.labels(path).observe(time.perf_counter() - start)
+
+
+# --- dependencies ----------------------------------------------------------------------------
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def ready_engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    if not engine.ready:
+        raise NotReady("model is loading", headers={"Retry-After": "2"})
+    return engine
+
+
+def require_api_key(
+    settings: Annotated[Settings, Depends(get_settings)],
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> None:
+    if settings.api_key is None:
+        raise Forbidden("gallery management is disabled: set SIMCLR_EMBED_API_KEY to enable it")
+    given = x_api_key or (authorization or "").removeprefix("Bearer ").strip() or None
+    if given is None:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' or X-API-Key")
+    if not hmac.compare_digest(given.encode(), settings.api_key.get_secret_value().encode()):
+        raise Forbidden("wrong API key")
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated[Engine, Depends(ready_engine)]
+AuthDep = Annotated[None, Depends(require_api_key)]
+
+
+# --- request parsing -------------------------------------------------------------------------
+def parse_json(raw: bytes, model: type[BaseModel]) -> Any:
+    try:
+        return model.model_validate(orjson.loads(raw))
+    except orjson.JSONDecodeError as e:
+        raise ServiceError(f"request body is not valid JSON: {e}") from e
+    except ValidationError as e:
+        parts = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise InvalidInput("; ".join(parts)) from e
+
+
+async def read_body(request: Request, model: type[BaseModel]) -> tuple[Any | None, list[bytes]]:
+    """(validated JSON body or None, raw image bytes) for JSON, multipart or image/* bodies."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/json":
+        body = parse_json(await request.body(), model)
+        return body, [decode_base64(s) for s in (getattr(body, "images", None) or [])]
+    if ctype == "multipart/form-data":
+        form = await request.form(max_files=10_000, max_fields=100)
+        files = [v for _, v in form.multi_items() if hasattr(v, "read")]
+        if not files:
+            raise InvalidInput("multipart body has no image files")
+        return None, [await f.read() for f in files]
+    if ctype.startswith("image/") or ctype == "application/octet-stream":
+        return None, [await request.body()]
+    raise UnsupportedMedia(f"unsupported content type {ctype or '(none)'!r}; send "
+                           "application/json, multipart/form-data or image/*")
+
+
+async def decode_all(engine: Engine, settings: Settings, raws: list[bytes]) -> np.ndarray:
+    if len(raws) > settings.max_images_per_request:
+        raise InvalidInput(f"{len(raws)} images in one request; the limit is "
+                           f"{settings.max_images_per_request}")
+    loop = asyncio.get_running_loop()
+    size, limit = engine.size, settings.max_image_pixels
+    arrays = await asyncio.gather(*(
+        loop.run_in_executor(engine.decode_pool, decode_image, r, size, limit) for r in raws))
+    return np.stack(arrays)
+
+
+def check_k(k: int, limit: int) -> int:
+    if not 1 <= k <= limit:
+        raise InvalidInput(f"k must be between 1 and {limit}, got {k}")
+    return k
+
+
+def check_vectors(vectors: list[list[float]], dim: int) -> np.ndarray:
+    q = np.asarray(vectors, dtype=np.float32) if vectors else np.zeros((0, dim), np.float32)
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise InvalidInput(f"embeddings must each have {dim} numbers")
+    if not np.isfinite(q).all():
+        raise InvalidInput("embeddings contain NaN or infinite values")
+    norms = np.linalg.norm(q, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise InvalidInput("an embedding is all zeros")
+    return q / norms
+
+
+def softmax_top(logits: np.ndarray, classes: list[str], k: int) -> list[list[dict]]:
+    z = logits - logits.max(1, keepdims=True)  # (n, C)
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    top = np.argsort(-p, axis=1)[:, :k]
+    return [[{"label": classes[c], "index": int(c), "probability": float(row[c])} for c in t]
+            for row, t in zip(p, top, strict=True)]
+
+
+# --- routes ----------------------------------------------------------------------------------
+router = APIRouter()
+
+
+@router.get("/healthz", tags=["ops"])
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["ops"], responses=schemas.ERRORS)
+async def readyz(engine: EngineDep) -> dict:
+    return {"status": "ready", "model": engine.model_id}
+
+
+@router.get("/metrics", tags=["ops"])
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry),
+                    media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/model", tags=["model"])
+async def model_info(engine: EngineDep, settings: SettingsDep) -> dict:
+    m = engine.bundle.manifest
+    return {"model": engine.model_id, "precision": settings.precision,
+            "provider": engine.session.get_providers()[0], "classes": m["classes"],
+            "embedding_dim": engine.dim, "input": m["input"], "created": m["created"],
+            "metrics": m["metrics"], "gallery_size": len(engine.gallery),
+            "checkpoint": m["checkpoint"]}
+
+
+@router.post("/v1/embed", tags=["inference"], response_model=schemas.EmbedResponse,
+             responses=schemas.ERRORS, openapi_extra=schemas.image_body(schemas.ImagesRequest))
+async def embed(request: Request, engine: EngineDep, settings: SettingsDep) -> NumpyJSON:
+    _, raws = await read_body(request, schemas.ImagesRequest)
+    emb, _ = await engine.infer(await decode_all(engine, settings, raws))
+    return NumpyJSON({"model": engine.model_id, "precision": settings.precision,
+                      "dimension": engine.dim, "embeddings": emb})
+
+
+@router.post("/v1/search", tags=["inference"], response_model=schemas.SearchResponse,
+             responses=schemas.ERRORS, openapi_extra=schemas.image_body(schemas.SearchRequest))
+async def search(request: Request, engine: EngineDep, settings: SettingsDep,
+                 k: Annotated[int, Query(description="for multipart / image bodies")] = 10,
+                 ) -> NumpyJSON:
+    body, raws = await read_body(request, schemas.SearchRequest)
+    if body is not None:
+        k = body.k
+        if (body.images is None) == (body.embeddings is None):
+            raise InvalidInput("send exactly one of 'images' or 'embeddings'")
+    check_k(k, settings.max_k)
+    if body is not None and body.embeddings is not None:
+        if len(body.embeddings) > settings.max_images_per_request:
+            raise InvalidInput(f"at most {settings.max_images_per_request} query vectors")
+        queries = check_vectors(body.embeddings, engine.dim)
+    else:
+        queries, _ = await engine.infer(await decode_all(engine, settings, raws))
+    hits = await asyncio.to_thread(engine.gallery.search, queries, k)
+    return NumpyJSON({"model": engine.model_id, "precision": settings.precision,
+                           "results": [[h.__dict__ for h in row] for row in hits]})
+
+
+@router.post("/v1/classify", tags=["inference"], response_model=schemas.ClassifyResponse,
+             responses=schemas.ERRORS, openapi_extra=schemas.image_body(schemas.ClassifyRequest))
+async def classify(request: Request, engine: EngineDep, settings: SettingsDep,
+                   k: Annotated[int, Query(description="for multipart / image bodies")] = 5,
+                   ) -> NumpyJSON:
+    body, raws = await read_body(request, schemas.ClassifyRequest)
+    k = check_k(body.k if body is not None else k, len(engine.bundle.classes))
+    _, logits = await engine.infer(await decode_all(engine, settings, raws))
+    return NumpyJSON({"model": engine.model_id, "precision": settings.precision,
+                           "results": softmax_top(logits, engine.bundle.classes, k)})
+
+
+@router.get("/v1/gallery", tags=["gallery"])
+async def gallery_info(engine: EngineDep) -> dict:
+    return {"size": len(engine.gallery), "index": engine.settings.index}
+
+
+@router.post("/v1/gallery", tags=["gallery"], responses=schemas.ERRORS)
+async def gallery_add(body: schemas.GalleryAddRequest, engine: EngineDep, settings: SettingsDep,
+                      _: AuthDep) -> dict:
+    items = body.items
+    if len(items) > settings.max_images_per_request:
+        raise InvalidInput(f"at most {settings.max_images_per_request} items per request")
+    if len({i.id for i in items}) != len(items):
+        raise InvalidInput("item ids must be unique within a request")
+    if any((i.image is None) == (i.embedding is None) for i in items):
+        raise InvalidInput("each item needs exactly one of 'image' or 'embedding'")
+    emb = np.zeros((len(items), engine.dim), np.float32)
+    with_image = [n for n, i in enumerate(items) if i.image is not None]
+    if with_image:
+        raws = [decode_base64(items[n].image) for n in with_image]
+        emb[with_image], _ = await engine.infer(await decode_all(engine, settings, raws))
+    with_vec = [n for n, i in enumerate(items) if i.embedding is not None]
+    if with_vec:
+        emb[with_vec] = check_vectors([items[n].embedding for n in with_vec], engine.dim)
+    await asyncio.to_thread(engine.gallery.add, [i.id for i in items],
+                            [i.label for i in items], emb)
+    engine.metrics.gallery_size.set(len(engine.gallery))
+    return {"added": [i.id for i in items], "size": len(engine.gallery)}
+
+
+@router.delete("/v1/gallery/{item_id}", tags=["gallery"], responses=schemas.ERRORS)
+async def gallery_delete(item_id: str, engine: EngineDep, _: AuthDep) -> dict:
+    if not await asyncio.to_thread(engine.gallery.delete, item_id):
+        raise NotFound(f"no gallery item with id {item_id!r}")
+    engine.metrics.gallery_size.set(len(engine.gallery))
+    return {"deleted": item_id, "size": len(engine.gallery)}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+    engine = Engine(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await engine.start()
+        yield
+        await engine.stop()
+
+    app = FastAPI(title="simclr-embed", version="1", lifespan=lifespan,
+                  default_response_class=NumpyJSON,
+                  description="Image embeddings, nearest-neighbour search and classification "
+                  "from a SimCLR ResNet-18 on ONNX Runtime (INT8 or FP32).")
+    app.state.settings, app.state.metrics, app.state.engine = settings, metrics, engine
+    install_handlers(app)
+    app.include_router(router)
+    app.add_middleware(LimitAndMeasure, limit=settings.max_body_bytes, metrics=metrics)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory: `uvicorn --factory service.app:app_from_env`."""
+    return create_app(Settings())

@@ -1,0 +1,147 @@
+"""The engine behind the routes: bundle + ONNX Runtime session + gallery, and the micro-batcher.
+
+Batching policy: a request never waits for company. The worker takes whatever is queued when the
+model becomes free (up to max_batch_size images) and runs it at once, so a lone request pays no
+batching delay, while under load the requests that arrived during one batch form the next one.
+max_wait_ms > 0 adds a short gathering window for deployments that prefer throughput. The queue
+is bounded in images: past max_queue_images callers get 503 with Retry-After right away instead
+of a latency that grows without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.bundle import Bundle, load_bundle
+from service.errors import Overloaded
+from service.gallery import Gallery
+from service.metrics import Metrics
+from service.runtime import make_session
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    images: np.ndarray  # (n, S, S, 3) uint8
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Engine:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings, self.metrics = settings, metrics
+        self.ready = False
+        self.bundle: Bundle | None = None
+        self.gallery: Gallery | None = None
+        self._jobs: deque[_Job] = deque()
+        self._pending = 0  # images queued, not yet handed to the model
+        self._wake = asyncio.Event()
+        self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="onnx")
+        self.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="dec")
+        self._worker: asyncio.Task | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def load(self) -> None:
+        """Blocking: verify the bundle, open the session, warm it up, build the gallery."""
+        s = self.settings
+        self.bundle = load_bundle(s.bundle)
+        self.session = make_session(self.bundle.encoder_path(s.precision), s.threads, s.provider)
+        self.input_name = self.session.get_inputs()[0].name
+        self.size = int(self.bundle.manifest["input"]["size"])
+        self.dim = int(self.bundle.manifest["embedding_dim"])
+        for batch in (1, s.max_batch_size):  # first runs allocate and pick kernels
+            self._run(np.zeros((batch, self.size, self.size, 3), np.uint8))
+        ids, labels, emb = self.bundle.gallery(s.precision)
+        classes = self.bundle.classes
+        self.gallery = Gallery(self.dim, s.data_dir / "gallery-journal.jsonl", s.index,
+                               s.hnsw_m, s.hnsw_ef_search)
+        self.gallery.load(ids.tolist(), [classes[y] for y in labels.tolist()], emb)
+        m = self.bundle.manifest
+        self.model_id = f"simclr-resnet18-{m['checkpoint']['config_digest'][:12]}"
+        self.metrics.model.info({"model_id": self.model_id, "precision": s.precision,
+                                 "provider": self.session.get_providers()[0],
+                                 "bundle": str(s.bundle)})
+        self.metrics.gallery_size.set(len(self.gallery))
+        log.info("engine ready: %s %s on %s, gallery %d", self.model_id, s.precision,
+                 self.session.get_providers()[0], len(self.gallery))
+
+    async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.load)
+        self._worker = asyncio.create_task(self._batch_loop())
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self._worker:
+            self._worker.cancel()
+        self._model_pool.shutdown(wait=True)
+        self.decode_pool.shutdown(wait=False)
+
+    # --- inference -------------------------------------------------------------------------
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        emb, logits = self.session.run(None, {self.input_name: batch})
+        return emb, logits
+
+    async def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, S, S, 3) uint8 -> this caller's own (embeddings (n, D), logits (n, C))."""
+        n = len(images)
+        if self._pending + n > self.settings.max_queue_images:
+            self.metrics.rejected.inc()
+            raise Overloaded(f"{self._pending} images already queued; retry shortly",
+                             headers={"Retry-After": "1"})
+        job = _Job(images, asyncio.get_running_loop().create_future())
+        self._jobs.append(job)
+        self._pending += n
+        self.metrics.queue_images.set(self._pending)
+        self._wake.set()
+        return await job.future
+
+    def _take_batch(self) -> list[_Job]:
+        jobs = [self._jobs.popleft()]
+        count = len(jobs[0].images)
+        while self._jobs and count + len(self._jobs[0].images) <= self.settings.max_batch_size:
+            jobs.append(self._jobs.popleft())
+            count += len(jobs[-1].images)
+        self._pending -= count
+        self.metrics.queue_images.set(self._pending)
+        return jobs
+
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        wait = self.settings.max_wait_ms / 1000
+        while True:
+            if not self._jobs:
+                self._wake.clear()
+                await self._wake.wait()
+            if wait and self._pending < self.settings.max_batch_size:
+                await asyncio.sleep(wait)
+            jobs = self._take_batch()
+            start = time.perf_counter()
+            for j in jobs:
+                self.metrics.queue_wait.observe(start - j.enqueued)
+            batch = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
+            self.metrics.batch_size.observe(len(batch))
+            try:
+                emb, logits = await loop.run_in_executor(self._model_pool, self._run, batch)
+            except Exception as e:  # a model failure fails this batch's callers, not the loop
+                log.exception("inference failed")
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(e)
+                continue
+            self.metrics.inference.observe(time.perf_counter() - start)
+            offset = 0
+            for j in jobs:
+                n = len(j.images)
+                if not j.future.done():  # the caller may have gone away
+                    j.future.set_result((emb[offset : offset + n], logits[offset : offset + n]))
+                offset += n

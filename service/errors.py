@@ -1,0 +1,49 @@
+"""Domain errors, each with its HTTP status and code; service/handlers.py turns them into
+responses. Plain Python, so the decoder (shared with training) can raise them."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message, self.headers = message, headers
+
+
+class BadImage(ServiceError):
+    status, code = 400, "bad_image"
+
+
+class NotFound(ServiceError):
+    status, code = 404, "not_found"
+
+
+class PayloadTooLarge(ServiceError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMedia(ServiceError):
+    status, code = 415, "unsupported_media_type"
+
+
+class InvalidInput(ServiceError):
+    status, code = 422, "invalid_input"
+
+
+class Unauthorized(ServiceError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(ServiceError):
+    status, code = 403, "forbidden"
+
+
+class NotReady(ServiceError):
+    status, code = 503, "not_ready"
+
+
+class Overloaded(ServiceError):
+    status, code = 503, "overloaded"

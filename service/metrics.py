@@ -1,0 +1,33 @@
+"""Every Prometheus metric of the service: one registry per app, prefix simclr_embed_,
+explicit buckets."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+PREFIX = "simclr_embed_"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(PREFIX + "requests", "HTTP requests by route and status",
+                                ["route", "status"], registry=r)
+        self.latency = Histogram(PREFIX + "request_latency_seconds", "HTTP request latency",
+                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(PREFIX + "batch_size", "images per model batch",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.queue_wait = Histogram(PREFIX + "queue_wait_seconds", "time from enqueue to batch",
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.inference = Histogram(PREFIX + "inference_seconds", "model time per batch",
+                                   buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_images = Gauge(PREFIX + "queue_images", "images waiting for the model",
+                                  registry=r)
+        self.rejected = Counter(PREFIX + "rejected_overload", "requests refused with 503",
+                                registry=r)
+        self.gallery_size = Gauge(PREFIX + "gallery_size", "vectors in the search index",
+                                  registry=r)
+        self.model = Info(PREFIX + "model", "the loaded bundle", registry=r)

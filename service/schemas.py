@@ -1,0 +1,92 @@
+"""Request and response bodies, with the examples that OpenAPI shows."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+# A 1x1 red PNG: small enough to paste into the docs, real enough to embed.
+EXAMPLE_IMAGE = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AA"
+    "AAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+)
+
+
+class ImagesRequest(BaseModel):
+    images: list[str] = Field(..., min_length=1, description="base64 images or data URLs",
+                              examples=[[EXAMPLE_IMAGE]])
+
+
+class SearchRequest(BaseModel):
+    images: list[str] | None = Field(None, description="query images (base64 / data URLs)",
+                                     examples=[[EXAMPLE_IMAGE]])
+    embeddings: list[list[float]] | None = Field(
+        None, description="query vectors of the model's dimension (normalized here)")
+    k: int = Field(10, ge=1, description="neighbours per query (at most the server's max_k)")
+
+
+class ClassifyRequest(ImagesRequest):
+    k: int = Field(5, ge=1, description="top classes per image")
+
+
+class GalleryItem(BaseModel):
+    id: str = Field(..., min_length=1, max_length=256)
+    label: str | None = None
+    image: str | None = Field(None, description="base64 image or data URL")
+    embedding: list[float] | None = None
+
+
+class GalleryAddRequest(BaseModel):
+    items: list[GalleryItem] = Field(..., min_length=1)
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    precision: str
+    dimension: int
+    embeddings: list[list[float]]
+
+
+class NeighborOut(BaseModel):
+    id: str
+    label: str | None
+    score: float
+
+
+class SearchResponse(BaseModel):
+    model: str
+    precision: str
+    results: list[list[NeighborOut]]
+
+
+class ClassOut(BaseModel):
+    label: str
+    index: int
+    probability: float
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    precision: str
+    results: list[list[ClassOut]]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 415, 422, 503)}
+
+
+def image_body(json_model: type[BaseModel]) -> dict:
+    """OpenAPI for routes that take JSON, multipart files or one raw image body."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": json_model.model_json_schema()},
+        "multipart/form-data": {"schema": {"type": "object", "properties": {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+    }}}

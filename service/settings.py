@@ -1,0 +1,36 @@
+"""Service configuration from the environment (prefix SIMCLR_EMBED_), e.g.
+SIMCLR_EMBED_BUNDLE=bundles/default SIMCLR_EMBED_PRECISION=fp32 SIMCLR_EMBED_API_KEY=..."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SIMCLR_EMBED_", extra="ignore")
+
+    bundle: Path = Path("bundles/default")
+    precision: Literal["int8", "fp32"] = "int8"
+    provider: Literal["cpu", "cuda"] = "cpu"
+    threads: int = Field(0, ge=0, description="ORT intra-op threads; 0 = one per core")
+    # Micro-batching: requests that queue while a batch runs form the next batch (up to
+    # max_batch_size images); max_wait_ms > 0 additionally holds a lone request to gather more.
+    max_batch_size: int = Field(64, ge=1)
+    max_wait_ms: float = Field(0.0, ge=0)
+    max_queue_images: int = Field(512, ge=1, description="beyond this, 503 + Retry-After")
+    max_images_per_request: int = Field(64, ge=1)
+    max_body_bytes: int = Field(16 * 2**20, ge=1024)
+    max_image_pixels: int = Field(25_000_000, ge=1, description="decompression-bomb guard")
+    max_k: int = Field(100, ge=1)
+    index: Literal["flat", "hnsw"] = "flat"
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 64
+    api_key: SecretStr | None = None  # gallery management is disabled without one
+    data_dir: Path = Path("service-data")  # durable gallery additions and deletions
+    decode_threads: int = Field(2, ge=1)
+    host: str = "127.0.0.1"
+    port: int = 8000
