@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -117,11 +118,21 @@ AuthDep = Annotated[None, Depends(require_api_key)]
 
 
 # --- request parsing -------------------------------------------------------------------------
+def loads(raw: bytes) -> Any:
+    """orjson, or the stdlib for what orjson refuses but Python clients send (json.dumps writes
+    NaN and Infinity), so that such numbers get the 422 of a non-finite value, not a 400."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ServiceError(f"request body is not valid JSON: {e}") from e
+
+
 def parse_json(raw: bytes, model: type[BaseModel]) -> Any:
     try:
-        return model.model_validate(orjson.loads(raw))
-    except orjson.JSONDecodeError as e:
-        raise ServiceError(f"request body is not valid JSON: {e}") from e
+        return model.model_validate(loads(raw))
     except ValidationError as e:
         parts = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
         raise InvalidInput("; ".join(parts)) from e

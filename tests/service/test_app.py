@@ -1,0 +1,129 @@
+"""The service over real HTTP: correct answers, batching without mix-ups, metrics, OpenAPI."""
+
+import asyncio
+import base64
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+
+from service.bundle import load_bundle
+from service.runtime import make_session, run_batches
+from tests.service.conftest import png
+from training.data import stratified_subset
+
+
+@pytest.fixture(scope="module")
+def test_images(cifar10) -> np.ndarray:
+    return stratified_subset(cifar10[1], 3, seed=5).images  # (30, 32, 32, 3) real test images
+
+
+@pytest.fixture(scope="module")
+def reference(bundle_dir, test_images):
+    """In-process ORT on the same INT8 encoder: what HTTP must reproduce."""
+    return run_batches(make_session(load_bundle(bundle_dir).encoder_path("int8")), test_images, 1)
+
+
+def test_embed_over_http_equals_in_process_onnx(client, test_images, reference) -> None:
+    r = client.post("/v1/embed", files=[("files", (f"{i}.png", png(x), "image/png"))
+                                        for i, x in enumerate(test_images[:8])])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["dimension"] == 512 and body["precision"] == "int8"
+    np.testing.assert_allclose(np.array(body["embeddings"]), reference[0][:8], atol=1e-5)
+    raw = client.post("/v1/embed", content=png(test_images[9]),
+                      headers={"content-type": "image/png"})
+    np.testing.assert_allclose(raw.json()["embeddings"][0], reference[0][9], atol=1e-5)
+    data_url = "data:image/png;base64," + base64.b64encode(png(test_images[10])).decode()
+    js = client.post("/v1/embed", json={"images": [data_url]})
+    np.testing.assert_allclose(js.json()["embeddings"][0], reference[0][10], atol=1e-5)
+
+
+def test_gallery_image_finds_itself_first(client, bundle_dir, cifar10) -> None:
+    gallery = stratified_subset(cifar10[0], 20, seed=0)  # the export's gallery
+    ids = load_bundle(bundle_dir).gallery("int8")[0]
+    for n in (0, 57, 199):
+        r = client.post("/v1/search", params={"k": 3}, content=png(gallery.images[n]),
+                        headers={"content-type": "image/png"})
+        top = r.json()["results"][0]
+        assert top[0]["id"] == ids[n] and top[0]["score"] > 0.999
+        assert top[0]["label"] == gallery.classes[gallery.labels[n]]
+        assert top[0]["score"] >= top[1]["score"] >= top[2]["score"]
+
+
+def test_search_by_embedding_matches_search_by_image(client, reference) -> None:
+    by_vec = client.post("/v1/search", json={"embeddings": [reference[0][0].tolist()], "k": 5})
+    b64 = base64.b64encode(png(np.zeros((32, 32, 3), np.uint8))).decode()
+    assert client.post("/v1/search", json={"images": [b64], "k": 5}).status_code == 200
+    assert by_vec.status_code == 200 and len(by_vec.json()["results"][0]) == 5
+
+
+def test_classify_agrees_with_the_head(client, test_images, reference) -> None:
+    b64 = [base64.b64encode(png(x)).decode() for x in test_images[:6]]
+    r = client.post("/v1/classify", json={"images": b64, "k": 10})
+    logits = reference[1][:6]
+    for row, lg in zip(r.json()["results"], logits, strict=True):
+        p = np.exp(lg - lg.max()) / np.exp(lg - lg.max()).sum()
+        assert row[0]["index"] == int(lg.argmax())
+        np.testing.assert_allclose([c["probability"] for c in row], np.sort(p)[::-1], atol=1e-5)
+
+
+def test_concurrent_clients_each_get_their_own_result(server, test_images, reference) -> None:
+    async def one(c: httpx.AsyncClient, idx: list[int]) -> tuple[list[int], np.ndarray]:
+        files = [("files", (f"{i}.png", png(test_images[i]), "image/png")) for i in idx]
+        r = await c.post("/v1/embed", files=files)
+        assert r.status_code == 200, r.text
+        return idx, np.array(r.json()["embeddings"])
+
+    async def main() -> list:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
+            jobs = [[i % 30, (i * 7) % 30][: 1 + i % 2] for i in range(48)]
+            return await asyncio.gather(*(one(c, j) for j in jobs))
+
+    for idx, emb in asyncio.run(main()):
+        np.testing.assert_allclose(emb, reference[0][idx], atol=1e-5)
+
+
+def test_metrics_move(client, test_images) -> None:
+    def scrape() -> dict[str, float]:
+        out = {}
+        for line in client.get("/metrics").text.splitlines():
+            if line.startswith("simclr_embed_") and " " in line:
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    before = scrape()
+    client.post("/v1/embed", content=png(test_images[0]), headers={"content-type": "image/png"})
+    after = scrape()
+    key = 'simclr_embed_requests_total{route="/v1/embed",status="200"}'
+    assert after[key] == before.get(key, 0) + 1
+    assert after["simclr_embed_batch_size_count"] > before["simclr_embed_batch_size_count"]
+    inference = "simclr_embed_inference_seconds_count"
+    assert after[inference] > before[inference]
+    assert after["simclr_embed_gallery_size"] >= 200
+    assert 'simclr_embed_request_latency_seconds_bucket{le="0.005",route="/v1/embed"}' in after
+    assert any(k.startswith("simclr_embed_model_info{") for k in after)
+
+
+def test_ops_endpoints_and_openapi(client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["status"] == "ready"
+    model = client.get("/v1/model").json()
+    assert model["classes"][3] == "cat" and model["embedding_dim"] == 512
+    assert model["metrics"]["int8"]["linear_top1"] >= 0
+    spec = client.get("/openapi.json").json()
+    for path in ("/v1/embed", "/v1/search", "/v1/classify", "/v1/gallery", "/v1/model"):
+        assert path in spec["paths"]
+    content = spec["paths"]["/v1/embed"]["post"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data", "image/*"} <= set(content)
+    assert content["application/json"]["schema"]["properties"]["images"]["examples"]
+
+
+def test_service_never_imports_torch() -> None:
+    done = subprocess.run([sys.executable, "-c", "import sys, service.app, service.engine, "
+                           "service.gallery, service.bundle, service.preprocess; "
+                           "print('torch' in sys.modules)"], capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr

@@ -1,0 +1,134 @@
+"""Every kind of bad input gets its 4xx with the one error shape, and the server keeps serving
+correct answers afterwards; overload gets 503 + Retry-After."""
+
+import asyncio
+import base64
+import io
+from types import SimpleNamespace
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.app import ready_engine
+from service.engine import Engine
+from service.errors import NotReady
+from service.metrics import Metrics
+from service.settings import Settings
+from tests.service.conftest import API_KEY, Server, png
+
+IMG = np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def bomb() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (6000, 6000)).save(buf, "PNG")  # 36 Mpx that compress to a few kB
+    return buf.getvalue()
+
+
+CASES = [
+    ("undecodable", dict(content=b"not an image", headers={"content-type": "image/png"}),
+     400, "bad_image"),
+    ("empty", dict(content=b"", headers={"content-type": "image/jpeg"}), 400, "bad_image"),
+    ("bad base64", dict(json={"images": ["@@@"]}), 400, "bad_image"),
+    ("invalid json", dict(content=b"{", headers={"content-type": "application/json"}),
+     400, "bad_request"),
+    ("unsupported media", dict(content=b"x", headers={"content-type": "text/plain"}),
+     415, "unsupported_media_type"),
+    ("body over limit", dict(content=b"0" * (3 * 2**20), headers={"content-type": "image/png"}),
+     413, "payload_too_large"),
+    ("pixel bomb", dict(content=bomb(), headers={"content-type": "image/png"}),
+     413, "payload_too_large"),
+    ("too many images", dict(json={"images": [b64(png(IMG))] * 65}), 422, "invalid_input"),
+    ("no images field", dict(json={"pictures": []}), 422, "invalid_input"),
+]
+
+
+@pytest.mark.parametrize(("name", "request_kw", "status", "code"), CASES, ids=[c[0] for c in CASES])
+def test_bad_embed_requests(client, name, request_kw, status, code) -> None:
+    r = client.post("/v1/embed", **request_kw)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
+    ok = client.post("/v1/embed", content=png(IMG), headers={"content-type": "image/png"})
+    assert ok.status_code == 200 and len(ok.json()["embeddings"][0]) == 512
+
+
+SEARCH_CASES = [
+    ("k too large", {"images": [b64(png(IMG))], "k": 101}, 422),
+    ("k zero", {"images": [b64(png(IMG))], "k": 0}, 422),
+    ("wrong dimension", {"embeddings": [[0.1] * 511]}, 422),
+    ("overflow to infinity", b'{"embeddings": [[1e400' + b", 0.1" * 511 + b"]]}", 422),
+    ("NaN as Python writes it", b'{"embeddings": [[NaN' + b", 0.1" * 511 + b"]]}", 422),
+    ("zero vector", {"embeddings": [[0.0] * 512]}, 422),
+    ("both inputs", {"images": [b64(png(IMG))], "embeddings": [[0.1] * 512]}, 422),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "status"), SEARCH_CASES, ids=[c[0] for c in SEARCH_CASES])
+def test_bad_search_requests(client, name, body, status) -> None:
+    if isinstance(body, bytes):  # non-finite numbers, which strict JSON cannot spell
+        r = client.post("/v1/search", content=body, headers={"content-type": "application/json"})
+    else:
+        r = client.post("/v1/search", json=body)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == "invalid_input"
+    good = client.post("/v1/search", json={"embeddings": [[0.1] * 512], "k": 3})
+    assert good.status_code == 200 and len(good.json()["results"][0]) == 3
+
+
+def test_gallery_management_needs_the_key(client) -> None:
+    item = {"items": [{"id": "k1", "embedding": [0.2] * 512}]}
+    assert client.post("/v1/gallery", json=item).status_code == 401
+    wrong = client.post("/v1/gallery", json=item, headers={"x-api-key": "nope"})
+    assert wrong.status_code == 403 and wrong.json()["error"]["code"] == "forbidden"
+    assert client.delete("/v1/gallery/k1").status_code == 401
+    ok = client.post("/v1/gallery", json=item, headers={"authorization": f"Bearer {API_KEY}"})
+    assert ok.status_code == 200
+    gone = client.delete("/v1/gallery/k1", headers={"x-api-key": API_KEY})
+    assert gone.status_code == 200
+    missing = client.delete("/v1/gallery/k1", headers={"x-api-key": API_KEY})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def test_unknown_route_and_method_use_the_error_shape(client) -> None:
+    assert client.get("/v2/nothing").json()["error"]["code"] == "not_found"
+    assert client.get("/v1/embed").json()["error"]["code"] == "method_not_allowed"
+
+
+def test_overload_answers_503_with_retry_after(bundle_dir, tmp_path, cifar10) -> None:
+    srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_MAX_BATCH_SIZE="1",
+                 SIMCLR_EMBED_MAX_QUEUE_IMAGES="2").start()
+    images = [png(x) for x in cifar10[1].images[:8]]
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
+            return await asyncio.gather(*(
+                c.post("/v1/embed", files=[("files", ("a.png", images[i % 8], "image/png"))] * 2)
+                for i in range(40)))
+
+    try:
+        responses = asyncio.run(burst())
+        codes = [r.status_code for r in responses]
+        assert set(codes) <= {200, 503} and codes.count(503) > 0, codes
+        refused = next(r for r in responses if r.status_code == 503)
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "overloaded"
+        after = httpx.post(srv.url + "/v1/embed", content=images[0],
+                           headers={"content-type": "image/png"})
+        assert after.status_code == 200
+        metrics = httpx.get(srv.url + "/metrics").text
+        assert "simclr_embed_rejected_overload_total" in metrics
+    finally:
+        srv.stop()
+
+
+def test_not_ready_is_503() -> None:
+    engine = Engine(Settings(), Metrics())  # never loaded
+    request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(engine=engine)))
+    with pytest.raises(NotReady):
+        ready_engine(request)  # type: ignore[arg-type]
