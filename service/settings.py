@@ -34,3 +34,4 @@ class Settings(BaseSettings):
     decode_threads: int = Field(2, ge=1)
     host: str = "127.0.0.1"
     port: int = 8000
+    workers: int = Field(1, ge=1, description="uvicorn worker processes")

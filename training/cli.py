@@ -124,7 +124,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("int8", "fp32"), default=None)
     p.add_argument("--provider", choices=("cpu", "cuda"), default=None)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.add_argument("--workers", type=int, default=None, help="uvicorn worker processes")
     p.add_argument("--build-if-missing", action="store_true",
                    help="no bundle yet: train and export a default one first (about 10 min on "
                    "a 2-core CPU with a short run; the full recipe on a GPU)")
@@ -138,7 +138,8 @@ def _run_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     overrides = {"bundle": args.bundle, "host": args.host, "port": args.port,
-                 "precision": args.precision, "provider": args.provider, "threads": args.threads}
+                 "precision": args.precision, "provider": args.provider, "threads": args.threads,
+                 "workers": args.workers}
     for key, value in overrides.items():
         if value is not None:  # the app factory reads the environment, in every worker
             os.environ[f"SIMCLR_EMBED_{key.upper()}"] = str(value)
@@ -150,7 +151,7 @@ def _run_serve(args: argparse.Namespace) -> None:
 
         build_default_bundle(settings.bundle, args.data)
     uvicorn.run("service.app:app_from_env", factory=True, host=settings.host, port=settings.port,
-                workers=args.workers, timeout_graceful_shutdown=20, access_log=False)
+                workers=settings.workers, timeout_graceful_shutdown=20, access_log=False)
 
 
 def _unavailable(sub: argparse._SubParsersAction, name: str, err: ImportError) -> None:
