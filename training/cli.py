@@ -164,12 +164,17 @@ def _unavailable(sub: argparse._SubParsersAction, name: str, err: ImportError) -
     p.set_defaults(func=fail)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; given the command about to run, the other stages' parsers (and their
+    torch imports) are left out, so `serve` starts without torch even where it is installed."""
     parser = argparse.ArgumentParser(prog="simclr-embed", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     stages = {"train": _train_parser, "eval": _eval_parser, "export": _export_parser}
     for name, register in stages.items():
+        if command is not None and command != name and command in (*stages, "serve"):
+            sub.add_parser(name)  # listed, not built: another command is running
+            continue
         try:
             register(sub)
         except ImportError as e:  # a serving-only install has no torch
@@ -179,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -124,6 +124,7 @@ def test_ops_endpoints_and_openapi(client) -> None:
 
 def test_service_never_imports_torch() -> None:
     done = subprocess.run([sys.executable, "-c", "import sys, service.app, service.engine, "
-                           "service.gallery, service.bundle, service.preprocess; "
-                           "print('torch' in sys.modules)"], capture_output=True, text=True)
+                           "service.gallery, service.bundle, service.preprocess, training.cli; "
+                           "training.cli.build_parser('serve'); print('torch' in sys.modules)"],
+                          capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr

@@ -63,3 +63,12 @@ def test_cli_eval_and_clear_errors(cifar10_dir, tmp_path, capsys, caplog) -> Non
     assert "does not exist" in caplog.text
     assert main(["train", "--data", str(tmp_path / "nowhere"), "--out-dir", str(tmp_path)]) == 2
     assert "does not exist" in caplog.text
+
+
+def test_default_bundle_configs_fit_a_cpu_budget(tmp_path) -> None:
+    from training.quickstart import default_configs
+
+    cfg, export_cfg = default_configs(tmp_path / "bundles/default", "cifar10")
+    assert cfg.train_per_class == 200 and cfg.epochs == 10  # about 5 minutes of training here
+    assert cfg.out_dir == str(tmp_path / "bundles/default-run")
+    assert export_cfg.out == str(tmp_path / "bundles/default") and export_cfg.gallery_per_class
