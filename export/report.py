@@ -17,12 +17,17 @@ from training.evaluate import knn_accuracy
 PRECISIONS = ("fp32", "int8")
 
 
-def top_k_ids(query: np.ndarray, gallery: np.ndarray, k: int = 10) -> np.ndarray:
-    """(Q, D), (N, D) unit-norm -> (Q, k) gallery indices by inner product, best first."""
-    sims = query @ gallery.T  # (Q, N)
-    part = np.argpartition(-sims, k, axis=1)[:, :k]  # (Q, k) unordered
-    order = np.argsort(-np.take_along_axis(sims, part, 1), axis=1)
-    return np.take_along_axis(part, order, 1)
+def top_k_ids(query: np.ndarray, gallery: np.ndarray, k: int = 10,
+              chunk: int = 1024) -> np.ndarray:
+    """(Q, D), (N, D) unit-norm -> (Q, k) gallery indices by inner product, best first.
+    Queries go in chunks: a full (Q, N) score matrix for the 10k x 50k default would be 2 GB."""
+    out = []
+    for q in np.array_split(query, max(1, -(-len(query) // chunk))):
+        sims = q @ gallery.T  # (q, N)
+        part = np.argpartition(-sims, k, axis=1)[:, :k]  # (q, k) unordered
+        order = np.argsort(-np.take_along_axis(sims, part, 1), axis=1)
+        out.append(np.take_along_axis(part, order, 1))
+    return np.concatenate(out)
 
 
 def latency_ms(session, images: np.ndarray, batch: int, reps: int) -> float:
