@@ -54,7 +54,8 @@ class Engine:
         """Blocking: verify the bundle, open the session, warm it up, build the gallery."""
         s = self.settings
         self.bundle = load_bundle(s.bundle)
-        self.session = make_session(self.bundle.encoder_path(s.precision), s.threads, s.provider)
+        self.session = make_session(self.bundle.encoder_path(s.precision), s.threads, s.provider,
+                                    s.ort_spinning)
         self.input_name = self.session.get_inputs()[0].name
         self.size = int(self.bundle.manifest["input"]["size"])
         self.dim = int(self.bundle.manifest["embedding_dim"])

@@ -15,13 +15,17 @@ log = logging.getLogger(__name__)
 PROVIDERS = ("cpu", "cuda")
 
 
-def make_session(path: Path | str, threads: int = 0, provider: str = "cpu") -> ort.InferenceSession:
-    """A session on the asked provider; CUDA falls back to CPU, with a log line, when absent."""
+def make_session(path: Path | str, threads: int = 0, provider: str = "cpu",
+                 spinning: bool = True) -> ort.InferenceSession:
+    """A session on the asked provider; CUDA falls back to CPU, with a log line, when absent.
+    spinning=False stops idle intra-op threads from busy-waiting between runs, which frees the
+    cores for other work in the process (gallery search) at some cost in back-to-back latency."""
     if provider not in PROVIDERS:
         raise ValueError(f"unknown provider {provider!r}; valid choices: {', '.join(PROVIDERS)}")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads  # 0 = ORT's default (one per physical core)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     providers = ["CPUExecutionProvider"]
     if provider == "cuda":
         if "CUDAExecutionProvider" in ort.get_available_providers():

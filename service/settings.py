@@ -17,6 +17,7 @@ class Settings(BaseSettings):
     precision: Literal["int8", "fp32"] = "int8"
     provider: Literal["cpu", "cuda"] = "cpu"
     threads: int = Field(0, ge=0, description="ORT intra-op threads; 0 = one per core")
+    ort_spinning: bool = Field(False, description="let idle ORT threads busy-wait (README)")
     # Micro-batching: requests that queue while a batch runs form the next batch (up to
     # max_batch_size images); max_wait_ms > 0 additionally holds a lone request to gather more.
     max_batch_size: int = Field(64, ge=1)
