@@ -182,6 +182,7 @@ def plots(res: dict, out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), dpi=110)
     cdfs = {f"in-process {k}": v["b1_samples_ms"] for k, v in res["in_process"].items()}
@@ -200,6 +201,7 @@ def plots(res: dict, out: Path) -> None:
     axes[2].set(title="p99 latency vs clients (embed)", xlabel="clients", ylabel="ms",
                 xscale="log", yscale="log")
     for ax in axes:
+        ax.xaxis.set_minor_formatter(NullFormatter())  # log axes: label decades only
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
