@@ -309,6 +309,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
             write_metrics(out, history)
     if run.rank == 0 and last == cfg.epochs:
         finish(run, out, ckpt_path)
+    distributed.shutdown()
     return ckpt_path
 
 

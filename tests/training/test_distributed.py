@@ -50,3 +50,19 @@ def test_gathered_loss_and_gradients_equal_single_process(tmp_path: Path) -> Non
     grad_b = torch.cat([r["grad_b"] for r in ranks]) / WORLD
     torch.testing.assert_close(grad_a, a.grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(grad_b, b.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_torchrun_training_loop_on_two_cpu_processes(cifar10_dir: Path, tmp_path: Path) -> None:
+    """The whole DDP path (sharding, DDP wrapper, gathered loss, rank-0 checkpoint) runs."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                    "-m", "training.cli", "train", "--data", str(cifar10_dir), "--device", "cpu",
+                    "--train-per-class", "8", "--test-per-class", "4", "--epochs", "2",
+                    "--batch-size", "32", "--warmup-epochs", "1", "--knn-every", "0",
+                    "--probe-epochs", "1", "--out-dir", str(out)], check=True, timeout=600)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 2 and [m["epoch"] for m in state["metrics"]] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in state["metrics"])
