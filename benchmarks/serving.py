@@ -125,6 +125,22 @@ def over_http(bundle_dir: Path, precision: str, pngs: list[bytes], threads: int,
     return result
 
 
+def overload(bundle_dir: Path, pngs: list[bytes], threads: int, queue: int, clients: int,
+             seconds: float, workdir: Path) -> dict:
+    """More clients than a small image queue admits: what the bound does (503 + Retry-After)."""
+    srv = ServiceProcess(bundle_dir, workdir / "data-overload", workdir / "server-overload.log",
+                         SIMCLR_EMBED_THREADS=str(threads),
+                         SIMCLR_EMBED_MAX_QUEUE_IMAGES=str(queue)).start()
+    try:
+        reqs = [loadgen.raw_request("/v1/embed", p, "image/png") for p in pngs]
+        res = asyncio.run(loadgen.run_load("127.0.0.1", srv.port, reqs, clients, seconds))
+        after = asyncio.run(loadgen.sequential("127.0.0.1", srv.port, reqs, 50))
+    finally:
+        srv.stop()
+    return {"max_queue_images": queue, **res.summary(),
+            "lone_request_after_burst_p50_ms": float(np.median(after))}
+
+
 def ratios(res: dict) -> dict:
     ip, http = res["in_process"], res["http"]
     batches = [b for b in ip["ort_int8"] if not b.endswith("_ms")]
@@ -167,6 +183,12 @@ def markdown(res: dict) -> str:
             lines.append(f"| {p} | {s['concurrency']} | {s['requests_per_s']:.0f} | "
                          f"{s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['p99_ms']:.1f} | "
                          f"{s['errors']} | {100 * s['client_cpu_share_of_2_cores']:.0f} % |")
+    o = res["overload"]
+    lines += ["", f"Overload (INT8, queue bound {o['max_queue_images']} images, "
+              f"{o['concurrency']} clients): {o['requests_per_s']:.0f} req/s answered 200 "
+              f"(p50 {o['p50_ms']:.0f} ms, p99 {o['p99_ms']:.0f} ms), {o['errors']} refused with "
+              f"503 (p50 {o['error_p50_ms'] or 0:.0f} ms); a lone request right after the burst: "
+              f"{o['lone_request_after_burst_p50_ms']:.1f} ms."]
     lines += ["", "| ratio | value |", "| --- | --- |"]
     lines += [f"| {k} | {v:.2f} |" for k, v in res["ratios"].items()]
     acc = res["accuracy"]
@@ -242,6 +264,8 @@ def main() -> None:
         res["http"] = {prec: over_http(Path(args.bundle), prec, pngs, args.threads,
                                        settings["sequential_n"], settings["concurrency"],
                                        settings["load_seconds"], Path(tmp)) for prec in PRECISIONS}
+        res["overload"] = overload(Path(args.bundle), pngs, args.threads, 16,
+                                   16 if q else 128, settings["load_seconds"], Path(tmp))
     res["ratios"] = ratios(res)
     res["accuracy"] = bundle.manifest["metrics"]
     out = Path(args.out)

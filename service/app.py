@@ -160,6 +160,7 @@ async def decode_all(engine: Engine, settings: Settings, raws: list[bytes]) -> n
     if len(raws) > settings.max_images_per_request:
         raise InvalidInput(f"{len(raws)} images in one request; the limit is "
                            f"{settings.max_images_per_request}")
+    engine.admit(len(raws))
     loop = asyncio.get_running_loop()
     size, limit = engine.size, settings.max_image_pixels
     arrays = await asyncio.gather(*(

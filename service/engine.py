@@ -92,13 +92,18 @@ class Engine:
         emb, logits = self.session.run(None, {self.input_name: batch})
         return emb, logits
 
-    async def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(n, S, S, 3) uint8 -> this caller's own (embeddings (n, D), logits (n, C))."""
-        n = len(images)
+    def admit(self, n: int) -> None:
+        """Refuse n more images when the queue is full: called before decoding too, so that a
+        refusal costs as little CPU as possible when CPU is what is short."""
         if self._pending + n > self.settings.max_queue_images:
             self.metrics.rejected.inc()
             raise Overloaded(f"{self._pending} images already queued; retry shortly",
                              headers={"Retry-After": "1"})
+
+    async def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, S, S, 3) uint8 -> this caller's own (embeddings (n, D), logits (n, C))."""
+        n = len(images)
+        self.admit(n)
         job = _Job(images, asyncio.get_running_loop().create_future())
         self._jobs.append(job)
         self._pending += n

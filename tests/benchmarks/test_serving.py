@@ -24,6 +24,7 @@ def test_quick_serving_benchmark(bundle_dir: Path, cifar10_dir: Path, tmp_path: 
         assert http["rss_mb_end"] > 0
     assert {"int8_speedup_in_process_b1", "int8_http_overhead_p50",
             "int8_service_vs_engine_throughput"} <= set(res["ratios"])
+    assert res["overload"]["max_queue_images"] == 16 and res["overload"]["requests"] > 0
     assert res["hardware"]["versions"]["onnxruntime"]
     assert (tmp_path / "serving.png").stat().st_size > 10_000
     assert "| load (embed, 1 image) |" in (tmp_path / "serving.md").read_text()
