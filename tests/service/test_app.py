@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import io
 import subprocess
 import sys
 
@@ -128,3 +129,20 @@ def test_service_never_imports_torch() -> None:
                            "training.cli.build_parser('serve'); print('torch' in sys.modules)"],
                           capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr
+
+
+@pytest.mark.parametrize(("fmt", "size"), [("JPEG", (640, 480)), ("WEBP", (50, 90)),
+                                          ("PNG", (32, 32)), ("GIF", (100, 100))])
+def test_any_size_and_common_formats(client, bundle_dir, test_images, fmt, size) -> None:
+    """Decoded, converted to RGB and framed by the same resize the training decoder uses."""
+    from PIL import Image
+
+    from service.preprocess import to_square_rgb
+
+    buf = io.BytesIO()
+    Image.fromarray(test_images[4]).resize(size).save(buf, fmt)
+    r = client.post("/v1/embed", files=[("files", (f"x.{fmt.lower()}", buf.getvalue()))])
+    assert r.status_code == 200, r.text
+    expected = to_square_rgb(Image.open(io.BytesIO(buf.getvalue())), 32)[None]
+    ref, _ = run_batches(make_session(load_bundle(bundle_dir).encoder_path("int8")), expected)
+    np.testing.assert_allclose(r.json()["embeddings"][0], ref[0], atol=1e-5)
