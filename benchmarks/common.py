@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import subprocess
@@ -37,3 +38,11 @@ def hardware() -> dict:
         info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=True,
                                         capture_output=True, text=True).stdout.strip()
     return info
+
+
+def write_result(path: str | Path, result: dict) -> Path:
+    """The benchmark's JSON, with its parent folder made; returns the path."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return out

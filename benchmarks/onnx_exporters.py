@@ -7,7 +7,6 @@ or the torch.export-based one (dynamo), for the same checkpoint, interleaved ove
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from benchmarks.common import hardware
+from benchmarks.common import hardware, write_result
 from export.onnx_export import EXPORTERS, export_onnx
 from export.report import interleaved_latency
 from service.runtime import make_session
@@ -50,9 +49,7 @@ def main() -> None:
             lat = interleaved_latency(sessions, images, batch, args.rounds, args.reps)
             result[f"median_ms_b{batch}"] = lat
             log.info("batch %d: %s", batch, {k: round(v, 2) for k, v in lat.items()})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(args.out, result)
     log.info("wrote %s", out)
 
 

@@ -8,7 +8,6 @@ calibration images, latency interleaved over rounds, plus the cosine to FP32 emb
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import hardware
+from benchmarks.common import hardware, write_result
 from export.onnx_export import export_onnx
 from export.quantize import quantize_int8
 from export.report import interleaved_latency
@@ -72,9 +71,7 @@ def main() -> None:
             }
             log.info("%-12s %s", name, {k: round(v, 3) for k, v in
                                         result["variants"][name].items()})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(args.out, result)
     log.info("wrote %s", out)
 
 

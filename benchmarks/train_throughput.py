@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import statistics
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import hardware
+from benchmarks.common import hardware, write_result
 from training.augment import AugmentConfig, Normalize, two_views
 from training.distributed import simclr_loss
 from training.model import ModelConfig, SimCLR
@@ -130,9 +129,7 @@ def main() -> None:
               "batch_size": args.batch_size, "images": source, "rounds": args.rounds,
               "steps_per_round": args.steps, "torch_threads": torch.get_num_threads(),
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "variants": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(args.out, result)
     for row in rows:
         log.info("%-22s %7.1f img/s  step %.3f s  peak %.0f MB  x%.2f", row["variant"],
                  row["images_per_s"], row["step_s_median"], row["peak_memory_mb"],
