@@ -301,8 +301,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     for epoch in range(first, last + 1):
         row = train_epoch(run, epoch)
         if run.rank == 0:
-            if cfg.knn_every and (epoch % cfg.knn_every == 0 or epoch == cfg.epochs):
-                row["knn_top1"] = knn_monitor(run)
+            if cfg.knn_every and epoch % cfg.knn_every == 0 and epoch != cfg.epochs:
+                row["knn_top1"] = knn_monitor(run)  # the last epoch's comes from finish()
             history.append(row)
             log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
             save_checkpoint(ckpt_path, checkpoint_state(run, epoch, history))
@@ -314,13 +314,17 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
 
 
 def finish(run: Run, out: Path, ckpt_path: Path) -> None:
-    """Final kNN and linear probe; both land in the checkpoint and summary.json."""
+    """Final kNN and linear probe, on one feature pass; they land in the checkpoint, the last
+    metrics row (as that epoch's kNN monitor) and summary.json."""
     from training.plots import plot_run
 
     state = load_checkpoint(ckpt_path)
     result = evaluate_checkpoint_run(run)
     state["linear_head"] = result.pop("head")
     state["eval"] = result
+    if run.cfg.knn_every and state["metrics"]:
+        state["metrics"][-1]["knn_top1"] = result["knn_top1"]
+        write_metrics(out, state["metrics"])
     save_checkpoint(ckpt_path, state)
     write_jsonl(out / "probe.jsonl", result.pop("probe_history"))
     (out / "summary.json").write_text(json.dumps(result, indent=2))
