@@ -30,7 +30,7 @@ from service.errors import (
     Unauthorized,
     UnsupportedMedia,
 )
-from service.handlers import error_response, install_handlers
+from service.handlers import error_response, install_handlers, validation_message
 from service.metrics import Metrics
 from service.preprocess import decode_base64, decode_image
 from service.settings import Settings
@@ -134,8 +134,7 @@ def parse_json(raw: bytes, model: type[BaseModel]) -> Any:
     try:
         return model.model_validate(loads(raw))
     except ValidationError as e:
-        parts = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise InvalidInput("; ".join(parts)) from e
+        raise InvalidInput(validation_message(e.errors())) from e
 
 
 async def read_body(request: Request, model: type[BaseModel]) -> tuple[Any | None, list[bytes]]:

@@ -4,6 +4,7 @@ FastAPI's own, all as {"error": {"code": ..., "message": ...}}."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,6 +14,11 @@ from starlette.exceptions import HTTPException
 from service.errors import ServiceError
 
 log = logging.getLogger(__name__)
+
+
+def validation_message(errors: Sequence[dict]) -> str:
+    """pydantic's error list as one line: 'field.path: what is wrong; ...'."""
+    return "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in errors)
 
 
 def error_response(status: int, code: str, message: str,
@@ -30,8 +36,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:
-        parts = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
-        return error_response(422, "invalid_input", "; ".join(parts))
+        return error_response(422, "invalid_input", validation_message(e.errors()))
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, e: HTTPException) -> JSONResponse:

@@ -126,8 +126,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="uvicorn worker processes")
     p.add_argument("--build-if-missing", action="store_true",
-                   help="no bundle yet: train and export a default one first (about 10 min on "
-                   "a 2-core CPU with a short run; the full recipe on a GPU)")
+                   help="no bundle yet: train and export a default one first (a short run, "
+                   "about 5 min on a 2-core CPU; the full recipe on a GPU)")
     p.add_argument("--data", default="cifar10", help="data for --build-if-missing")
     p.set_defaults(func=_run_serve)
 

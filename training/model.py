@@ -46,8 +46,9 @@ class ProjectionHead(nn.Module):
         layers: list[nn.Module] = []
         dim = in_dim
         for _ in range(hidden_layers):
-            layers += [nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim)]
-            layers.append(nn.ReLU())
+            layers += [
+                nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU()
+            ]
             dim = hidden_dim
         layers.append(nn.Linear(dim, out_dim))
         self.net = nn.Sequential(*layers)

@@ -1,5 +1,5 @@
 """The default bundle for a fresh machine: train -> export, sized to the hardware. A GPU runs the
-full recipe; a CPU runs a short budget (about 10 minutes on 2 cores) that still clears the
+full recipe; a CPU runs a short budget (about 5 minutes on 2 cores) that still clears the
 random-init kNN floor."""
 
 from __future__ import annotations
