@@ -3,7 +3,7 @@
 Per-image PIL transforms in DataLoader workers cannot feed a GPU at thousands of images/s, so
 every transform here draws one random parameter per sample and applies the whole batch at once:
 RandomResizedCrop + horizontal flip as one affine resampling, colour jitter (brightness, contrast,
-saturation, hue) with p=0.8, grayscale with p=0.2, Gaussian blur with p=0.5, then normalization.
+saturation, hue) with p=0.8, grayscale with p=0.2, optional Gaussian blur, then normalization.
 Unlike torchvision, the jitter order is drawn once per batch rather than once per image.
 """
 
@@ -29,7 +29,9 @@ class AugmentConfig:
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
     jitter_p: float = 0.8
     gray_p: float = 0.2
-    blur_p: float = 0.5
+    # Off for 32x32 images, as in SimCLR's CIFAR protocol and solo-learn's recipe (README,
+    # "Augmentation", has the measurement); --aug-blur-p 0.5 for ImageNet-sized images.
+    blur_p: float = 0.0
     blur_sigma: tuple[float, float] = (0.1, 2.0)
 
 
@@ -166,7 +168,9 @@ def random_view(images: Tensor, cfg: AugmentConfig) -> Tensor:
     x = color_jitter(x, cfg)
     gray = (torch.rand(n, device=x.device) < cfg.gray_p).view(n, 1, 1, 1)
     x = torch.where(gray, grayscale(x).expand_as(x), x)
-    return gaussian_blur(x, cfg).clamp(0, 1)  # the kernel sums to 1 only up to rounding
+    if cfg.blur_p > 0:
+        x = gaussian_blur(x, cfg)
+    return x.clamp(0, 1)  # a blur kernel sums to 1 only up to rounding
 
 
 class Normalize:

@@ -41,9 +41,17 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A training checkpoint (.pt), or released weights (.safetensors, encoder + head only)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
+    if path.suffix == ".safetensors":
+        from training.weights import load_weights
+
+        try:
+            return load_weights(path)
+        except (OSError, ValueError, KeyError) as e:
+            raise CheckpointError(f"cannot read weights {path}: {e}") from e
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
@@ -60,5 +68,11 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
 def model_from_checkpoint(state: dict[str, Any]) -> SimCLR:
     """Rebuild the network from the checkpoint's own config and load its weights."""
     model = SimCLR(ModelConfig(**state["config"]["model"]))
-    model.load_state_dict(state["model"])
+    if not state.get("encoder_only"):
+        model.load_state_dict(state["model"])
+        return model
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if unexpected or any(not k.startswith("projector.") for k in missing):
+        raise CheckpointError(f"weights do not fit the encoder: missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}")
     return model

@@ -29,14 +29,20 @@ _CHOICES = {  # field -> (module, tuple of valid values)
 }
 
 
-def _add_dataclass_args(p: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
-    """One --flag per field of a flat config dataclass, its default shown in --help."""
+def _add_dataclass_args(p: argparse.ArgumentParser, cls: type, prefix: str = "",
+                        skip: tuple[str, ...] = ("checkpoint",)) -> None:
+    """One --flag per field of a flat config dataclass, its default shown in --help; a
+    tuple[float, ...] field takes that many values (--aug-crop-scale 0.2 1.0)."""
     for f in dataclasses.fields(cls):
-        if f.name == "checkpoint" or (f.type not in _TYPES and f.type != "bool"):
+        arity = f.type.count("float") if f.type.startswith("tuple[") else 0
+        if f.name in skip or (f.type not in _TYPES and f.type != "bool" and not arity):
             continue  # nested configs get their own prefixed flags
         flag = "--" + (prefix + f.name).replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
         kw: dict = {"dest": prefix + f.name, "default": default, "help": f"(default: {default})"}
+        if arity:
+            p.add_argument(flag, type=float, nargs=arity, **kw)
+            continue
         if f.type == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
@@ -47,6 +53,7 @@ def _add_dataclass_args(p: argparse.ArgumentParser, cls: type, prefix: str = "")
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
+    from training.augment import AugmentConfig
     from training.model import ModelConfig
     from training.train import TrainConfig
 
@@ -56,6 +63,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                        "(folders or .tar.gz), or one image folder / .tar.gz.")
     _add_dataclass_args(p, TrainConfig)
     _add_dataclass_args(p, ModelConfig, prefix="model_")
+    # The view size follows --image-size: views are as large as what export and serving see.
+    _add_dataclass_args(p, AugmentConfig, prefix="aug_", skip=("size",))
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out-dir from its checkpoint.pt")
     p.add_argument("--stop-after", type=int, default=None,
@@ -64,13 +73,18 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
+    from training.augment import AugmentConfig
     from training.model import ModelConfig
     from training.train import TrainConfig, train
 
     v = vars(args)
     model = ModelConfig(**{f.name: v["model_" + f.name] for f in dataclasses.fields(ModelConfig)})
+    augment = AugmentConfig(**{f.name: tuple(x) if isinstance(x := v["aug_" + f.name], list)
+                               else x for f in dataclasses.fields(AugmentConfig)
+                               if "aug_" + f.name in v})
     flat = {f.name: v[f.name] for f in dataclasses.fields(TrainConfig) if f.name in v}
-    ckpt = train(TrainConfig(**flat, model=model), resume=args.resume, stop_after=args.stop_after)
+    cfg = TrainConfig(**flat, model=model, augment=augment)
+    ckpt = train(cfg, resume=args.resume, stop_after=args.stop_after)
     log.info("checkpoint: %s", ckpt)
 
 

@@ -15,7 +15,9 @@ import io
 import logging
 import os
 import tarfile
+import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SPLITS = ("train", "test")
 HOLDOUT_FRACTION = 0.1
+# Bump when decoding changes (orientation, bit depth, resizing) so old caches are not reused.
+DECODE_VERSION = 2
 
 
 class DataError(RuntimeError):
@@ -123,17 +127,28 @@ def _find_split(root: Path, split: str) -> Path | None:
     return None
 
 
+def cache_key(path: Path, image_size: int) -> str:
+    """What the decoded arrays depend on: the decoder's version, the image size and every source
+    file's name, size and mtime (a directory's own mtime misses edits inside class folders)."""
+    files = [path] if path.is_file() else sorted(f for f in path.glob("*/*") if f.is_file())
+    h = hashlib.sha1(f"{DECODE_VERSION}|{path.resolve()}|{image_size}".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"|{f.relative_to(path.parent)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
 def _cached_folder(path: Path, image_size: int, cache_dir: Path) -> ImageArray:
-    stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{image_size}"
-    cache = cache_dir / f"{path.name}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
+    cache = cache_dir / f"{path.name}-{cache_key(path, image_size)}.npz"
     if cache.exists():
         with np.load(cache) as f:
             return ImageArray(f["images"], f["labels"], [str(c) for c in f["classes"]])
     data = decode_folder(path, image_size)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, images=data.images, labels=data.labels, classes=np.array(data.classes))
+    # A temp name of this process's own: torchrun ranks decode side by side.
+    fd, tmp = tempfile.mkstemp(prefix=f".{cache.stem}.", suffix=".npz", dir=cache.parent)
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, images=data.images, labels=data.labels, classes=np.array(data.classes))
     os.replace(tmp, cache)  # a reader never sees a half-written cache
     log.info("cached %d decoded images from %s in %s", len(data), path, cache)
     return data
@@ -145,15 +160,21 @@ def decode_folder(path: Path, image_size: int) -> ImageArray:
     if not items:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
     classes = sorted({c for c, _, _ in items})
-    images = np.empty((len(items), image_size, image_size, 3), np.uint8)
-    labels = np.empty(len(items), np.int64)
     index = {c: i for i, c in enumerate(classes)}
-    for i, (cls, name, raw) in enumerate(tqdm(items, desc=f"decode {path.name}", unit="img")):
+    labels = np.array([index[c] for c, _, _ in items], np.int64)
+
+    def decode(item: tuple[str, str, bytes]) -> np.ndarray:
+        cls, name, raw = item
         try:
-            images[i] = to_square_rgb(Image.open(io.BytesIO(raw)), image_size)
+            return to_square_rgb(Image.open(io.BytesIO(raw)), image_size)
         except OSError as e:
             raise DataError(f"cannot decode {cls}/{name} in {path}: {e}") from e
-        labels[i] = index[cls]
+
+    # Pillow releases the GIL while it decodes and resizes: threads use every core.
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        decoded = pool.map(decode, items, chunksize=256)
+        images = np.stack(list(tqdm(decoded, total=len(items), desc=f"decode {path.name}",
+                                    unit="img")))
     return ImageArray(images, labels, classes)
 
 

@@ -4,6 +4,7 @@ that gives every rank the global batch of negatives."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -30,6 +31,42 @@ def shutdown() -> None:
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def broadcast_int(value: int) -> int:
+    """Rank 0's value on every rank."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return int(box[0])
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """[obj of rank 0, obj of rank 1, ...] on every rank (a one-element list alone)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_shards(local: Tensor, device: torch.device) -> Tensor:
+    """Each rank's (n_r, D) CPU rows -> all ranks' rows, rank-major, on every rank (CPU).
+    Shards may differ in length by one (np.array_split), so they travel padded."""
+    if not is_distributed():
+        return local
+    sizes = gather_objects(local.shape[0])
+    padded = torch.zeros(max(sizes), *local.shape[1:], dtype=local.dtype, device=device)
+    padded[: local.shape[0]] = local.to(device)
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:n].cpu() for p, n in zip(parts, sizes, strict=True)])
 
 
 def gather_with_grad(x: Tensor) -> Tensor:

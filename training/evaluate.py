@@ -14,6 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from training.augment import AugmentConfig, resized_crop_flip, sample_crop_boxes
+
+_probe_crop = AugmentConfig(crop_scale=(0.08, 1.0))  # the probe's crop: RandomResizedCrop only
+
 
 @torch.no_grad()
 def extract_features(
@@ -138,3 +142,75 @@ def linear_probe(
 @torch.no_grad()
 def linear_accuracy(head: nn.Linear, feats: Tensor, labels: Tensor) -> float:
     return 100.0 * (head(feats).argmax(1) == labels).float().mean().item()
+
+
+def linear_probe_augmented(
+    encoder: nn.Module,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    norm: Callable[[Tensor], Tensor],
+    num_classes: int,
+    epochs: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    batch_size: int = 512,
+    lr: float = 0.1,
+    seed: int = 0,
+) -> ProbeResult:
+    """The literature's linear evaluation (SimCLR appendix, solo-learn): each epoch sees a fresh
+    RandomResizedCrop(0.08-1) + flip of every training image through the frozen encoder (eval
+    mode); SGD momentum 0.9, lr 0.1 x batch/256, no weight decay, cosine; scored on the
+    un-augmented test split. One encoder pass per image per epoch: meant for a GPU.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    was_training = encoder.training
+    encoder.eval()
+    head = nn.Linear(encoder_dim(encoder, device), num_classes).to(device)
+    opt = torch.optim.SGD(head.parameters(), lr=lr * batch_size / 256, momentum=0.9)
+    steps = epochs * math.ceil(len(train_labels) / batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    images = torch.from_numpy(train_images).to(device)  # (N, H, W, 3) uint8
+    labels = torch.from_numpy(train_labels).to(device)  # (N,)
+    amp = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    history = []
+    test_y = torch.from_numpy(test_labels)
+    for epoch in tqdm(range(1, epochs + 1), desc="linear probe (crop + flip)", leave=False):
+        total = torch.zeros((), device=device)
+        for idx in torch.randperm(len(labels), generator=gen).to(device).split(batch_size):
+            x = images[idx].permute(0, 3, 1, 2).float() / 255  # (B, 3, H, W)
+            size = x.shape[-1]
+            boxes = sample_crop_boxes(len(idx), x.shape[2], size, _probe_crop, device)  # (B, 4)
+            flip = torch.rand(len(idx), device=device) < 0.5  # (B,)
+            with torch.no_grad(), amp:
+                h = encoder(norm(resized_crop_flip(x, boxes, flip, size))).float()  # (B, D)
+            loss = F.cross_entropy(head(h), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.detach() * len(idx)
+        row = {"epoch": epoch, "loss": total.item() / len(labels)}
+        if epoch % 10 == 0 or epoch == epochs:  # a test pass costs a fifth of an epoch
+            test_f = extract_features(encoder, test_images, norm_uint8(norm), device,
+                                      autocast_dtype=autocast_dtype, desc="probe test")
+            row["test_top1"] = linear_accuracy(head.cpu(), test_f, test_y)
+            head.to(device)
+        history.append(row)
+    encoder.train(was_training)
+    return ProbeResult(history[-1]["test_top1"], history, head.cpu())
+
+
+@torch.no_grad()
+def encoder_dim(encoder: nn.Module, device: torch.device) -> int:
+    was_training = encoder.training
+    encoder.eval()
+    dim = encoder(torch.zeros(1, 3, 32, 32, device=device)).shape[1]
+    encoder.train(was_training)
+    return int(dim)
+
+
+def norm_uint8(norm: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """(B, H, W, 3) uint8 -> normalized (B, 3, H, W) float, through `norm`."""
+    return lambda images: norm(images.permute(0, 3, 1, 2).float() / 255)

@@ -36,12 +36,16 @@ def info_nce(
     if z1_all is None or z2_all is None:
         z1_all, z2_all = z1, z2
     n, big_n = z1.shape[0], z1_all.shape[0]
-    queries = torch.cat([z1, z2])  # (2n, D)
-    keys = torch.cat([z1_all, z2_all])  # (2N, D)
-    logits = queries @ keys.T / temperature  # (2n, 2N)
+    queries = torch.cat([z1, z2]).float()  # (2n, D)
+    keys = torch.cat([z1_all, z2_all]).float()  # (2N, D)
+    # Under autocast a bf16 matmul would round cosines near 1 to ~3 significant digits, which
+    # at tau = 0.1 moves logits by ~0.05: the similarities are computed in fp32.
+    with torch.autocast(queries.device.type, enabled=False):
+        logits = queries @ keys.T / temperature  # (2n, 2N)
     rows = torch.arange(n, device=z1.device) + rank * n  # (n,) global index of each image
     self_idx = torch.cat([rows, rows + big_n])  # (2n,) a view is never its own negative
     positive_idx = torch.cat([rows + big_n, rows])  # (2n,) the other view of the same image
     is_self = F.one_hot(self_idx, 2 * big_n).bool()  # (2n, 2N)
-    logits = logits.float().masked_fill(is_self, float("-inf"))  # softmax in fp32 under autocast
-    return F.cross_entropy(logits, positive_idx)
+    logits = logits.masked_fill(is_self, float("-inf"))  # (2n, 2N)
+    with torch.autocast(queries.device.type, enabled=False):
+        return F.cross_entropy(logits, positive_idx)

@@ -18,11 +18,19 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def _plot(rows: list[dict], key: str, title: str, ylabel: str, path: Path) -> None:
-    pts = [(r["epoch"], r[key]) for r in rows if key in r]
-    if not pts:
+    """One line per protocol: rows with "aug": true (augmented probe) apart from the rest."""
+    series = {
+        label: [(r["epoch"], r[key]) for r in rows if key in r and r.get("aug", False) == aug]
+        for label, aug in (("frozen features", False), ("crop + flip", True))
+    }
+    series = {k: v for k, v in series.items() if v}
+    if not series:
         return
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
-    ax.plot(*zip(*pts, strict=True), marker="o" if len(pts) < 30 else None)
+    for label, pts in series.items():
+        ax.plot(*zip(*pts, strict=True), marker="o" if len(pts) < 30 else None, label=label)
+    if len(series) > 1:
+        ax.legend()
     ax.set(title=title, xlabel="epoch", ylabel=ylabel)
     ax.grid(alpha=0.3)
     fig.tight_layout()

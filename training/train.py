@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +27,14 @@ from training import distributed
 from training.augment import AugmentConfig, Normalize, two_views
 from training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from training.data import ImageArray, channel_stats, load_dataset, stratified_subset
-from training.evaluate import extract_features, knn_accuracy, linear_probe
+from training.evaluate import (
+    extract_features,
+    knn_accuracy,
+    linear_probe,
+    linear_probe_augmented,
+)
 from training.model import ModelConfig, SimCLR
-from training.optim import build_optimizer, warmup_cosine
+from training.optim import WarmupCosine, build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +65,24 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     knn_every: int = 1  # epochs between kNN monitor evaluations; 0 = only at the end
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always saves one)
     knn_k: int = 200
     knn_temperature: float = 0.1
-    probe_epochs: int = 20
+    probe_epochs: int = 20  # fast probe: frozen, un-augmented features computed once
     probe_lr: float = 0.1
     probe_weight_decay: float = 1e-4
+    # Literature protocol (SimCLR, solo-learn): crop + flip on every epoch through the frozen
+    # encoder, ~100 epochs; 0 turns it off (it costs an encoder pass per epoch, GPU territory).
+    probe_aug_epochs: int = 0
+    # Wall-clock budget for training: after the second epoch the epoch count shrinks to fit
+    # (the cosine schedule is re-planned), so a leased GPU run ends inside its lease.
+    time_budget_s: float | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.augment.size != self.image_size:  # views are as large as the images served
+            self.augment = replace(self.augment, size=self.image_size)
 
     def resolved_lr(self) -> float:
         base = OPTIMIZER_DEFAULTS[self.optimizer][0]
@@ -98,8 +116,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """None means full fp32. auto: bf16 where the hardware has it (CUDA sm80+, any recent CPU)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; valid choices: {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        ok = device.type == "cpu" or torch.cuda.is_bf16_supported()
+    if precision == "auto":  # emulated bf16 (pre-Ampere) is slower than fp16 + GradScaler
+        ok = device.type == "cpu" or torch.cuda.is_bf16_supported(including_emulation=False)
         precision = "bf16" if ok else "fp16"
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
@@ -120,6 +138,7 @@ class Run:
     step_model: nn.Module  # model, possibly compiled / DDP-wrapped
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
+    schedule: WarmupCosine
     scaler: torch.amp.GradScaler
     data_gen: torch.Generator
     rank: int
@@ -135,9 +154,11 @@ class Run:
 def build_run(cfg: TrainConfig) -> Run:
     device = pick_device(cfg.device)
     rank, world = distributed.init_from_env(device.type)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
+    if device.type == "cuda":
+        if world > 1:  # torchrun's LOCAL_RANK is the GPU of this process on its node
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.seed + rank)  # augmentation draws differ per rank
     amp_dtype = autocast_dtype(cfg.precision, device)
     train, test = load_dataset(cfg.data, cfg.image_size)
@@ -163,11 +184,12 @@ def build_run(cfg: TrainConfig) -> Run:
         model, cfg.optimizer, cfg.resolved_lr(), cfg.momentum, cfg.resolved_weight_decay()
     )
     steps = len(train) // cfg.batch_size
-    scheduler = warmup_cosine(optimizer, cfg.warmup_epochs * steps, cfg.epochs * steps)
+    schedule = WarmupCosine(cfg.warmup_epochs * steps, cfg.epochs * steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     return Run(
         cfg, device, amp_dtype, train, test, resident_images(train.images, device),
         Normalize(mean, std, device), {"mean": mean, "std": std}, model, step_model, optimizer,
-        scheduler, torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+        scheduler, schedule, torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
         torch.Generator().manual_seed(cfg.seed), rank, world, steps,
     )
 
@@ -191,8 +213,11 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
     model.train()
     perm = torch.randperm(len(run.train), generator=run.data_gen)  # same on every rank
     per_rank = cfg.batch_size // run.world
-    total, seen, start = 0.0, 0, time.perf_counter()
-    bar = tqdm(range(run.steps_per_epoch), desc=f"epoch {epoch}", disable=run.rank != 0)
+    total = torch.zeros((), device=run.device)  # summed on the device: no host sync per step
+    start = time.perf_counter()
+    report_every = max(1, run.steps_per_epoch // 10)
+    bar = tqdm(range(run.steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}",
+               disable=run.rank != 0)
     for step in bar:
         idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]  # (B,)
         idx = idx[run.rank * per_rank : (run.rank + 1) * per_rank]  # (n,)
@@ -209,25 +234,43 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.scheduler.step()
-        total += loss.item()
-        seen += cfg.batch_size
-        rate = seen / (time.perf_counter() - start)
-        bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}")
+        total += loss.detach()
+        if (step + 1) % report_every == 0 and run.rank == 0:  # one sync per tenth of an epoch
+            rate = (step + 1) * cfg.batch_size / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}")
+    mean_loss = total.item() / run.steps_per_epoch
     elapsed = time.perf_counter() - start
     return {
         "epoch": epoch,
-        "loss": total / run.steps_per_epoch,
+        "loss": mean_loss,
         "lr": run.scheduler.get_last_lr()[0],
-        "images_per_s": seen / elapsed,
+        "images_per_s": run.steps_per_epoch * cfg.batch_size / elapsed,
         "epoch_s": elapsed,
     }
 
 
+def fit_time_budget(run: Run, epoch: int, spent_s: float, epoch_s: float) -> None:
+    """Shrink cfg.epochs so that the remaining epochs fit the budget, re-planning the cosine
+    schedule over the new total; every rank takes rank 0's decision."""
+    cfg = run.cfg
+    left = max(0, math.floor((cfg.time_budget_s - spent_s) / epoch_s))
+    epochs = distributed.broadcast_int(max(epoch + 1, min(cfg.epochs, epoch + left)))
+    if epochs < cfg.epochs:
+        log.warning("time budget %.0f s: %d epochs instead of %d (%.1f s per epoch)",
+                    cfg.time_budget_s, epochs, cfg.epochs, epoch_s)
+        cfg.epochs = epochs
+        run.schedule.total_steps = epochs * run.steps_per_epoch
+
+
 def features(run: Run, data: ImageArray, desc: str) -> torch.Tensor:
-    return extract_features(
-        run.model.encoder, data.images, run.norm.uint8, run.device,
+    """h for every image; under DDP each rank embeds its shard and all ranks get the whole, so
+    no rank idles in a collective while another evaluates."""
+    shard = np.array_split(np.arange(len(data)), run.world)[run.rank]
+    local = extract_features(
+        run.model.encoder, data.images[shard], run.norm.uint8, run.device,
         autocast_dtype=run.amp_dtype, desc=desc,
-    )
+    )  # (n_rank, 512)
+    return distributed.gather_shards(local, run.device)  # (N, 512), rank-major = data order
 
 
 def knn_monitor(run: Run) -> float:
@@ -249,9 +292,10 @@ def checkpoint_state(run: Run, epoch: int, history: list[dict]) -> dict[str, Any
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict(),
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "rng": {  # per rank: each draws its own augmentations, and must again after a resume
+            "torch": distributed.gather_objects(torch.get_rng_state()),
+            "cuda": distributed.gather_objects(
+                torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None),
             "data": run.data_gen.get_state(),
         },
         "metrics": history,
@@ -263,10 +307,16 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    run.data_gen.set_state(state["rng"]["data"])
+    rng = state["rng"]
+    if len(rng["torch"]) == run.world:  # same world size: every rank continues its own stream
+        torch.set_rng_state(rng["torch"][run.rank])
+        if rng["cuda"][run.rank] is not None and run.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"][run.rank], run.device)
+    else:  # a new world size: fresh, distinct streams per rank
+        log.warning("resuming %d ranks from a %d-rank run: augmentation streams reseeded",
+                    run.world, len(rng["torch"]))
+        torch.manual_seed(run.cfg.seed + 1000 * state["epoch"] + run.rank)
+    run.data_gen.set_state(rng["data"])
 
 
 def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -> Path:
@@ -294,20 +344,29 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
         log.info("device %s, precision %s, %d ranks, %d train / %d test images", run.device,
                  run.amp_dtype or "fp32", run.world, len(run.train), len(run.test))
-    if run.rank == 0 and first == 1 and cfg.knn_every:
+    if first == 1 and cfg.knn_every:
         history.append({"epoch": 0, "knn_top1": knn_monitor(run)})  # the random-init baseline
         log.info("epoch 0 (random init): kNN top-1 %.2f %%", history[-1]["knn_top1"])
     last = min(cfg.epochs, first - 1 + stop_after) if stop_after else cfg.epochs
-    for epoch in range(first, last + 1):
+    started, epoch = time.perf_counter(), first
+    while epoch <= min(last, cfg.epochs):
         row = train_epoch(run, epoch)
+        if cfg.time_budget_s and epoch == first + 1:  # the first epoch pays for compilation
+            fit_time_budget(run, epoch, time.perf_counter() - started, row["epoch_s"])
+            last = min(last, cfg.epochs)
+        if cfg.knn_every and epoch % cfg.knn_every == 0 and epoch != cfg.epochs:
+            row["knn_top1"] = knn_monitor(run)  # the last epoch's comes from finish()
+        history.append(row)
         if run.rank == 0:
-            if cfg.knn_every and epoch % cfg.knn_every == 0 and epoch != cfg.epochs:
-                row["knn_top1"] = knn_monitor(run)  # the last epoch's comes from finish()
-            history.append(row)
-            log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
-            save_checkpoint(ckpt_path, checkpoint_state(run, epoch, history))
-            write_metrics(out, history)
-    if run.rank == 0 and last == cfg.epochs:
+            log.info("epoch %d/%d: %s", epoch, cfg.epochs,
+                     {k: round(v, 4) for k, v in row.items()})
+        if epoch % cfg.checkpoint_every == 0 or epoch in (last, cfg.epochs):
+            state_now = checkpoint_state(run, epoch, history)  # collective: RNG of every rank
+            if run.rank == 0:
+                save_checkpoint(ckpt_path, state_now)
+                write_metrics(out, history)
+        epoch += 1
+    if last == cfg.epochs:
         finish(run, out, ckpt_path)
     distributed.shutdown()
     return ckpt_path
@@ -318,8 +377,11 @@ def finish(run: Run, out: Path, ckpt_path: Path) -> None:
     metrics row (as that epoch's kNN monitor) and summary.json."""
     from training.plots import plot_run
 
+    distributed.barrier()  # rank 0's last checkpoint is on disk
     state = load_checkpoint(ckpt_path)
     result = evaluate_checkpoint_run(run)
+    if run.rank != 0:
+        return
     state["linear_head"] = result.pop("head")
     state["eval"] = result
     if run.cfg.knn_every and state["metrics"]:
@@ -329,8 +391,8 @@ def finish(run: Run, out: Path, ckpt_path: Path) -> None:
     write_jsonl(out / "probe.jsonl", result.pop("probe_history"))
     (out / "summary.json").write_text(json.dumps(result, indent=2))
     plot_run(out)
-    log.info("final: kNN top-1 %.2f %%, linear probe top-1 %.2f %%",
-             result["knn_top1"], result["linear_top1"])
+    log.info("final: kNN top-1 %.2f %%, linear probe top-1 %.2f %% (augmented: %s)",
+             result["knn_top1"], result["linear_top1"], result.get("linear_aug_top1", "off"))
 
 
 def evaluate_checkpoint_run(run: Run) -> dict[str, Any]:
@@ -342,14 +404,27 @@ def evaluate_checkpoint_run(run: Run) -> dict[str, Any]:
         train_f, train_y, test_f, test_y, len(run.train.classes), cfg.probe_epochs,
         cfg.probe_lr, cfg.probe_weight_decay, seed=cfg.seed,
     )
-    return {
+    result = {
         "knn_top1": knn,
         "linear_top1": probe.top1,
+        "linear_protocol": f"frozen features, no augmentation, {cfg.probe_epochs} epochs",
         "train_images": len(run.train),
         "test_images": len(run.test),
         "probe_history": probe.history,
         "head": probe.head.state_dict(),
     }
+    if cfg.probe_aug_epochs:  # the literature protocol; its head is the better one to serve
+        aug = linear_probe_augmented(
+            run.model.encoder, run.train.images, run.train.labels, run.test.images,
+            run.test.labels, run.norm, len(run.train.classes), cfg.probe_aug_epochs,
+            run.device, run.amp_dtype, seed=cfg.seed,
+        )
+        result |= {"linear_aug_top1": aug.top1, "head": aug.head.state_dict(),
+                   "linear_aug_protocol": f"crop + flip, {cfg.probe_aug_epochs} epochs"}
+        result["probe_history"] = [
+            {**row, "aug": False} for row in probe.history] + [
+            {**row, "aug": True} for row in aug.history]
+    return result
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

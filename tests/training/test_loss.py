@@ -70,3 +70,18 @@ def test_global_batch_form_equals_single_process_when_split() -> None:
     parts = [info_nce(z1[r * 4:(r + 1) * 4], z2[r * 4:(r + 1) * 4], 0.1, z1, z2, rank=r)
              for r in range(2)]
     assert torch.stack(parts).mean().item() == pytest.approx(full.item(), rel=1e-6)
+
+
+def test_logits_stay_fp32_under_bf16_autocast() -> None:
+    """Cosines near 1 lose digits in bf16; under autocast the loss must equal the fp32 loss."""
+    base = unit(64, 128, seed=9)
+    z1 = base
+    z2 = F.normalize(base + 0.01 * unit(64, 128, seed=10), dim=1)  # near-duplicate views
+    exact = info_nce(z1, z2, 0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = info_nce(z1, z2, 0.1)
+    assert amp.dtype == torch.float32
+    assert amp.item() == pytest.approx(exact.item(), rel=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what the old code computed
+        rounded = (torch.cat([z1, z2]) @ torch.cat([z1, z2]).T).float()
+    assert (rounded - torch.cat([z1, z2]) @ torch.cat([z1, z2]).T).abs().max() > 1e-3

@@ -1,0 +1,146 @@
+"""The GPU reference run, sized to one leased call: train the 200-epoch recipe (a wall-clock
+budget trims the epoch count if the GPU is slower than planned), evaluate (kNN, the fast probe
+and the crop + flip probe), export FP32 + INT8, and write summary.json, the curves and the
+released weights (models/simclr-resnet18-cifar10.safetensors).
+
+    python -m benchmarks.gpu_reference --data .data/cifar10 --out $OUT --deadline-s 560
+
+`--smoke` runs the same path on a few hundred images (CPU-sized) to check it before a lease.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import tarfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import hardware, write_result
+from export.build import ExportConfig, build_bundle
+from training.augment import AugmentConfig
+from training.checkpoint import load_checkpoint
+from training.model import ModelConfig
+from training.train import TrainConfig, train
+from training.weights import save_weights
+
+log = logging.getLogger("gpu_reference")
+
+WEIGHTS_NAME = "simclr-resnet18-cifar10.safetensors"
+# What evaluation and export cost after training on one H200 (measured: see the README).
+RESERVE_S = 170
+PART_BYTES = 15 * 2**20
+
+
+def recipe(data: str, out_dir: str, budget_s: float | None, smoke: bool) -> TrainConfig:
+    """solo-learn's CIFAR SimCLR recipe (strong colour jitter, no blur, tau 0.2, 2048-256 head,
+    LARS, wd 1e-5) at batch 512 for 200 epochs, with the literature's 100-epoch probe."""
+    cfg = TrainConfig(
+        data=data, out_dir=out_dir, epochs=200, batch_size=512, temperature=0.2,
+        optimizer="lars", weight_decay=1e-5, warmup_epochs=10, compile=True, knn_every=40,
+        checkpoint_every=20,
+        probe_aug_epochs=100, time_budget_s=budget_s,
+        model=ModelConfig(proj_hidden_dim=2048, proj_out_dim=256, proj_layers=1),
+        augment=AugmentConfig(jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, gray_p=0.2, blur_p=0.0),
+    )
+    if smoke:
+        cfg.train_per_class, cfg.test_per_class, cfg.epochs = 30, 10, 3
+        cfg.batch_size, cfg.warmup_epochs, cfg.knn_every, cfg.probe_aug_epochs = 64, 1, 2, 2
+        cfg.compile = torch.cuda.is_available()
+    return cfg
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=".data/cifar10")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu"))
+    p.add_argument("--work", type=Path, default=Path("/tmp/gpu-reference"))
+    p.add_argument("--deadline-s", type=float, default=560,
+                   help="the whole script must end within this many seconds")
+    p.add_argument("--smoke", action="store_true", help="a few hundred images, to test the path")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    start = time.perf_counter()
+    torch._dynamo.config.suppress_errors = True  # a compile failure falls back to eager
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    shutil.rmtree(args.work, ignore_errors=True)
+    budget = None if args.smoke else args.deadline_s - RESERVE_S
+    cfg = recipe(args.data, str(args.work / "run"), budget, args.smoke)
+    ckpt = train(cfg)
+    train_s = time.perf_counter() - start
+    state = load_checkpoint(ckpt)
+    weights = save_weights(state, args.work / WEIGHTS_NAME, extra={"hardware": hardware()})
+    log.info("weights: %s (%.1f MB)", weights, weights.stat().st_size / 1e6)
+    split_file(weights, args.out, PART_BYTES)  # back home even if the export runs out of time
+    summary = run_summary(state, cfg, start, train_s, args.smoke)
+    write_result(args.out / "summary.json", summary)
+    pack_curves(args.work, args.out / "curves.tar.gz", None)
+    export_cfg = ExportConfig(str(ckpt), out=str(args.work / "bundle"), latency_rounds=3,
+                              gallery_per_class=30 if args.smoke else 1000,
+                              test_per_class=10 if args.smoke else None,
+                              tolerance=5.0 if args.smoke else 2.0)
+    bundle = build_bundle(export_cfg)
+    report = json.loads((bundle / "report.json").read_text())
+    summary = run_summary(state, cfg, start, train_s, args.smoke) | {
+        "int8_linear_top1": report["int8"]["linear_top1"],
+        "fp32_linear_top1_onnx": report["fp32"]["linear_top1"],
+        "int8_knn_top1": report["int8"]["knn_top1"],
+        "int8_cosine_mean": report["cosine_mean"],
+        "int8_top10_overlap": report["top10_overlap"],
+        "export_gallery_images": report["gallery_images"],
+    }
+    write_result(args.out / "summary.json", summary)
+    pack_curves(args.work, args.out / "curves.tar.gz", bundle)
+    log.info("summary: %s", {k: v for k, v in summary.items() if k not in ("config", "hardware")})
+
+
+def run_summary(state: dict, cfg: TrainConfig, start: float, train_s: float,
+                smoke: bool) -> dict:
+    epochs = [m for m in state["metrics"] if "images_per_s" in m]
+    steady = epochs[1:] or epochs  # the first epoch pays for torch.compile
+    return {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+        "epochs": state["config"]["epochs"],
+        "epochs_planned": 3 if smoke else 200,
+        "train_images": state["eval"]["train_images"],
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "train_seconds": round(sum(m["epoch_s"] for m in epochs), 1),
+        "train_and_eval_seconds": round(train_s, 1),
+        "images_per_second": round(sum(m["images_per_s"] for m in steady) / len(steady), 1),
+        "knn_top1": state["eval"]["knn_top1"],
+        "linear_top1": state["eval"].get("linear_aug_top1", state["eval"]["linear_top1"]),
+        "linear_top1_frozen_probe": state["eval"]["linear_top1"],
+        "linear_protocol": state["eval"].get("linear_aug_protocol"),
+        "config": asdict(cfg) | {"epochs": state["config"]["epochs"]},
+        "hardware": hardware(),
+    }
+
+
+def pack_curves(work: Path, path: Path, bundle: Path | None) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        for name in ("metrics.jsonl", "metrics.csv", "probe.jsonl", "summary.json", "loss.png",
+                     "knn.png", "probe.png", "config.json"):
+            if (work / "run" / name).exists():
+                tar.add(work / "run" / name, arcname=f"run/{name}")
+        for name in ("report.json", "report.md", "manifest.json"):
+            if bundle is not None:
+                tar.add(bundle / name, arcname=f"export/{name}")
+
+
+def split_file(path: Path, out: Path, part_bytes: int) -> None:
+    """`path` as out/weights.part00, part01, ...: the return channel takes files < 16 MiB."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = path.read_bytes()
+    for i, start in enumerate(range(0, len(data), part_bytes)):
+        (out / f"weights.part{i:02d}").write_bytes(data[start : start + part_bytes])
+
+
+if __name__ == "__main__":
+    main()
