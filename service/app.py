@@ -161,9 +161,10 @@ async def decode_all(engine: Engine, settings: Settings, raws: list[bytes]) -> n
                            f"{settings.max_images_per_request}")
     engine.admit(len(raws))
     loop = asyncio.get_running_loop()
-    size, limit = engine.size, settings.max_image_pixels
+    size, limit, aspect = engine.size, settings.max_image_pixels, settings.max_image_aspect
     arrays = await asyncio.gather(*(
-        loop.run_in_executor(engine.decode_pool, decode_image, r, size, limit) for r in raws))
+        loop.run_in_executor(engine.decode_pool, decode_image, r, size, limit, aspect)
+        for r in raws))
     return np.stack(arrays)
 
 
@@ -174,6 +175,8 @@ def check_k(k: int, limit: int) -> int:
 
 
 def check_vectors(vectors: list[list[float]], dim: int) -> np.ndarray:
+    if any(len(v) != dim for v in vectors):  # ragged rows would not even form an array
+        raise InvalidInput(f"embeddings must each have {dim} numbers")
     q = np.asarray(vectors, dtype=np.float32) if vectors else np.zeros((0, dim), np.float32)
     if q.ndim != 2 or q.shape[1] != dim:
         raise InvalidInput(f"embeddings must each have {dim} numbers")

@@ -1,49 +1,97 @@
-"""Image bytes -> the model's input, (S, S, 3) uint8 RGB. The same resize serves training's
+"""Image bytes -> the model's input, (S, S, 3) uint8 RGB. The same function serves training's
 decoder (training/data.py) and the service, so a picture is framed alike in both; normalization
-lives inside the ONNX graph."""
+lives inside the ONNX graph.
+
+What a camera or a scanner hands over is made upright and 8-bit first: EXIF orientation is
+applied, 16- and 32-bit greyscale is rescaled (Pillow's convert("RGB") would clip it to white).
+The work per image is bounded before any pixel is decoded: pixel count and aspect ratio are read
+from the header, JPEGs decode at a reduced DCT scale, and only the centre square is resampled.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import io
+import struct
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from service.errors import BadImage, PayloadTooLarge
 
+# Pillow's own bomb check (2x its MAX_IMAGE_PIXELS) would fire inside Image.open with an error of
+# its own; ours runs on the header instead, with the service's limit, and answers 413.
+Image.MAX_IMAGE_PIXELS = None
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_eight_bit(img: Image.Image) -> Image.Image:
+    """16-bit (I;16*) greyscale -> 8-bit L over the full 0..65535 range; 32-bit integer (I, how
+    Pillow opens some 16-bit PNGs) likewise unless its values fit 0..255; float (F) images are
+    taken as 0..1 when they fit it, else as 0..255."""
+    if img.mode in _SIXTEEN_BIT or img.mode == "I":
+        arr = np.asarray(img).astype(np.float64)  # (H, W)
+        top = 255 if img.mode == "I" and arr.max(initial=0) <= 255 else 65535
+        return Image.fromarray(np.clip(arr * 255 / top + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255 if arr.max(initial=0) <= 1 else 1
+        return Image.fromarray(np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8), "L")
+    return img
+
 
 def to_square_rgb(img: Image.Image, size: int) -> np.ndarray:
-    """RGB, shorter side resized to `size`, centre-cropped to size x size: (size, size, 3) uint8."""
-    img = img.convert("RGB")
-    if img.size != (size, size):
-        w, h = img.size
-        scale = size / min(w, h)
-        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-        left, top = (img.width - size) // 2, (img.height - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-    return np.asarray(img, dtype=np.uint8)
+    """Upright, 8-bit, RGB; the centre square of the shorter side resampled to size x size:
+    (size, size, 3) uint8. Only that square is resampled, so a 1 x 200000 strip costs what its
+    decoded pixels cost, not what scaling its short side up to `size` would."""
+    if img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
+        img.draft(img.mode, (size, size))  # DCT scaling: decode at >= size, never below
+    img = to_eight_bit(ImageOps.exif_transpose(img))  # EXIF first: a new image drops it
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    w, h = img.size
+    side = min(w, h)
+    if (w, h) == (size, size):
+        return np.asarray(img, dtype=np.uint8)
+    left, top = (w - side) // 2, (h - side) // 2
+    out = img.resize((size, size), Image.BICUBIC, box=(left, top, left + side, top + side))
+    return np.asarray(out, dtype=np.uint8)
 
 
-def decode_image(raw: bytes, size: int, max_pixels: int) -> np.ndarray:
-    """Decode one image of any common format; 400 for junk, 413 for a decompression bomb."""
+def open_checked(raw: bytes, max_pixels: int, max_aspect: float) -> Image.Image:
+    """Image.open (header only) with our limits: 400 for what no decoder reads, 413 for a
+    header that claims too many pixels or too thin a strip."""
     if not raw:
         raise BadImage("empty image")
     try:
-        img = Image.open(io.BytesIO(raw))  # reads the header only
-    except UnidentifiedImageError as e:
-        raise BadImage("cannot decode image: not a recognised image format") from e
+        img = Image.open(io.BytesIO(raw))
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or unknown headers
+        raise BadImage(f"cannot decode image: {e}") from e
     w, h = img.size
+    if w < 1 or h < 1:
+        raise BadImage(f"cannot decode image: {img.format} header claims {w}x{h} pixels")
     if w * h > max_pixels:
         raise PayloadTooLarge(f"image is {w}x{h} = {w * h} pixels, over the {max_pixels} limit")
+    if max(w, h) / min(w, h) > max_aspect:
+        raise PayloadTooLarge(f"image is {w}x{h}: aspect ratio {max(w, h) / min(w, h):.0f}, "
+                              f"over the {max_aspect:g} limit")
+    return img
+
+
+def decode_image(raw: bytes, size: int, max_pixels: int, max_aspect: float = 64) -> np.ndarray:
+    """Decode one image of any common format; 400 for junk, 413 for a decompression bomb."""
+    img = open_checked(raw, max_pixels, max_aspect)
+    fmt = img.format or "image"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return to_square_rgb(img, size)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise BadImage(f"cannot decode image: {e}") from e
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, ZeroDivisionError,
+            IndexError, struct.error) as e:  # what Pillow's decoders raise on corrupt data
+        raise BadImage(f"cannot decode {fmt}: {type(e).__name__}: {e}") from e
 
 
 def decode_base64(data: str) -> bytes:

@@ -140,8 +140,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="uvicorn worker processes")
     p.add_argument("--build-if-missing", action="store_true",
-                   help="no bundle yet: train and export a default one first (a short run, "
-                   "about 5 min on a 2-core CPU; the full recipe on a GPU)")
+                   help="no bundle yet: export the released weights in models/ first (a few "
+                   "minutes on a CPU); with --train-own, train one here instead")
+    p.add_argument("--train-own", action="store_true",
+                   help="with --build-if-missing: train a model here instead of exporting the "
+                   "released weights in models/")
     p.add_argument("--data", default="cifar10", help="data for --build-if-missing")
     p.set_defaults(func=_run_serve)
 
@@ -163,7 +166,7 @@ def _run_serve(args: argparse.Namespace) -> None:
     if args.build_if_missing and not (settings.bundle / "manifest.json").exists():
         from training.quickstart import build_default_bundle
 
-        build_default_bundle(settings.bundle, args.data)
+        build_default_bundle(settings.bundle, args.data, train_anyway=args.train_own)
     uvicorn.run("service.app:app_from_env", factory=True, host=settings.host, port=settings.port,
                 workers=settings.workers, timeout_graceful_shutdown=20, access_log=False)
 
