@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.onnx_export import build_embed_classify, config_digest, export_onnx
+from export.onnx_export import build_embed_classify, config_digest, export_onnx, weights_digest
 from export.quantize import quantize_int8
 from export.report import compare, embed_all, markdown
 from service.bundle import write_manifest
@@ -45,6 +46,8 @@ class ExportConfig:
     gallery_per_class: int | None = None  # None: the whole training split
     test_per_class: int | None = None  # None: the whole test split
     tolerance: float = 2.0  # max INT8 linear top-1 drop vs FP32, in points
+    min_cosine_mean: float = 0.99  # INT8 vs FP32 embeddings of the test images
+    min_top10_overlap: float = 0.8  # shared top-10 gallery neighbours, INT8 vs FP32
     threads: int = 0
     latency_rounds: int = 5
     seed: int = 0
@@ -62,15 +65,51 @@ def check_parity(state: dict[str, Any], session, images: np.ndarray) -> float:
     return diff
 
 
+def check_destination(out: Path) -> None:
+    """Only a missing or empty directory, or an earlier bundle, may be replaced."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir())
+                                               and not (out / "manifest.json").is_file())):
+        raise ExportError(f"{out} exists and is not a bundle (no manifest.json): refusing to "
+                          "replace it; choose another --out")
+
+
 def build_bundle(cfg: ExportConfig) -> Path:
+    """Builds in a sibling temp directory and swaps it in at the end, so a failed export leaves
+    the previous bundle (which a server may be reading) untouched."""
+    final = Path(cfg.out)
+    check_destination(final)
+    work = final.parent / f".{final.name}.partial-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        _build(cfg, work)
+        swap_in(work, final)
+    except ExportError:
+        if (work / "report.json").exists():  # keep the evidence of a rejected INT8 model
+            kept = final.parent / f"{final.name}.rejected-report.json"
+            shutil.copy(work / "report.json", kept)
+            log.error("the rejected export's report: %s", kept)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("bundle written to %s", final)
+    return final
+
+
+def swap_in(new: Path, final: Path) -> None:
+    """Two renames: the old bundle steps aside, the new one takes its name, the old is removed."""
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _build(cfg: ExportConfig, out: Path) -> None:
     start = time.perf_counter()
     state = load_checkpoint(cfg.checkpoint)
     train, test = load_dataset(cfg.data or state["config"]["data"], state["config"]["image_size"])
     if train.classes != state["classes"]:
         raise ExportError(f"data classes {train.classes} differ from the checkpoint's")
-    out = Path(cfg.out)
-    if out.exists():
-        shutil.rmtree(out)  # never mix files of two exports under one manifest
     (out / "gallery").mkdir(parents=True)
     paths = {"fp32": out / "encoder_fp32.onnx", "int8": out / "encoder_int8.onnx"}
 
@@ -93,12 +132,7 @@ def build_bundle(cfg: ExportConfig) -> Path:
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(markdown(report))
     log.info("FP32 vs INT8:\n%s", markdown(report))
-    if report["linear_drop_points"] > cfg.tolerance:
-        raise ExportError(
-            f"INT8 linear top-1 is {report['linear_drop_points']:.2f} points below FP32, over "
-            f"the {cfg.tolerance} tolerance; see {out / 'report.md'} (try --calibration-method "
-            "entropy or percentile, or more --calibration-per-class). No manifest was written."
-        )
+    check_int8(report, cfg)
 
     np.save(out / "gallery/ids.npy", np.array([f"{gallery.classes[y]}/{i}" for i, y in
                                                enumerate(gallery.labels)]))
@@ -108,8 +142,24 @@ def build_bundle(cfg: ExportConfig) -> Path:
     head = state["linear_head"]
     np.savez(out / "head.npz", weight=head["weight"].numpy(), bias=head["bias"].numpy())
     write_manifest(out, manifest(state, cfg, report, time.perf_counter() - start))
-    log.info("bundle written to %s in %.0f s", out, time.perf_counter() - start)
-    return out
+    log.info("bundle built in %.0f s", time.perf_counter() - start)
+
+
+def check_int8(report: dict, cfg: ExportConfig) -> None:
+    """INT8 must keep accuracy and the embedding space: linear top-1, cosine and neighbours."""
+    failures = []
+    if report["linear_drop_points"] > cfg.tolerance:
+        failures.append(f"linear top-1 {report['linear_drop_points']:.2f} points below FP32 "
+                        f"(tolerance {cfg.tolerance})")
+    if report["cosine_mean"] < cfg.min_cosine_mean:
+        failures.append(f"mean cosine to FP32 {report['cosine_mean']:.4f} < "
+                        f"{cfg.min_cosine_mean}")
+    if report["top10_overlap"] < cfg.min_top10_overlap:
+        failures.append(f"top-10 overlap {report['top10_overlap']:.3f} < {cfg.min_top10_overlap}")
+    if failures:
+        raise ExportError(
+            "INT8 fails its gates: " + "; ".join(failures) + ". Try --calibration-method "
+            "entropy or percentile, or more --calibration-per-class. No bundle was written.")
 
 
 def manifest(state: dict[str, Any], cfg: ExportConfig, report: dict, seconds: float) -> dict:
@@ -131,9 +181,12 @@ def manifest(state: dict[str, Any], cfg: ExportConfig, report: dict, seconds: fl
                            "int8": "gallery/embeddings_int8.npy"},
             "source": f"{cfg.data or state['config']['data']} (train split)",
         },
-        "checkpoint": {"path": str(cfg.checkpoint), "epoch": state["epoch"],
-                       "config_digest": config_digest(state), "eval": state.get("eval", {})},
-        "export": {k: v for k, v in vars(cfg).items() if k != "checkpoint"} | {
+        "checkpoint": {"file": Path(cfg.checkpoint).name, "epoch": state["epoch"],
+                       "config_digest": config_digest(state),
+                       "weights_digest": weights_digest(state),
+                       "eval": {k: v for k, v in state.get("eval", {}).items()
+                                if isinstance(v, int | float | str)}},
+        "export": {k: v for k, v in vars(cfg).items() if k not in ("checkpoint", "out")} | {
             "seconds": round(seconds, 1)},
         "metrics": report,
     }

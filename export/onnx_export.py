@@ -66,6 +66,19 @@ def config_digest(state: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+def weights_digest(state: dict[str, Any]) -> str:
+    """sha256 of the encoder's and head's tensors in a fixed order: two exports share a model
+    id only when they serve the same weights, whatever their training configs."""
+    h = hashlib.sha256()
+    tensors = {f"model.{k}": v for k, v in state["model"].items() if k.startswith("encoder.")}
+    tensors |= {f"head.{k}": v for k, v in state["linear_head"].items()}
+    for name in sorted(tensors):
+        t = tensors[name].detach().float().contiguous().cpu()
+        h.update(name.encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
 def export_onnx(state: dict[str, Any], path: Path, exporter: str = "torchscript") -> Path:
     """Write the FP32 graph with a dynamic batch axis and the bundle's metadata."""
     import onnx

@@ -4,33 +4,31 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
-import time
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from service import schemas
+from service.admission import Gate, check_api_key
 from service.engine import Engine
 from service.errors import (
+    ClientGone,
     Forbidden,
     InvalidInput,
     NotFound,
     NotReady,
-    PayloadTooLarge,
     ServiceError,
-    Unauthorized,
     UnsupportedMedia,
 )
-from service.handlers import error_response, install_handlers, validation_message
+from service.handlers import install_handlers, validation_message
 from service.metrics import Metrics
 from service.preprocess import decode_base64, decode_image
 from service.settings import Settings
@@ -38,52 +36,12 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 
-class NumpyJSON(Response):
-    """JSON via orjson, numpy arrays serialized natively (no per-float Python objects)."""
-
-    media_type = "application/json"
+class NumpyJSON(JSONResponse):
+    """JSON via orjson, numpy arrays serialized natively (no per-float Python objects). A
+    JSONResponse, so that OpenAPI documents each route's response model."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-class LimitAndMeasure:
-    """ASGI middleware: refuses bodies over the byte limit (413) and records every request's
-    route, status and latency. Pure ASGI, not BaseHTTPMiddleware, to keep per-request CPU low."""
-
-    def __init__(self, app, limit: int, metrics: Metrics) -> None:
-        self.app, self.limit, self.metrics = app, limit, metrics
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), [500]
-
-        async def send_status(msg) -> None:
-            if msg["type"] == "http.response.start":
-                status[0] = msg["status"]
-            await send(msg)
-
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            msg = f"request body is {int(length)} bytes, over the {self.limit}-byte limit"
-            await error_response(413, "payload_too_large", msg)(scope, receive, send_status)
-        else:
-            received = 0
-
-            async def limited_receive():
-                nonlocal received
-                msg = await receive()
-                received += len(msg.get("body", b""))
-                if received > self.limit:
-                    raise PayloadTooLarge(f"request body is over the {self.limit}-byte limit")
-                return msg
-
-            await self.app(scope, limited_receive, send_status)
-        route = scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        self.metrics.requests.labels(path, str(status[0])).inc()
-        self.metrics.latency.labels(path).observe(time.perf_counter() - start)
 
 
 # --- dependencies ----------------------------------------------------------------------------
@@ -105,11 +63,7 @@ def require_api_key(
 ) -> None:
     if settings.api_key is None:
         raise Forbidden("gallery management is disabled: set SIMCLR_EMBED_API_KEY to enable it")
-    given = x_api_key or (authorization or "").removeprefix("Bearer ").strip() or None
-    if given is None:
-        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' or X-API-Key")
-    if not hmac.compare_digest(given.encode(), settings.api_key.get_secret_value().encode()):
-        raise Forbidden("wrong API key")
+    check_api_key(settings, authorization, x_api_key)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -155,16 +109,31 @@ async def read_body(request: Request, model: type[BaseModel]) -> tuple[Any | Non
                            "application/json, multipart/form-data or image/*")
 
 
-async def decode_all(engine: Engine, settings: Settings, raws: list[bytes]) -> np.ndarray:
+async def ensure_connected(request: Request) -> None:
+    if await request.is_disconnected():
+        request.app.state.metrics.client_gone.inc()
+        raise ClientGone("client closed the connection; the request was dropped")
+
+
+async def decode_all(request: Request, engine: Engine, settings: Settings,
+                     raws: list[bytes]) -> np.ndarray:
+    """Decode in the pool, one slot per decode thread. A request whose client has gone is
+    dropped when its turn for a slot comes, before it costs a decode."""
     if len(raws) > settings.max_images_per_request:
         raise InvalidInput(f"{len(raws)} images in one request; the limit is "
                            f"{settings.max_images_per_request}")
     engine.admit(len(raws))
     loop = asyncio.get_running_loop()
     size, limit, aspect = engine.size, settings.max_image_pixels, settings.max_image_aspect
-    arrays = await asyncio.gather(*(
-        loop.run_in_executor(engine.decode_pool, decode_image, r, size, limit, aspect)
-        for r in raws))
+
+    async def one(raw: bytes) -> np.ndarray:
+        async with engine.decode_slots:
+            await ensure_connected(request)
+            return await loop.run_in_executor(engine.decode_pool, decode_image, raw, size, limit,
+                                              aspect)
+
+    arrays = await asyncio.gather(*(one(r) for r in raws))
+    await ensure_connected(request)  # and again before it costs a place in a model batch
     return np.stack(arrays)
 
 
@@ -200,7 +169,7 @@ def softmax_top(logits: np.ndarray, classes: list[str], k: int) -> list[list[dic
 router = APIRouter()
 
 
-@router.get("/healthz", tags=["ops"])
+@router.get("/healthz", tags=["ops"], responses=schemas.ERRORS)
 async def healthz() -> dict:
     return {"status": "ok"}
 
@@ -210,27 +179,31 @@ async def readyz(engine: EngineDep) -> dict:
     return {"status": "ready", "model": engine.model_id}
 
 
-@router.get("/metrics", tags=["ops"])
+@router.get("/metrics", tags=["ops"], response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}})
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry),
                     media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/model", tags=["model"])
+@router.get("/v1/model", tags=["model"], responses=schemas.ERRORS)
 async def model_info(engine: EngineDep, settings: SettingsDep) -> dict:
     m = engine.bundle.manifest
+    ckpt = m["checkpoint"]
+    scores = {k: v for k, v in ckpt.get("eval", {}).items() if isinstance(v, int | float)}
+    # No file paths and no training history: this route answers anyone who can reach it.
     return {"model": engine.model_id, "precision": settings.precision,
             "provider": engine.session.get_providers()[0], "classes": m["classes"],
             "embedding_dim": engine.dim, "input": m["input"], "created": m["created"],
             "metrics": m["metrics"], "gallery_size": len(engine.gallery),
-            "checkpoint": m["checkpoint"]}
+            "checkpoint": {"epoch": ckpt.get("epoch"), "eval": scores}}
 
 
 @router.post("/v1/embed", tags=["inference"], response_model=schemas.EmbedResponse,
              responses=schemas.ERRORS, openapi_extra=schemas.image_body(schemas.ImagesRequest))
 async def embed(request: Request, engine: EngineDep, settings: SettingsDep) -> NumpyJSON:
     _, raws = await read_body(request, schemas.ImagesRequest)
-    emb, _ = await engine.infer(await decode_all(engine, settings, raws))
+    emb, _ = await engine.infer(await decode_all(request, engine, settings, raws))
     return NumpyJSON({"model": engine.model_id, "precision": settings.precision,
                       "dimension": engine.dim, "embeddings": emb})
 
@@ -251,7 +224,7 @@ async def search(request: Request, engine: EngineDep, settings: SettingsDep,
             raise InvalidInput(f"at most {settings.max_images_per_request} query vectors")
         queries = check_vectors(body.embeddings, engine.dim)
     else:
-        queries, _ = await engine.infer(await decode_all(engine, settings, raws))
+        queries, _ = await engine.infer(await decode_all(request, engine, settings, raws))
     hits = await asyncio.to_thread(engine.gallery.search, queries, k)
     return NumpyJSON({"model": engine.model_id, "precision": settings.precision,
                            "results": [[h.__dict__ for h in row] for row in hits]})
@@ -264,19 +237,19 @@ async def classify(request: Request, engine: EngineDep, settings: SettingsDep,
                    ) -> NumpyJSON:
     body, raws = await read_body(request, schemas.ClassifyRequest)
     k = check_k(body.k if body is not None else k, len(engine.bundle.classes))
-    _, logits = await engine.infer(await decode_all(engine, settings, raws))
+    _, logits = await engine.infer(await decode_all(request, engine, settings, raws))
     return NumpyJSON({"model": engine.model_id, "precision": settings.precision,
                            "results": softmax_top(logits, engine.bundle.classes, k)})
 
 
-@router.get("/v1/gallery", tags=["gallery"])
+@router.get("/v1/gallery", tags=["gallery"], responses=schemas.ERRORS)
 async def gallery_info(engine: EngineDep) -> dict:
     return {"size": len(engine.gallery), "index": engine.settings.index}
 
 
 @router.post("/v1/gallery", tags=["gallery"], responses=schemas.ERRORS)
-async def gallery_add(body: schemas.GalleryAddRequest, engine: EngineDep, settings: SettingsDep,
-                      _: AuthDep) -> dict:
+async def gallery_add(request: Request, body: schemas.GalleryAddRequest, engine: EngineDep,
+                      settings: SettingsDep, _: AuthDep) -> dict:
     items = body.items
     if len(items) > settings.max_images_per_request:
         raise InvalidInput(f"at most {settings.max_images_per_request} items per request")
@@ -288,7 +261,7 @@ async def gallery_add(body: schemas.GalleryAddRequest, engine: EngineDep, settin
     with_image = [n for n, i in enumerate(items) if i.image is not None]
     if with_image:
         raws = [decode_base64(items[n].image) for n in with_image]
-        emb[with_image], _ = await engine.infer(await decode_all(engine, settings, raws))
+        emb[with_image], _ = await engine.infer(await decode_all(request, engine, settings, raws))
     with_vec = [n for n, i in enumerate(items) if i.embedding is not None]
     if with_vec:
         emb[with_vec] = check_vectors([items[n].embedding for n in with_vec], engine.dim)
@@ -324,7 +297,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings, app.state.metrics, app.state.engine = settings, metrics, engine
     install_handlers(app)
     app.include_router(router)
-    app.add_middleware(LimitAndMeasure, limit=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(Gate, settings=settings, metrics=metrics,
+                       queued_images=lambda: engine.pending)
+    if settings.api_key is None:
+        log.info("no API key (SIMCLR_EMBED_API_KEY unset or empty): gallery management is off")
+    else:
+        log.info("API key set: required for gallery changes%s",
+                 " and every route but /healthz and /readyz" if settings.require_api_key else "")
     return app
 
 

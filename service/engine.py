@@ -47,6 +47,7 @@ class Engine:
         self._wake = asyncio.Event()
         self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="onnx")
         self.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="dec")
+        self.decode_slots = asyncio.Semaphore(settings.decode_threads)
         self._worker: asyncio.Task | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -67,10 +68,11 @@ class Engine:
                                s.hnsw_m, s.hnsw_ef_search)
         self.gallery.load(ids.tolist(), [classes[y] for y in labels.tolist()], emb)
         m = self.bundle.manifest
-        self.model_id = f"simclr-resnet18-{m['checkpoint']['config_digest'][:12]}"
+        digest = m["checkpoint"].get("weights_digest") or m["checkpoint"]["config_digest"]
+        self.model_id = f"simclr-resnet18-{digest[:12]}"  # names the weights served
         self.metrics.model.info({"model_id": self.model_id, "precision": s.precision,
                                  "provider": self.session.get_providers()[0],
-                                 "bundle": str(s.bundle)})
+                                 "bundle": s.bundle.name})  # a name, not a server path
         self.metrics.gallery_size.set(len(self.gallery))
         log.info("engine ready: %s %s on %s, gallery %d", self.model_id, s.precision,
                  self.session.get_providers()[0], len(self.gallery))
@@ -91,6 +93,11 @@ class Engine:
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         emb, logits = self.session.run(None, {self.input_name: batch})
         return emb, logits
+
+    @property
+    def pending(self) -> int:
+        """Images queued for the model, not yet in a batch."""
+        return self._pending
 
     def admit(self, n: int) -> None:
         """Refuse n more images when the queue is full: called before decoding too, so that a

@@ -47,3 +47,13 @@ class NotReady(ServiceError):
 
 class Overloaded(ServiceError):
     status, code = 503, "overloaded"
+
+
+class RequestTimeout(ServiceError):
+    status, code = 408, "request_timeout"
+
+
+class ClientGone(ServiceError):
+    """The client closed the connection before its answer was worth computing (nginx's 499)."""
+
+    status, code = 499, "client_closed_request"

@@ -10,6 +10,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from service.errors import ServiceError
 
@@ -29,6 +31,16 @@ def error_response(status: int, code: str, message: str,
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method that some route serves at this request's path (RFC 9110's Allow)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(_: Request, e: ServiceError) -> JSONResponse:
@@ -39,9 +51,18 @@ def install_handlers(app: FastAPI) -> None:
         return error_response(422, "invalid_input", validation_message(e.errors()))
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, e: HTTPException) -> JSONResponse:
+    async def _http(request: Request, e: HTTPException) -> JSONResponse:
+        headers = dict(e.headers or {})
+        if e.status_code == 405:  # Starlette names only the first route's methods
+            headers["Allow"] = ", ".join(allowed_methods(request))
         return error_response(e.status_code, _HTTP_CODES.get(e.status_code, "http_error"),
-                              str(e.detail))
+                              str(e.detail), headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _: ClientDisconnect) -> JSONResponse:
+        """The client left while its body was being read: counted, not logged as a crash."""
+        request.app.state.metrics.client_gone.inc()
+        return error_response(499, "client_closed_request", "client closed the connection")
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, e: Exception) -> JSONResponse:

@@ -28,6 +28,8 @@ class Metrics:
                                   registry=r)
         self.rejected = Counter(PREFIX + "rejected_overload", "requests refused with 503",
                                 registry=r)
+        self.client_gone = Counter(PREFIX + "client_gone", "requests dropped because the "
+                                   "client had closed the connection", registry=r)
         self.gallery_size = Gauge(PREFIX + "gallery_size", "vectors in the search index",
                                   registry=r)
         self.model = Info(PREFIX + "model", "the loaded bundle", registry=r)

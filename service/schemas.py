@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, Field
 
 # A 1x1 red PNG: small enough to paste into the docs, real enough to embed.
@@ -11,9 +13,12 @@ EXAMPLE_IMAGE = (
 )
 
 
+Base64Image = Annotated[str, Field(min_length=1, description="base64 image or data URL")]
+
+
 class ImagesRequest(BaseModel):
-    images: list[str] = Field(..., min_length=1, description="base64 images or data URLs",
-                              examples=[[EXAMPLE_IMAGE]])
+    images: list[Base64Image] = Field(..., min_length=1, description="base64 images or data URLs",
+                                      examples=[[EXAMPLE_IMAGE]])
 
 
 class SearchRequest(BaseModel):
@@ -79,7 +84,8 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 415, 422, 503)}
+ERRORS = {code: {"model": ErrorResponse}
+          for code in (400, 401, 403, 404, 408, 413, 415, 422, 499, 503)}
 
 
 def image_body(json_model: type[BaseModel]) -> dict:

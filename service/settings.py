@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(64, ge=1)
     max_wait_ms: float = Field(0.0, ge=0)
     max_queue_images: int = Field(512, ge=1, description="beyond this, 503 + Retry-After")
+    # Admission at arrival, before the body is read (service/admission.py).
+    max_inflight_requests: int = Field(64, ge=1, description="POSTs being read, decoded or run")
+    max_inflight_bytes: int = Field(32 * 2**20, ge=1024, description="their declared bytes")
+    body_timeout_s: float = Field(10.0, gt=0, description="to receive a whole body, else 408")
     max_images_per_request: int = Field(64, ge=1)
     max_body_bytes: int = Field(16 * 2**20, ge=1024)
     max_image_pixels: int = Field(25_000_000, ge=1, description="decompression-bomb guard")
@@ -32,8 +36,22 @@ class Settings(BaseSettings):
     hnsw_m: int = 32
     hnsw_ef_search: int = 64
     api_key: SecretStr | None = None  # gallery management is disabled without one
+    require_api_key: bool = Field(False, description="the key on every route but the probes")
     data_dir: Path = Path("service-data")  # durable gallery additions and deletions
     decode_threads: int = Field(2, ge=1)
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, v: object) -> object:
+        """SIMCLR_EMBED_API_KEY= (empty) means no key, not the empty string as a key."""
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _key_for_required_auth(self) -> Settings:
+        if self.require_api_key and self.api_key is None:
+            raise ValueError("SIMCLR_EMBED_REQUIRE_API_KEY is set but SIMCLR_EMBED_API_KEY is "
+                             "empty: set a key, or turn the requirement off")
+        return self

@@ -26,7 +26,9 @@ def test_bundle_report_and_parity(bundle_dir: Path) -> None:
     assert 0.5 <= report["top10_overlap"] <= 1.0
     assert report["int8"]["size_mb"] < report["fp32"]["size_mb"] / 3
     assert report["linear_drop_points"] <= 5.0
-    assert (bundle_dir / "report.md").read_text().startswith("Test images: 100")
+    md = (bundle_dir / "report.md").read_text()  # the table says what the JSON says
+    assert f"Test images: {report['test_images']}, gallery: {report['gallery_images']}" in md
+    assert f"| {report['fp32']['linear_top1']:.2f} | {report['int8']['linear_top1']:.2f} |" in md
     ids, labels, emb = bundle.gallery("int8")
     assert emb.shape == (200, 512) and len(ids) == len(labels) == 200
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
@@ -89,9 +91,46 @@ def test_bad_checkpoints_give_clear_errors(tmp_path: Path, cifar10_dir: Path) ->
         build_bundle(ExportConfig(str(unfinished), out=str(tmp_path / "o")))
 
 
-def test_int8_over_tolerance_fails_without_a_manifest(short_checkpoint: Path, tmp_path) -> None:
-    cfg = ExportConfig(str(short_checkpoint), out=str(tmp_path / "b"), calibration_per_class=2,
+def test_failed_export_keeps_the_previous_bundle(short_checkpoint: Path, bundle_dir: Path,
+                                                 tmp_path) -> None:
+    out = tmp_path / "b"
+    shutil.copytree(bundle_dir, out)  # the bundle a server is reading
+    before = (out / "manifest.json").read_bytes()
+    cfg = ExportConfig(str(short_checkpoint), out=str(out), calibration_per_class=2,
                        gallery_per_class=5, test_per_class=5, latency_rounds=1, tolerance=-101)
     with pytest.raises(ExportError, match=r"below FP32"):
         build_bundle(cfg)
-    assert (tmp_path / "b/report.json").exists() and not (tmp_path / "b/manifest.json").exists()
+    assert (out / "manifest.json").read_bytes() == before
+    load_bundle(out)  # still whole: every hash verifies
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "b.rejected-report.json"]
+
+
+@pytest.mark.parametrize(("gate", "message"), [("min_cosine_mean", "mean cosine"),
+                                               ("min_top10_overlap", "top-10 overlap")])
+def test_int8_is_gated_on_cosine_and_neighbours(short_checkpoint: Path, tmp_path, gate,
+                                                message) -> None:
+    cfg = ExportConfig(str(short_checkpoint), out=str(tmp_path / "b"), calibration_per_class=2,
+                       gallery_per_class=5, test_per_class=5, latency_rounds=1, tolerance=100,
+                       **{gate: 1.01})
+    with pytest.raises(ExportError, match=message):
+        build_bundle(cfg)
+    assert not (tmp_path / "b").exists()
+
+
+def test_refuses_to_replace_what_is_not_a_bundle(short_checkpoint: Path, tmp_path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    for out in (tmp_path, tmp_path / "notes.txt"):
+        with pytest.raises(ExportError, match="not a bundle"):
+            build_bundle(ExportConfig(str(short_checkpoint), out=str(out)))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_model_id_names_the_weights(short_checkpoint: Path, bundle_dir: Path) -> None:
+    from export.onnx_export import weights_digest
+
+    state = load_checkpoint(short_checkpoint)
+    digest = weights_digest(state)
+    assert load_bundle(bundle_dir).manifest["checkpoint"]["weights_digest"] == digest
+    key = next(k for k in state["model"] if k.startswith("encoder.") and "conv" in k)
+    state["model"][key] = state["model"][key] + 1e-3  # same config, other weights
+    assert weights_digest(state) != digest

@@ -54,11 +54,18 @@ def test_gallery_image_finds_itself_first(client, bundle_dir, cifar10) -> None:
         assert top[0]["score"] >= top[1]["score"] >= top[2]["score"]
 
 
-def test_search_by_embedding_matches_search_by_image(client, reference) -> None:
-    by_vec = client.post("/v1/search", json={"embeddings": [reference[0][0].tolist()], "k": 5})
-    b64 = base64.b64encode(png(np.zeros((32, 32, 3), np.uint8))).decode()
-    assert client.post("/v1/search", json={"images": [b64], "k": 5}).status_code == 200
-    assert by_vec.status_code == 200 and len(by_vec.json()["results"][0]) == 5
+def test_search_by_embedding_matches_search_by_image(client, test_images, reference) -> None:
+    """The same query as an image and as its in-process embedding: the same neighbours."""
+    for n in (0, 7):
+        by_vec = client.post("/v1/search",
+                             json={"embeddings": [reference[0][n].tolist()], "k": 5})
+        b64 = base64.b64encode(png(test_images[n])).decode()
+        by_img = client.post("/v1/search", json={"images": [b64], "k": 5})
+        vec_hits, img_hits = by_vec.json()["results"][0], by_img.json()["results"][0]
+        assert len(vec_hits) == 5
+        assert [h["id"] for h in vec_hits] == [h["id"] for h in img_hits]
+        np.testing.assert_allclose([h["score"] for h in vec_hits],
+                                   [h["score"] for h in img_hits], atol=1e-4)
 
 
 def test_classify_agrees_with_the_head(client, test_images, reference) -> None:

@@ -122,7 +122,9 @@ def test_overload_answers_503_with_retry_after(bundle_dir, tmp_path, cifar10) ->
                            headers={"content-type": "image/png"})
         assert after.status_code == 200
         metrics = httpx.get(srv.url + "/metrics").text
-        assert "simclr_embed_rejected_overload_total" in metrics
+        line = next(x for x in metrics.splitlines()
+                    if x.startswith("simclr_embed_rejected_overload_total "))
+        assert float(line.split()[1]) == codes.count(503)  # each refusal counted once
     finally:
         srv.stop()
 

@@ -57,8 +57,13 @@ def test_index_kinds_find_exact_matches_and_honour_deletes(tmp_path: Path, kind:
     assert [h[0].id for h in hits] == [f"id{i}" for i in range(20)]
     assert g.delete("id5") and not g.delete("id5")
     assert all(h.id != "id5" for h in g.search(emb[5:6], 10)[0])
-    g.add(["id7"], ["moved"], emb[8:9])  # re-adding an id replaces it
-    assert len(g) == 499 and g.search(emb[8:9], 2)[0][0].score == pytest.approx(1, abs=1e-5)
+    fresh = unit(1, seed=99)
+    g.add(["id7"], ["moved"], fresh)  # re-adding an id replaces its vector and label
+    assert len(g) == 499
+    hit = g.search(fresh, 1)[0][0]
+    assert (hit.id, hit.label) == ("id7", "moved") and hit.score == pytest.approx(1, abs=1e-5)
+    old = g.search(emb[7:8], 1)[0][0]  # the old vector is gone from the index
+    assert old.id != "id7" and old.score < 0.5
 
 
 def test_torn_journal_line_is_ignored(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The training loop on real CIFAR-10 images: resume equals an uninterrupted run, the run
 directory holds what it promises, and the CLI reports bad choices."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,10 @@ def test_run_directory_and_self_describing_checkpoint(cifar10_dir, tmp_path) -> 
     assert state["config"]["batch_size"] == 32 and state["classes"][0] == "airplane"
     assert len(state["normalization"]["mean"]) == 3
     assert [m["epoch"] for m in state["metrics"]] == [0, 1]  # epoch 0: random-init kNN
-    assert 0 <= state["eval"]["knn_top1"] <= 100
+    knn = state["eval"]["knn_top1"]  # one number, the same in every place that reports it
+    assert json.loads((tmp_path / "summary.json").read_text())["knn_top1"] == knn
+    assert state["metrics"][-1]["knn_top1"] == knn
+    assert (knn * 40 / 100) == pytest.approx(round(knn * 40 / 100), abs=1e-3)  # k of 40 test
     assert state["linear_head"]["weight"].shape == (10, 512)
     for key in ("optimizer", "scheduler", "scaler", "rng"):
         assert key in state
@@ -65,10 +69,25 @@ def test_cli_eval_and_clear_errors(cifar10_dir, tmp_path, capsys, caplog) -> Non
     assert "does not exist" in caplog.text
 
 
-def test_default_bundle_configs_fit_a_cpu_budget(tmp_path) -> None:
-    from training.quickstart import default_configs
+@pytest.mark.parametrize("cuda", [False, True])
+def test_default_bundle_configs_follow_the_hardware(tmp_path, monkeypatch, cuda) -> None:
+    from training import quickstart
 
-    cfg, export_cfg = default_configs(tmp_path / "bundles/default", "cifar10")
-    assert cfg.train_per_class == 200 and cfg.epochs == 10  # about 5 minutes of training here
+    monkeypatch.setattr(quickstart.torch.cuda, "is_available", lambda: cuda)
+    cfg, export_cfg = quickstart.default_configs(tmp_path / "bundles/default", "cifar10")
+    full = TrainConfig()
+    images = (cfg.train_per_class or 5000) * 10 * cfg.epochs
+    if cuda:  # the full recipe on the full split
+        assert cfg.train_per_class is None and cfg.epochs == full.epochs
+    else:  # a budget far below it
+        assert images < 5000 * 10 * full.epochs / 100
     assert cfg.out_dir == str(tmp_path / "bundles/default-run")
-    assert export_cfg.out == str(tmp_path / "bundles/default") and export_cfg.gallery_per_class
+    assert export_cfg.out == str(tmp_path / "bundles/default")
+
+
+def test_default_bundle_prefers_the_released_weights(tmp_path) -> None:
+    from training.quickstart import RELEASED_WEIGHTS, released_export_config
+
+    cfg = released_export_config(tmp_path / "b", "somewhere", RELEASED_WEIGHTS)
+    assert cfg.checkpoint == str(RELEASED_WEIGHTS) and cfg.data == "somewhere"
+    assert cfg.gallery_per_class is None  # the whole training split is the gallery

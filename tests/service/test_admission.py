@@ -1,0 +1,204 @@
+"""The front door over real HTTP: admission before the body is read, slow bodies, clients that
+leave, the API key on every route, what /metrics and /v1/model reveal, and 500s in the metrics.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from service.admission import Gate
+from service.metrics import Metrics
+from service.settings import Settings
+from tests.service.conftest import API_KEY, Server, png
+
+IMG = png(np.random.default_rng(1).integers(0, 256, (32, 32, 3), np.uint8))
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    pattern = "^" + re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "")
+    m = re.search(pattern + r" (\S+)$", text, re.MULTILINE)
+    return float(m.group(1)) if m else 0.0
+
+
+def open_body(port: int, length: int, sent: bytes = b"x") -> socket.socket:
+    """A POST whose headers promise `length` body bytes, of which only `sent` arrive."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"POST /v1/embed HTTP/1.1\r\nHost: x\r\ncontent-type: image/png\r\n"
+              b"content-length: %d\r\n\r\n" % length + sent)
+    return s
+
+
+def read_status(s: socket.socket, timeout: float) -> int:
+    s.settimeout(timeout)
+    head = s.recv(4096)
+    return int(head.split()[1])
+
+
+def test_slow_bodies_time_out_with_408_and_the_server_keeps_serving(bundle_dir, tmp_path):
+    srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_BODY_TIMEOUT_S="1").start()
+    try:
+        socks = [open_body(srv.port, 1000) for _ in range(20)]  # dribblers that never finish
+        t0 = time.perf_counter()
+        codes = [read_status(s, 10) for s in socks]
+        assert codes == [408] * 20 and time.perf_counter() - t0 < 5
+        ok = httpx.post(srv.url + "/v1/embed", content=IMG, headers={"content-type": "image/png"})
+        assert ok.status_code == 200
+    finally:
+        for s in socks:
+            s.close()
+        srv.stop()
+
+
+def test_admission_refuses_at_arrival_when_slots_are_taken(bundle_dir, tmp_path):
+    srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_MAX_INFLIGHT_REQUESTS="2",
+                 SIMCLR_EMBED_BODY_TIMEOUT_S="30").start()
+    held = [open_body(srv.port, 5000) for _ in range(2)]  # admitted, their bodies never end
+    try:
+        time.sleep(0.3)
+        t0 = time.perf_counter()
+        r = httpx.post(srv.url + "/v1/embed", content=IMG, headers={"content-type": "image/png"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "overloaded" and time.perf_counter() - t0 < 1
+        assert httpx.get(srv.url + "/healthz").status_code == 200  # GETs are not admitted
+        for s in held:
+            s.close()
+        time.sleep(0.5)  # the held slots free once their connections are gone
+        r = httpx.post(srv.url + "/v1/embed", content=IMG, headers={"content-type": "image/png"})
+        assert r.status_code == 200
+        m = httpx.get(srv.url + "/metrics").text
+        assert metric(m, "simclr_embed_rejected_overload_total") >= 1
+    finally:
+        srv.stop()
+
+
+def big_png(side: int = 2500) -> bytes:
+    """A photo-like PNG that takes a noticeable time to decode."""
+    x = np.random.default_rng(2).integers(0, 256, (side // 8, side // 8, 3), np.uint8)
+    return png(np.asarray(Image.fromarray(x).resize((side, side), Image.BICUBIC)))
+
+
+def test_requests_of_clients_that_left_are_dropped_before_decode(bundle_dir, tmp_path):
+    """Twenty clients leave while one heavy decode holds the only decode slot: ten before their
+    body was read, ten after it (dropped when their turn for the slot comes). None is decoded or
+    batched, and none leaves a traceback."""
+    srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_DECODE_THREADS="1").start()
+    try:
+        heavy = big_png()
+        before = httpx.get(srv.url + "/metrics").text
+        blocker = threading.Thread(target=httpx.post, args=(srv.url + "/v1/embed",),
+                                   kwargs={"content": heavy, "timeout": 60,
+                                           "headers": {"content-type": "image/png"}})
+        blocker.start()
+        time.sleep(0.1)  # the heavy body is in, its decode holds the slot (~250 ms)
+        early = [open_body(srv.port, len(IMG), IMG) for _ in range(10)]
+        for s in early:
+            s.close()
+        late = [open_body(srv.port, len(IMG), IMG) for _ in range(10)]
+        time.sleep(0.05)  # their bodies are read; they wait for the decode slot
+        for s in late:
+            s.close()
+        blocker.join()
+        time.sleep(0.5)
+        after = httpx.get(srv.url + "/metrics").text
+        gone = metric(after, "simclr_embed_client_gone_total")
+        batches = (metric(after, "simclr_embed_batch_size_count")
+                   - metric(before, "simclr_embed_batch_size_count"))
+        assert gone == 20 and batches == 1, (gone, batches)
+        assert metric(after, "simclr_embed_requests_total",
+                      'route="/v1/embed",status="499"') == 20
+        assert "Traceback" not in srv.log_path.read_text()
+    finally:
+        srv.stop()
+
+
+def test_api_key_on_every_route_but_the_probes(bundle_dir, tmp_path):
+    srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_REQUIRE_API_KEY="true").start()
+    post = dict(content=IMG, headers={"content-type": "image/png"})
+    try:
+        for path in ("/healthz", "/readyz"):
+            assert httpx.get(srv.url + path).status_code == 200
+        for path in ("/metrics", "/v1/model", "/docs", "/openapi.json", "/v1/gallery"):
+            r = httpx.get(srv.url + path)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", path
+        assert httpx.post(srv.url + "/v1/embed", **post).status_code == 401
+        bare = {"authorization": API_KEY, "content-type": "image/png"}  # no scheme
+        r = httpx.post(srv.url + "/v1/embed", content=IMG, headers=bare)
+        assert r.status_code == 401 and "Bearer" in r.json()["error"]["message"]
+        for scheme in ("Bearer", "bearer", "BEARER"):
+            h = {"authorization": f"{scheme} {API_KEY}", "content-type": "image/png"}
+            assert httpx.post(srv.url + "/v1/embed", content=IMG, headers=h).status_code == 200
+        wrong = {"authorization": "Bearer nope", "content-type": "image/png"}
+        assert httpx.post(srv.url + "/v1/embed", content=IMG, headers=wrong).status_code == 403
+        assert httpx.get(srv.url + "/metrics", headers={"x-api-key": API_KEY}).status_code == 200
+    finally:
+        srv.stop()
+
+
+def test_empty_key_means_disabled_with_a_startup_line(bundle_dir, tmp_path):
+    srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_API_KEY="").start()
+    try:
+        item = {"items": [{"id": "a", "embedding": [0.1] * 512}]}
+        r = httpx.post(srv.url + "/v1/gallery", json=item, headers={"x-api-key": ""})
+        assert r.status_code == 403 and "disabled" in r.json()["error"]["message"]
+        assert "no API key" in srv.log_path.read_text()
+    finally:
+        srv.stop()
+
+
+def test_required_key_without_a_key_refuses_to_start(bundle_dir, tmp_path):
+    env = {"SIMCLR_EMBED_REQUIRE_API_KEY": "true", "SIMCLR_EMBED_API_KEY": ""}
+    r = run_serve([str(bundle_dir)], env)
+    assert r.returncode == 2 and "SIMCLR_EMBED_API_KEY is empty" in r.stderr
+
+
+def run_serve(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "training.cli", "serve", *args],
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+
+
+def test_failed_start_exits_non_zero_with_several_workers(tmp_path):
+    r = run_serve([str(tmp_path / "no-bundle"), "--workers", "2", "--port", "0"], {})
+    assert r.returncode == 2 and "no-bundle" in r.stderr
+
+
+def test_model_and_metrics_reveal_no_paths_or_history(client, bundle_dir):
+    model = client.get("/v1/model").text
+    metrics = client.get("/metrics").text
+    for text in (model, metrics):
+        assert str(bundle_dir) not in text and str(bundle_dir.parent) not in text
+    assert "probe_history" not in model and "config" not in client.get("/v1/model").json()
+    assert client.get("/v1/model").json()["checkpoint"]["eval"]["linear_top1"] >= 0
+
+
+def test_500s_reach_the_metrics() -> None:
+    """A small fake app (it raises) behind the real middleware: the request is still counted."""
+    metrics = Metrics()
+
+    async def broken(scope, receive, send):
+        raise RuntimeError("boom")
+
+    gate = Gate(broken, Settings(), metrics, queued_images=lambda: 0)
+    transport = httpx.ASGITransport(app=gate, raise_app_exceptions=False)
+
+    async def call() -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return await c.get("/v1/model")
+
+    import asyncio
+
+    assert asyncio.run(call()).status_code == 500
+    from prometheus_client import generate_latest
+
+    text = generate_latest(metrics.registry).decode()
+    assert metric(text, "simclr_embed_requests_total", 'route="unmatched",status="500"') == 1
