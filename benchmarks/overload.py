@@ -1,0 +1,179 @@
+"""Overload: 200 clients send 1 MB PNGs to one server for a fixed time (hey, from Debian), while
+a second hey probes /healthz at a fixed rate. Reports, for answered (200) and refused (503)
+requests apart, n and p50/p95/p99; the /healthz latency during the burst; the server's peak RSS
+(VmHWM); and the load generators' own CPU time.
+
+    python -m benchmarks.overload --bundle bundles/default --data ../shared/data/cifar10
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import resource
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.common import hardware, write_result
+from service.process import ServiceProcess
+
+log = logging.getLogger("overload")
+
+
+def megabyte_png(data: str, target: int = 2**20) -> bytes:
+    """A real CIFAR-10 test image, upscaled with a little grain until its PNG is ~1 MB."""
+    from training.data import load_dataset
+
+    _, test = load_dataset(data)
+    base = Image.fromarray(test.images[3]).resize((800, 800), Image.BICUBIC)
+    rng = np.random.default_rng(0)
+    for amplitude in range(1, 64):
+        grain = rng.integers(-amplitude, amplitude + 1, (800, 800, 3))
+        arr = np.clip(np.asarray(base, int) + grain, 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, "PNG")
+        if buf.tell() >= target:
+            return buf.getvalue()
+    raise RuntimeError("could not reach the target size")
+
+
+def hey(args: list[str]) -> subprocess.Popen:
+    exe = shutil.which("hey")
+    if exe is None:
+        raise SystemExit("hey is not installed: apt-get install hey (Debian)")
+    return subprocess.Popen([exe, "-o", "csv", *args], stdout=subprocess.PIPE, text=True)
+
+
+def rows(out: str) -> list[tuple[float, int]]:
+    """(latency s, status) per request from hey's CSV."""
+    reader = csv.DictReader(io.StringIO(out))
+    return [(float(r["response-time"]), int(r["status-code"])) for r in reader]
+
+
+def summary(latencies: list[float]) -> dict:
+    if not latencies:
+        return {"n": 0}
+    ms = np.asarray(latencies) * 1000
+    return {"n": len(ms), "p50_ms": float(np.percentile(ms, 50)),
+            "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)),
+            "max_ms": float(ms.max())}
+
+
+def refusal_buckets(metrics: bytes) -> dict[str, float]:
+    """The server's own latency histogram for refusals (they match no route): le -> count."""
+    out = {}
+    for line in metrics.decode().splitlines():
+        if line.startswith('simclr_embed_request_latency_seconds_bucket{le="') and \
+                'route="unmatched"' in line:
+            le = line.split('le="')[1].split('"')[0]
+            out[le] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run(bundle: Path, body: bytes, clients: int, seconds: int, threads: int,
+        rate: float) -> dict:
+    """One server, one burst. rate 0: closed loop (each client sends again at once, refused or
+    not: the worst case); rate r: open loop, each client r requests/s whatever the answers."""
+    with tempfile.TemporaryDirectory() as tmp:
+        srv = ServiceProcess(bundle, Path(tmp) / "data", Path(tmp) / "server.log",
+                             SIMCLR_EMBED_THREADS=str(threads)).start()
+        try:
+            start_rss = srv.rss_mb()
+            img = Path(tmp) / "big.png"
+            img.write_bytes(body)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            paced = ["-q", f"{rate:g}"] if rate else []
+            burst = hey(["-z", f"{seconds}s", "-c", str(clients), *paced, "-m", "POST", "-T",
+                         "image/png", "-D", str(img), srv.url + "/v1/embed"])
+            probe = hey(["-z", f"{seconds}s", "-c", "1", "-q", "20", srv.url + "/healthz"])
+            burst_out, probe_out = burst.communicate()[0], probe.communicate()[0]
+            wall = time.perf_counter() - t0
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            peak = vm_hwm_mb(srv.pid)
+            server_side = refusal_buckets(urllib.request.urlopen(srv.url + "/metrics").read())
+            log_text = srv.stop()
+        finally:
+            srv.stop()
+    results = rows(burst_out)
+    by_status: dict[int, list[float]] = {}
+    for latency, status in results:
+        by_status.setdefault(status, []).append(latency)
+    gen_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {
+        "mode": f"open loop, {rate:g} req/s per client ({rate * clients:g} offered)" if rate
+        else "closed loop (no pause between requests)",
+        "clients": clients, "seconds": seconds, "body_bytes": len(body), "ort_threads": threads,
+        "requests": len(results), "status_counts": {str(k): len(v) for k, v in by_status.items()},
+        "answered": summary(by_status.get(200, [])),
+        "refused": summary(by_status.get(503, [])),
+        "healthz": summary([lat for lat, _ in rows(probe_out)]),
+        "server_rss_mb": {"start": start_rss, "peak": peak},
+        "server_side_refusal_seconds_cumulative": server_side,
+        "load_generator_cpu_s": gen_cpu, "load_generator_cpu_share": gen_cpu / wall / 2,
+        "server_tracebacks": log_text.count("Traceback"),
+    }
+
+
+def markdown(runs: list[dict]) -> str:
+    lines = ["| load | what | n | p50 (ms) | p95 (ms) | p99 (ms) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in runs:
+        for key, label in (("answered", "answered 200"), ("refused", "refused 503"),
+                           ("healthz", "/healthz during the burst")):
+            s = r[key]
+            if s["n"]:
+                lines.append(f"| {r['mode']} | {label} | {s['n']} | {s['p50_ms']:.1f} | "
+                             f"{s['p95_ms']:.1f} | {s['p99_ms']:.1f} |")
+    lines += ["", "| load | refusals within 1 / 10 ms, server side | server RSS start / peak (MB) "
+              "| statuses | hey CPU (share of 2 cores) |", "| --- | --- | --- | --- | --- |"]
+    for r in runs:
+        b = r["server_side_refusal_seconds_cumulative"]
+        total = b.get("+Inf", 0) or 1
+        lines.append(f"| {r['mode']} | {100 * b.get('0.001', 0) / total:.1f} % / "
+                     f"{100 * b.get('0.01', 0) / total:.1f} % | "
+                     f"{r['server_rss_mb']['start']:.0f} / {r['server_rss_mb']['peak']:.0f} | "
+                     f"{r['status_counts']} | {100 * r['load_generator_cpu_share']:.0f} % |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bundle", type=Path, default=Path("bundles/default"))
+    p.add_argument("--data", default="../shared/data/cifar10")
+    p.add_argument("--clients", type=int, default=200)
+    p.add_argument("--seconds", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rates", type=float, nargs="+", default=[0, 1, 5],
+                   help="per-client requests/s; 0 = closed loop")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/overload"))
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    body = megabyte_png(args.data)
+    log.info("body: %d bytes; %d clients for %d s", len(body), args.clients, args.seconds)
+    runs = [run(args.bundle, body, args.clients, args.seconds, args.threads, rate)
+            for rate in args.rates]
+    write_result(args.out / "overload.json", {"benchmark": "overload", "hardware": hardware(),
+                                              "bundle": args.bundle.name, "runs": runs})
+    (args.out / "overload.md").write_text(markdown(runs))
+    log.info("\n%s", markdown(runs))
+
+
+if __name__ == "__main__":
+    main()
