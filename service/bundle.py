@@ -114,3 +114,10 @@ def verify_files(root: Path, files: dict[str, dict[str, Any]]) -> None:
         if sha256(p) != meta["sha256"]:
             raise BundleError(f"bundle file {rel} does not match its sha256 in the manifest "
                               "(modified after export)")
+
+
+def model_id(manifest: dict[str, Any]) -> str:
+    """The served model's name: a hash of its weights (of its config in older bundles)."""
+    ckpt = manifest["checkpoint"]
+    digest = ckpt.get("weights_digest") or ckpt["config_digest"]
+    return f"simclr-resnet18-{digest[:12]}"

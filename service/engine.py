@@ -16,15 +16,19 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.bundle import Bundle, load_bundle
+from service.bundle import Bundle, load_bundle, model_id
 from service.errors import Overloaded
-from service.gallery import Gallery
+from service.gallery import Gallery, Space
 from service.metrics import Metrics
 from service.runtime import make_session
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.pg_gallery import PgGallery
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +40,27 @@ class _Job:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
+def open_gallery(settings: Settings, space: Space) -> Gallery | PgGallery:
+    """PostgreSQL + pgvector when SIMCLR_EMBED_GALLERY_URL is set, else SQLite + FAISS."""
+    if settings.gallery_url is not None:
+        from service.pg_gallery import PgGallery
+
+        return PgGallery(space, settings.gallery_url.get_secret_value(), settings.hnsw_m,
+                         settings.hnsw_ef_search)
+    old = settings.data_dir / "gallery-journal.jsonl"
+    if old.exists():
+        log.warning("%s is the old JSON-lines journal and is no longer read: re-add its items "
+                    "through the API, then remove it", old)
+    return Gallery(space, settings.data_dir / f"gallery-{space.precision}.sqlite3",
+                   settings.index, settings.hnsw_m, settings.hnsw_ef_search)
+
+
 class Engine:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings, self.metrics = settings, metrics
         self.ready = False
         self.bundle: Bundle | None = None
-        self.gallery: Gallery | None = None
+        self.gallery: Gallery | PgGallery | None = None
         self._jobs: deque[_Job] = deque()
         self._pending = 0  # images queued, not yet handed to the model
         self._wake = asyncio.Event()
@@ -62,17 +81,13 @@ class Engine:
         self.dim = int(self.bundle.manifest["embedding_dim"])
         for batch in (1, s.max_batch_size):  # first runs allocate and pick kernels
             self._run(np.zeros((batch, self.size, self.size, 3), np.uint8))
+        self.model_id = model_id(self.bundle.manifest)
+        self.gallery = open_gallery(s, Space(self.model_id, s.precision, self.dim))
         ids, labels, emb = self.bundle.gallery(s.precision)
         classes = self.bundle.classes
-        self.gallery = Gallery(self.dim, s.data_dir / "gallery-journal.jsonl", s.index,
-                               s.hnsw_m, s.hnsw_ef_search)
         self.gallery.load(ids.tolist(), [classes[y] for y in labels.tolist()], emb)
-        m = self.bundle.manifest
-        digest = m["checkpoint"].get("weights_digest") or m["checkpoint"]["config_digest"]
-        self.model_id = f"simclr-resnet18-{digest[:12]}"  # names the weights served
-        self.metrics.model.info({"model_id": self.model_id, "precision": s.precision,
-                                 "provider": self.session.get_providers()[0],
-                                 "bundle": s.bundle.name})  # a name, not a server path
+        self.metrics.set_model(self.model_id, s.precision, self.session.get_providers()[0],
+                               s.bundle.name)  # a name, not a server path
         self.metrics.gallery_size.set(len(self.gallery))
         log.info("engine ready: %s %s on %s, gallery %d", self.model_id, s.precision,
                  self.session.get_providers()[0], len(self.gallery))

@@ -1,17 +1,22 @@
-"""The searchable gallery: the bundle's embeddings plus durable additions and deletions.
+"""The embedded gallery: the bundle's embeddings plus durable changes, searched with FAISS.
+
+SQLite (WAL, synchronous=FULL) is the durable store of the changes made over the bundle's
+gallery: each add or delete commits before the caller is answered, so it survives a kill -9 at
+any instant, torn writes included. Every change gets the next number of one sequence; each
+worker keeps the number it has applied and, before it answers a search, a listing or a change,
+applies whatever other workers committed since. The database belongs to one embedding space
+(model id, precision, dimension): opening it with another is refused.
 
 FAISS inner product over unit vectors (cosine): exact (IndexFlatIP) by default, HNSW for large
-galleries. Changes go to an append-only journal that is fsync'ed before the caller is answered,
-so an acknowledged add or delete survives a restart or a kill -9; on start the journal is
-replayed over the bundle's gallery, and a torn last line (a crash mid-write) is ignored.
+galleries. PostgreSQL + pgvector (service/pg_gallery.py) replaces all of this when one machine
+is not enough.
 """
 
 from __future__ import annotations
 
-import base64
-import json
+import bisect
 import logging
-import os
+import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +27,17 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+class GalleryMismatch(RuntimeError):
+    """The stored gallery belongs to another embedding space than the served model."""
+
+
+@dataclass(frozen=True)
+class Space:
+    model_id: str
+    precision: str
+    dim: int
+
+
 @dataclass
 class Neighbor:
     id: str
@@ -29,24 +45,108 @@ class Neighbor:
     score: float
 
 
+class SQLiteStore:
+    """The durable part: meta (space, sequence) and items (id, label, vector or tombstone)."""
+
+    def __init__(self, path: Path, space: Space) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")  # the commit is on disk before the answer
+        self.db.execute("PRAGMA busy_timeout=10000")  # other workers write too
+        self.db.executescript(
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY, label TEXT, embedding BLOB,"
+            " seq INTEGER NOT NULL);"
+            "CREATE INDEX IF NOT EXISTS items_seq ON items (seq);")
+        self._claim(space)
+
+    def _claim(self, space: Space) -> None:
+        want = {"model_id": space.model_id, "precision": space.precision, "dim": str(space.dim)}
+        with self._write():
+            for key, value in want.items():
+                self.db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('seq', '0')")
+        have = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+        if any(have[k] != v for k, v in want.items()):
+            raise GalleryMismatch(
+                f"the gallery in {self.path} belongs to model {have['model_id']} "
+                f"({have['precision']}, {have['dim']}-d), but this server runs "
+                f"{space.model_id} ({space.precision}, {space.dim}-d): its vectors live in "
+                "another embedding space. Point SIMCLR_EMBED_DATA_DIR at another directory "
+                "(or move this one away) to start an empty gallery for this model.")
+
+    def _write(self):
+        """BEGIN IMMEDIATE ... COMMIT: one writer at a time across processes."""
+        store = self
+
+        class Tx:
+            def __enter__(self) -> None:
+                store.db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, exc_type, *_) -> None:
+                store.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+        return Tx()
+
+    def seq(self) -> int:
+        return int(self.db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
+
+    def changes_since(self, seq: int) -> list[tuple[str, str | None, bytes | None, int]]:
+        """(id, label, vector bytes or None for a deletion, seq), in commit order."""
+        return self.db.execute("SELECT id, label, embedding, seq FROM items WHERE seq > ? "
+                               "ORDER BY seq", (seq,)).fetchall()
+
+    def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
+        with self._write():
+            seq = self.seq()
+            rows = [(i, lab, e.astype(np.float32).tobytes(), seq + n + 1)
+                    for n, (i, lab, e) in enumerate(zip(ids, labels, emb, strict=True))]
+            self.db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?)", rows)
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (seq + len(rows),))
+
+    def delete(self, ids: list[str], present: set[str]) -> list[str]:
+        """Tombstones for the ids of `present` that no other worker deleted first."""
+        done = []
+        with self._write():
+            seq = self.seq()
+            for i in ids:
+                if i not in present:
+                    continue
+                row = self.db.execute("SELECT embedding IS NULL FROM items WHERE id = ?",
+                                      (i,)).fetchone()
+                if row is not None and row[0]:
+                    continue  # deleted by another worker since our last catch-up
+                seq += 1
+                self.db.execute("INSERT OR REPLACE INTO items VALUES (?, NULL, NULL, ?)",
+                                (i, seq))
+                done.append(i)
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (seq,))
+        return done
+
+
 class Gallery:
-    def __init__(self, dim: int, journal: Path, index: str = "flat", hnsw_m: int = 32,
+    def __init__(self, space: Space, db_path: Path, index: str = "flat", hnsw_m: int = 32,
                  ef_search: int = 64) -> None:
-        base = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT) if index == "hnsw" \
-            else faiss.IndexFlatIP(dim)
+        base = faiss.IndexHNSWFlat(space.dim, hnsw_m, faiss.METRIC_INNER_PRODUCT) \
+            if index == "hnsw" else faiss.IndexFlatIP(space.dim)
         if index == "hnsw":
             base.hnsw.efSearch = ef_search
         self.index = faiss.IndexIDMap2(base)
         self.removable = index == "flat"  # HNSW cannot remove: deleted rows become tombstones
-        self.dim, self.journal = dim, journal
+        self.space, self.db_path, self.kind = space, db_path, index
         self.ids: dict[int, tuple[str, str | None]] = {}  # internal -> (id, label)
         self.by_id: dict[str, int] = {}
-        self.next = 0
+        self.sorted_ids: list[str] | None = None  # for listings, rebuilt after changes
+        self.next, self.applied = 0, 0
         self.lock = threading.Lock()
+        self.store: SQLiteStore | None = None
 
     def __len__(self) -> int:
         return len(self.by_id)
 
+    # --- the in-memory index ---------------------------------------------------------------
     def _insert(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
         for i in ids:
             if i in self.by_id:
@@ -57,61 +157,79 @@ class Gallery:
         for n, i, lab in zip(internal.tolist(), ids, labels, strict=True):
             self.ids[n] = (i, lab)
             self.by_id[i] = n
+        self.sorted_ids = None
 
     def _remove(self, id_: str) -> None:
         n = self.by_id.pop(id_)
         if self.removable:
             self.index.remove_ids(np.array([n], dtype=np.int64))
         self.ids.pop(n)  # a tombstone in HNSW: search skips internal ids it no longer knows
+        self.sorted_ids = None
 
+    def _catch_up(self) -> None:
+        """Apply what any worker committed since this one last looked (caller holds the lock)."""
+        assert self.store is not None
+        if self.store.seq() == self.applied:
+            return
+        for id_, label, blob, seq in self.store.changes_since(self.applied):
+            if blob is None:
+                if id_ in self.by_id:
+                    self._remove(id_)
+            else:
+                self._insert([id_], [label], np.frombuffer(blob, np.float32)[None])
+            self.applied = seq
+
+    # --- the API the routes use -------------------------------------------------------------
     def load(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
-        """The bundle's gallery, then the journal replayed over it."""
+        """The bundle's gallery, then every stored change over it."""
         self._insert(ids, labels, emb)
-        replayed = 0
-        if self.journal.exists():
-            for line in self.journal.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    log.warning("ignoring a torn journal line in %s", self.journal)
-                    continue
-                self._apply(rec)
-                replayed += 1
-        log.info("gallery: %d vectors (%d journal records replayed)", len(self), replayed)
-
-    def _apply(self, rec: dict) -> None:
-        if rec["op"] == "add":
-            emb = np.frombuffer(base64.b64decode(rec["embedding"]), np.float32)[None]
-            self._insert([rec["id"]], [rec.get("label")], emb)
-        elif rec["op"] == "delete" and rec["id"] in self.by_id:
-            self._remove(rec["id"])
-
-    def _journal(self, records: list[dict]) -> None:
-        self.journal.parent.mkdir(parents=True, exist_ok=True)
-        with self.journal.open("a") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in records))
-            f.flush()
-            os.fsync(f.fileno())
+        self.store = SQLiteStore(self.db_path, self.space)
+        with self.lock:
+            self._catch_up()
+        log.info("gallery: %d vectors (%d stored changes applied, %s)", len(self), self.applied,
+                 self.db_path.name)
 
     def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
-        records = [{"op": "add", "id": i, "label": lab,
-                    "embedding": base64.b64encode(e.astype(np.float32).tobytes()).decode()}
-                   for i, lab, e in zip(ids, labels, emb, strict=True)]
         with self.lock:
-            self._journal(records)
-            self._insert(ids, labels, emb)
+            self.store.add(ids, labels, emb)
+            self._catch_up()
 
-    def delete(self, id_: str) -> bool:
+    def delete(self, ids: list[str]) -> list[str]:
+        """Deletes those of `ids` that exist; returns them."""
         with self.lock:
+            self._catch_up()
+            done = self.store.delete(ids, set(self.by_id) & set(ids))
+            self._catch_up()
+            return done
+
+    def get(self, id_: str) -> tuple[str | None, np.ndarray] | None:
+        """(label, vector) of one item, or None."""
+        with self.lock:
+            self._catch_up()
             if id_ not in self.by_id:
-                return False
-            self._journal([{"op": "delete", "id": id_}])
-            self._remove(id_)
-            return True
+                return None
+            n = self.by_id[id_]
+            return self.ids[n][1], self.index.reconstruct(n)
+
+    def listing(self, after: str | None, limit: int) -> list[tuple[str, str | None]]:
+        """(id, label) in id order, starting after `after`."""
+        with self.lock:
+            self._catch_up()
+            if self.sorted_ids is None:
+                self.sorted_ids = sorted(self.by_id)
+            start = bisect.bisect_right(self.sorted_ids, after) if after is not None else 0
+            page = self.sorted_ids[start : start + limit]
+            return [(i, self.ids[self.by_id[i]][1]) for i in page]
+
+    def size(self) -> int:
+        with self.lock:
+            self._catch_up()
+            return len(self.by_id)
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Neighbor]]:
         """queries (Q, D) unit-norm -> k best neighbours each, best first."""
         with self.lock:
+            self._catch_up()
             extra = 0 if self.removable else self.index.ntotal - len(self.ids)
             scores, internal = self.index.search(np.ascontiguousarray(queries, np.float32),
                                                  min(k + extra, max(1, self.index.ntotal)))

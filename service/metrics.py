@@ -1,9 +1,14 @@
 """Every Prometheus metric of the service: one registry per app, prefix simclr_embed_,
-explicit buckets."""
+explicit buckets. Under several uvicorn workers, prometheus_client's multiprocess mode
+(PROMETHEUS_MULTIPROC_DIR, set by `simclr-embed serve --workers N`) sums every worker's values,
+so /metrics is whole whichever worker answers."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 PREFIX = "simclr_embed_"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
@@ -25,11 +30,24 @@ class Metrics:
         self.inference = Histogram(PREFIX + "inference_seconds", "model time per batch",
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.queue_images = Gauge(PREFIX + "queue_images", "images waiting for the model",
-                                  registry=r)
+                                  registry=r, multiprocess_mode="livesum")
         self.rejected = Counter(PREFIX + "rejected_overload", "requests refused with 503",
                                 registry=r)
         self.client_gone = Counter(PREFIX + "client_gone", "requests dropped because the "
                                    "client had closed the connection", registry=r)
         self.gallery_size = Gauge(PREFIX + "gallery_size", "vectors in the search index",
-                                  registry=r)
-        self.model = Info(PREFIX + "model", "the loaded bundle", registry=r)
+                                  registry=r, multiprocess_mode="max")
+        self.model = Gauge(PREFIX + "model_info", "the loaded model (value 1)",
+                           ["model_id", "precision", "provider", "bundle"], registry=r,
+                           multiprocess_mode="max")
+
+    def set_model(self, model_id: str, precision: str, provider: str, bundle: str) -> None:
+        self.model.labels(model_id, precision, provider, bundle).set(1)
+
+    def exposition(self) -> bytes:
+        """The text /metrics serves: every worker's values in multiprocess mode."""
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)
+        return generate_latest(merged)

@@ -34,14 +34,18 @@ class ClassifyRequest(ImagesRequest):
 
 
 class GalleryItem(BaseModel):
-    id: str = Field(..., min_length=1, max_length=256)
-    label: str | None = None
+    id: str = Field(..., min_length=1, max_length=256, description="may contain '/'")
+    label: str | None = Field(None, max_length=256)
     image: str | None = Field(None, description="base64 image or data URL")
     embedding: list[float] | None = None
 
 
 class GalleryAddRequest(BaseModel):
     items: list[GalleryItem] = Field(..., min_length=1)
+
+
+class GalleryDeleteRequest(BaseModel):
+    ids: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(..., min_length=1)
 
 
 class EmbedResponse(BaseModel):

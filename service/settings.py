@@ -37,16 +37,20 @@ class Settings(BaseSettings):
     hnsw_ef_search: int = 64
     api_key: SecretStr | None = None  # gallery management is disabled without one
     require_api_key: bool = Field(False, description="the key on every route but the probes")
-    data_dir: Path = Path("service-data")  # durable gallery additions and deletions
+    data_dir: Path = Path("service-data")  # the embedded gallery's SQLite database
+    gallery_url: SecretStr | None = Field(None, description="postgresql://... puts the "
+                                          "gallery in PostgreSQL + pgvector (README)")
+    max_label_chars: int = Field(256, ge=1)
+    max_list_items: int = Field(1000, ge=1, description="page size limit of the listing")
     decode_threads: int = Field(2, ge=1)
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "gallery_url", mode="before")
     @classmethod
     def _empty_key_is_none(cls, v: object) -> object:
-        """SIMCLR_EMBED_API_KEY= (empty) means no key, not the empty string as a key."""
+        """An empty variable (SIMCLR_EMBED_API_KEY=) means unset, not the empty string."""
         return None if isinstance(v, str) and not v.strip() else v
 
     @model_validator(mode="after")

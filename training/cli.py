@@ -15,7 +15,7 @@ log = logging.getLogger("simclr_embed")
 
 # Errors whose message already says what went wrong and what to do: no traceback for them.
 EXPECTED_ERRORS = {"DataError", "CheckpointError", "ExportError", "BundleError", "ValueError",
-                   "ValidationError"}  # pydantic: bad SIMCLR_EMBED_* settings
+                   "ValidationError", "GalleryMismatch"}  # pydantic: bad SIMCLR_EMBED_*
 
 _TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float,
           "str | None": str}
@@ -168,11 +168,9 @@ def _run_serve(args: argparse.Namespace) -> None:
         from training.quickstart import build_default_bundle
 
         build_default_bundle(settings.bundle, args.data, train_anyway=args.train_own)
-    from service.bundle import load_bundle
+    from service.startup import check_before_workers
 
-    # Checked here, once, before any worker starts: under --workers N uvicorn's supervisor
-    # would otherwise report a worker's failed start with exit status 0.
-    load_bundle(settings.bundle)
+    check_before_workers(settings)
     uvicorn.run("service.app:app_from_env", factory=True, host=settings.host, port=settings.port,
                 workers=settings.workers, timeout_graceful_shutdown=20, access_log=False)
 

@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 
-def test_quick_serving_benchmark(bundle_dir: Path, cifar10_dir: Path, tmp_path: Path) -> None:
+def test_quick_serving_benchmark(bundle_dir: Path, short_checkpoint: Path, cifar10_dir: Path,
+                                 tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "benchmarks.serving", "--bundle", str(bundle_dir),
-                    "--data", str(cifar10_dir), "--quick", "--out", str(tmp_path)],
+                    "--checkpoint", str(short_checkpoint), "--data", str(cifar10_dir),
+                    "--quick", "--out", str(tmp_path)],
                    check=True, timeout=900)
     res = json.loads((tmp_path / "serving.json").read_text())
     assert set(res["in_process"]) == {"torch_fp32", "ort_fp32", "ort_int8"}

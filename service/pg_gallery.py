@@ -1,0 +1,116 @@
+"""The gallery in PostgreSQL with pgvector, for galleries that outgrow one machine or serve many
+replicas: every replica reads and writes the same table, so an acknowledged change (committed
+before the answer) is seen by every replica's next search and survives any replica's death.
+
+One table per embedding space, named from the model id and precision, with an HNSW index over
+inner product (vectors are unit-norm: inner product = cosine). The bundle's gallery is loaded
+into it once, under an advisory lock, however many replicas start together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+
+import numpy as np
+
+from service.gallery import Neighbor, Space
+
+log = logging.getLogger(__name__)
+
+
+def table_name(space: Space) -> str:
+    digest = hashlib.sha256(f"{space.model_id}|{space.precision}".encode()).hexdigest()[:16]
+    return f"gallery_{digest}"
+
+
+class PgGallery:
+    kind = "pgvector-hnsw"
+
+    def __init__(self, space: Space, url: str, hnsw_m: int = 32, ef_search: int = 64) -> None:
+        import psycopg
+        from pgvector.psycopg import register_vector
+
+        self.space, self.table, self.ef_search = space, table_name(space), ef_search
+        self.db = psycopg.connect(url, autocommit=True)
+        self.db.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        register_vector(self.db)
+        self.lock = threading.Lock()  # one connection, one statement at a time
+        t, d = self.table, space.dim
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS gallery_spaces (name TEXT PRIMARY KEY, model_id TEXT, "
+            "precision TEXT, dim INT, loaded BOOLEAN NOT NULL DEFAULT FALSE)")
+        self.db.execute(f"CREATE TABLE IF NOT EXISTS {t} (id TEXT PRIMARY KEY, label TEXT, "
+                        f"embedding vector({d}) NOT NULL)")
+        self.hnsw_m = hnsw_m
+
+    def load(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
+        """The bundle's gallery, once per space: the first replica copies it in, others wait on
+        the advisory lock and find it loaded."""
+        with self.lock, self.db.transaction():
+            self.db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.table,))
+            row = self.db.execute("SELECT loaded FROM gallery_spaces WHERE name = %s",
+                                  (self.table,)).fetchone()
+            if row is None or not row[0]:
+                self._copy(ids, labels, emb)
+                self.db.execute(
+                    f"CREATE INDEX IF NOT EXISTS {self.table}_hnsw ON {self.table} USING hnsw "
+                    f"(embedding vector_ip_ops) WITH (m = {self.hnsw_m})")
+                self.db.execute(
+                    "INSERT INTO gallery_spaces VALUES (%s, %s, %s, %s, TRUE) ON CONFLICT (name) "
+                    "DO UPDATE SET loaded = TRUE",
+                    (self.table, self.space.model_id, self.space.precision, self.space.dim))
+                log.info("gallery: loaded %d bundle vectors into %s", len(ids), self.table)
+        log.info("gallery: %d vectors in PostgreSQL table %s", self.size(), self.table)
+
+    def _copy(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
+        with self.db.cursor().copy(
+                f"COPY {self.table} (id, label, embedding) FROM STDIN WITH (FORMAT BINARY)") as cp:
+            cp.set_types(["text", "text", "vector"])
+            for i, lab, e in zip(ids, labels, emb, strict=True):
+                cp.write_row((i, lab, e.astype(np.float32)))
+
+    def __len__(self) -> int:
+        return self.size()
+
+    def size(self) -> int:
+        with self.lock:
+            return self.db.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0]
+
+    def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
+        with self.lock, self.db.transaction():
+            self.db.cursor().executemany(
+                f"INSERT INTO {self.table} VALUES (%s, %s, %s) ON CONFLICT (id) DO UPDATE "
+                "SET label = EXCLUDED.label, embedding = EXCLUDED.embedding",
+                [(i, lab, e.astype(np.float32)) for i, lab, e in zip(ids, labels, emb,
+                                                                     strict=True)])
+
+    def delete(self, ids: list[str]) -> list[str]:
+        with self.lock:
+            rows = self.db.execute(f"DELETE FROM {self.table} WHERE id = ANY(%s) RETURNING id",
+                                   (ids,)).fetchall()
+        return [r[0] for r in rows]
+
+    def get(self, id_: str) -> tuple[str | None, np.ndarray] | None:
+        with self.lock:
+            row = self.db.execute(f"SELECT label, embedding FROM {self.table} WHERE id = %s",
+                                  (id_,)).fetchone()
+        return None if row is None else (row[0], np.asarray(row[1], np.float32))
+
+    def listing(self, after: str | None, limit: int) -> list[tuple[str, str | None]]:
+        with self.lock:
+            return self.db.execute(
+                f"SELECT id, label FROM {self.table} WHERE %s::text IS NULL OR id > %s "
+                "ORDER BY id LIMIT %s", (after, after, limit)).fetchall()
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[Neighbor]]:
+        out = []
+        with self.lock, self.db.transaction():
+            self.db.execute(f"SET LOCAL hnsw.ef_search = {max(self.ef_search, k)}")
+            for q in np.asarray(queries, np.float32):
+                rows = self.db.execute(
+                    f"SELECT id, label, -(embedding <#> %s) FROM {self.table} "
+                    "ORDER BY embedding <#> %s LIMIT %s", (q, q, k)).fetchall()
+                out.append([Neighbor(i, lab, float(s)) for i, lab, s in rows])
+        return out

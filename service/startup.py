@@ -1,0 +1,27 @@
+"""What `simclr-embed serve` checks once, in the parent process, before uvicorn starts any
+worker: under --workers N uvicorn's supervisor would report a worker's failed start with exit
+status 0, so the failures that can be seen early (a bad bundle, a gallery of another model)
+are raised here and exit non-zero. It also prepares prometheus_client's multiprocess mode."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from service.bundle import load_bundle, model_id
+from service.gallery import Space, SQLiteStore
+from service.settings import Settings
+
+
+def check_before_workers(settings: Settings) -> None:
+    bundle = load_bundle(settings.bundle)
+    space = Space(model_id(bundle.manifest), settings.precision,
+                  int(bundle.manifest["embedding_dim"]))
+    if settings.gallery_url is None:  # raises GalleryMismatch for another model's database
+        store = SQLiteStore(settings.data_dir / f"gallery-{space.precision}.sqlite3", space)
+        store.db.close()
+    if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        metrics_dir = settings.data_dir / "prometheus-multiproc"
+        shutil.rmtree(metrics_dir, ignore_errors=True)  # counters start at zero with the server
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
