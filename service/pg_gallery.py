@@ -33,17 +33,20 @@ class PgGallery:
         from pgvector.psycopg import register_vector
 
         self.space, self.table, self.ef_search = space, table_name(space), ef_search
-        self.db = psycopg.connect(url, autocommit=True)
-        self.db.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        register_vector(self.db)
-        self.lock = threading.Lock()  # one connection, one statement at a time
-        t, d = self.table, space.dim
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS gallery_spaces (name TEXT PRIMARY KEY, model_id TEXT, "
-            "precision TEXT, dim INT, loaded BOOLEAN NOT NULL DEFAULT FALSE)")
-        self.db.execute(f"CREATE TABLE IF NOT EXISTS {t} (id TEXT PRIMARY KEY, label TEXT, "
-                        f"embedding vector({d}) NOT NULL)")
         self.hnsw_m = hnsw_m
+        self.db = psycopg.connect(url, autocommit=True)
+        self.lock = threading.Lock()  # one connection, one statement at a time
+        with self.db.transaction():  # replicas starting together would race on the DDL
+            self.db.execute("SELECT pg_advisory_xact_lock(hashtext('simclr_embed_schema'))")
+            self.db.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS gallery_spaces (name TEXT PRIMARY KEY, model_id "
+                "TEXT, precision TEXT, dim INT, loaded BOOLEAN NOT NULL DEFAULT FALSE)")
+        register_vector(self.db)
+        with self.db.transaction():
+            self.db.execute("SELECT pg_advisory_xact_lock(hashtext('simclr_embed_schema'))")
+            self.db.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (id TEXT PRIMARY KEY, "
+                            f"label TEXT, embedding vector({space.dim}) NOT NULL)")
 
     def load(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
         """The bundle's gallery, once per space: the first replica copies it in, others wait on
@@ -96,7 +99,10 @@ class PgGallery:
         with self.lock:
             row = self.db.execute(f"SELECT label, embedding FROM {self.table} WHERE id = %s",
                                   (id_,)).fetchone()
-        return None if row is None else (row[0], np.asarray(row[1], np.float32))
+        if row is None:
+            return None
+        vec = row[1].to_numpy() if hasattr(row[1], "to_numpy") else row[1]  # pgvector's Vector
+        return row[0], np.asarray(vec, np.float32)
 
     def listing(self, after: str | None, limit: int) -> list[tuple[str, str | None]]:
         with self.lock:
