@@ -12,8 +12,8 @@ COPY training/ training/
 COPY export/ export/
 COPY service/ service/
 COPY benchmarks/ benchmarks/
-# The base install is the serving set (onnxruntime, fastapi, faiss, ...); torch is an extra.
-RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir . \
+# The serving set (onnxruntime, fastapi, faiss, ...) plus the PostgreSQL gallery client.
+RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir '.[postgres]' \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
 FROM ${BASE_IMAGE}

@@ -86,8 +86,8 @@ class Gate:
                 return await self.app(scope, receive, send)
             self._admit(length)
         except ServiceError as e:
-            return await error_response(e.status, e.code, e.message, e.headers)(
-                scope, receive, send)
+            return await error_response(e.status, e.code, e.message, e.headers,
+                                        scope["path"])(scope, receive, send)
         self.requests += 1
         self.bytes += length
         try:

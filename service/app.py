@@ -4,157 +4,35 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
-import orjson
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ValidationError
 
-from service import schemas
-from service.admission import Gate, check_api_key
-from service.engine import Engine
-from service.errors import (
-    ClientGone,
-    Forbidden,
-    InvalidInput,
-    NotFound,
-    NotReady,
-    ServiceError,
-    UnsupportedMedia,
+from service import openai_api, schemas
+from service.admission import Gate
+from service.deps import (
+    AuthDep,
+    EngineDep,
+    NumpyJSON,
+    SettingsDep,
+    check_k,
+    check_vectors,
+    decode_all,
+    read_body,
 )
-from service.handlers import install_handlers, validation_message
+from service.engine import Engine
+from service.errors import InvalidInput, NotFound
+from service.handlers import install_handlers
 from service.metrics import Metrics
-from service.preprocess import decode_base64, decode_image
+from service.preprocess import decode_base64
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class NumpyJSON(JSONResponse):
-    """JSON via orjson, numpy arrays serialized natively (no per-float Python objects). A
-    JSONResponse, so that OpenAPI documents each route's response model."""
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-# --- dependencies ----------------------------------------------------------------------------
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-def ready_engine(request: Request) -> Engine:
-    engine: Engine = request.app.state.engine
-    if not engine.ready:
-        raise NotReady("model is loading", headers={"Retry-After": "2"})
-    return engine
-
-
-def require_api_key(
-    settings: Annotated[Settings, Depends(get_settings)],
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
-) -> None:
-    if settings.api_key is None:
-        raise Forbidden("gallery management is disabled: set SIMCLR_EMBED_API_KEY to enable it")
-    check_api_key(settings, authorization, x_api_key)
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-EngineDep = Annotated[Engine, Depends(ready_engine)]
-AuthDep = Annotated[None, Depends(require_api_key)]
-
-
-# --- request parsing -------------------------------------------------------------------------
-def loads(raw: bytes) -> Any:
-    """orjson, or the stdlib for what orjson refuses but Python clients send (json.dumps writes
-    NaN and Infinity), so that such numbers get the 422 of a non-finite value, not a 400."""
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        try:
-            return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ServiceError(f"request body is not valid JSON: {e}") from e
-
-
-def parse_json(raw: bytes, model: type[BaseModel]) -> Any:
-    try:
-        return model.model_validate(loads(raw))
-    except ValidationError as e:
-        raise InvalidInput(validation_message(e.errors())) from e
-
-
-async def read_body(request: Request, model: type[BaseModel]) -> tuple[Any | None, list[bytes]]:
-    """(validated JSON body or None, raw image bytes) for JSON, multipart or image/* bodies."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "application/json":
-        body = parse_json(await request.body(), model)
-        return body, [decode_base64(s) for s in (getattr(body, "images", None) or [])]
-    if ctype == "multipart/form-data":
-        form = await request.form(max_files=10_000, max_fields=100)
-        files = [v for _, v in form.multi_items() if hasattr(v, "read")]
-        if not files:
-            raise InvalidInput("multipart body has no image files")
-        return None, [await f.read() for f in files]
-    if ctype.startswith("image/") or ctype == "application/octet-stream":
-        return None, [await request.body()]
-    raise UnsupportedMedia(f"unsupported content type {ctype or '(none)'!r}; send "
-                           "application/json, multipart/form-data or image/*")
-
-
-async def ensure_connected(request: Request) -> None:
-    if await request.is_disconnected():
-        request.app.state.metrics.client_gone.inc()
-        raise ClientGone("client closed the connection; the request was dropped")
-
-
-async def decode_all(request: Request, engine: Engine, settings: Settings,
-                     raws: list[bytes]) -> np.ndarray:
-    """Decode in the pool, one slot per decode thread. A request whose client has gone is
-    dropped when its turn for a slot comes, before it costs a decode."""
-    if len(raws) > settings.max_images_per_request:
-        raise InvalidInput(f"{len(raws)} images in one request; the limit is "
-                           f"{settings.max_images_per_request}")
-    engine.admit(len(raws))
-    loop = asyncio.get_running_loop()
-    size, limit, aspect = engine.size, settings.max_image_pixels, settings.max_image_aspect
-
-    async def one(raw: bytes) -> np.ndarray:
-        async with engine.decode_slots:
-            await ensure_connected(request)
-            return await loop.run_in_executor(engine.decode_pool, decode_image, raw, size, limit,
-                                              aspect)
-
-    arrays = await asyncio.gather(*(one(r) for r in raws))
-    await ensure_connected(request)  # and again before it costs a place in a model batch
-    return np.stack(arrays)
-
-
-def check_k(k: int, limit: int) -> int:
-    if not 1 <= k <= limit:
-        raise InvalidInput(f"k must be between 1 and {limit}, got {k}")
-    return k
-
-
-def check_vectors(vectors: list[list[float]], dim: int) -> np.ndarray:
-    if any(len(v) != dim for v in vectors):  # ragged rows would not even form an array
-        raise InvalidInput(f"embeddings must each have {dim} numbers")
-    q = np.asarray(vectors, dtype=np.float32) if vectors else np.zeros((0, dim), np.float32)
-    if q.ndim != 2 or q.shape[1] != dim:
-        raise InvalidInput(f"embeddings must each have {dim} numbers")
-    if not np.isfinite(q).all():
-        raise InvalidInput("embeddings contain NaN or infinite values")
-    norms = np.linalg.norm(q, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise InvalidInput("an embedding is all zeros")
-    return q / norms
 
 
 def softmax_top(logits: np.ndarray, classes: list[str], k: int) -> list[list[dict]]:
@@ -338,6 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings, app.state.metrics, app.state.engine = settings, metrics, engine
     install_handlers(app)
     app.include_router(router)
+    app.include_router(openai_api.router)
     app.add_middleware(Gate, settings=settings, metrics=metrics,
                        queued_images=lambda: engine.pending)
     if settings.api_key is None:

@@ -21,8 +21,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
+
+# faiss's loader logs a harmless "ModuleNotFoundError" for each CPU flavour it tries first.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+import faiss  # noqa: E402
 
 log = logging.getLogger(__name__)
 

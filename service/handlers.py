@@ -23,9 +23,21 @@ def validation_message(errors: Sequence[dict]) -> str:
     return "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in errors)
 
 
+OPENAI_PATHS = ("/v1/embeddings", "/v1/models")  # errors there take OpenAI's shape
+
+
+def openai_body(status: int, code: str, message: str) -> dict:
+    kind = {401: "authentication_error", 403: "permission_error",
+            429: "rate_limit_error"}.get(status, "invalid_request_error" if status < 500
+                                          else "api_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
 def error_response(status: int, code: str, message: str,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status, headers)
+                   headers: dict[str, str] | None = None, path: str = "") -> JSONResponse:
+    body = openai_body(status, code, message) if path in OPENAI_PATHS else {
+        "error": {"code": code, "message": message}}
+    return JSONResponse(body, status, headers)
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
@@ -43,12 +55,13 @@ def allowed_methods(request: Request) -> list[str]:
 
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
-    async def _service(_: Request, e: ServiceError) -> JSONResponse:
-        return error_response(e.status, e.code, e.message, e.headers)
+    async def _service(request: Request, e: ServiceError) -> JSONResponse:
+        return error_response(e.status, e.code, e.message, e.headers, request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:
-        return error_response(422, "invalid_input", validation_message(e.errors()))
+    async def _validation(request: Request, e: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_input", validation_message(e.errors()), None,
+                              request.url.path)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, e: HTTPException) -> JSONResponse:

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 2**20, ge=1024)
     max_image_pixels: int = Field(25_000_000, ge=1, description="decompression-bomb guard")
     max_image_aspect: float = Field(64.0, ge=1, description="longer / shorter side, at most")
+    max_decode_mb: int = Field(256, ge=1, description="estimated peak memory of one decode")
     max_k: int = Field(100, ge=1)
     index: Literal["flat", "hnsw"] = "flat"
     hnsw_m: int = 32

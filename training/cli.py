@@ -74,9 +74,16 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
+    from training.train import train
+
+    ckpt = train(config_from_args(args), resume=args.resume, stop_after=args.stop_after)
+    log.info("checkpoint: %s", ckpt)
+
+
+def config_from_args(args: argparse.Namespace):  # -> TrainConfig (torch stays unimported here)
     from training.augment import AugmentConfig
     from training.model import ModelConfig
-    from training.train import TrainConfig, train
+    from training.train import TrainConfig
 
     v = vars(args)
     model = ModelConfig(**{f.name: v["model_" + f.name] for f in dataclasses.fields(ModelConfig)})
@@ -84,9 +91,7 @@ def _run_train(args: argparse.Namespace) -> None:
                                else x for f in dataclasses.fields(AugmentConfig)
                                if "aug_" + f.name in v})
     flat = {f.name: v[f.name] for f in dataclasses.fields(TrainConfig) if f.name in v}
-    cfg = TrainConfig(**flat, model=model, augment=augment)
-    ckpt = train(cfg, resume=args.resume, stop_after=args.stop_after)
-    log.info("checkpoint: %s", ckpt)
+    return TrainConfig(**flat, model=model, augment=augment)
 
 
 def _eval_parser(sub: argparse._SubParsersAction) -> None:

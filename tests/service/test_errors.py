@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.app import ready_engine
+from service.deps import ready_engine
 from service.engine import Engine
 from service.errors import NotReady
 from service.metrics import Metrics

@@ -3,6 +3,7 @@ single-process loss on the same global batch, and so do the gradients."""
 
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -58,11 +59,19 @@ def test_torchrun_training_loop_on_two_cpu_processes(cifar10_dir: Path, tmp_path
     import sys
 
     out = tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                    "-m", "training.cli", "train", "--data", str(cifar10_dir), "--device", "cpu",
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+              "-m", "training.cli", "train", "--out-dir", str(out)]
+    subprocess.run([*launch, "--data", str(cifar10_dir), "--device", "cpu",
                     "--train-per-class", "8", "--test-per-class", "4", "--epochs", "2",
-                    "--batch-size", "32", "--warmup-epochs", "1", "--knn-every", "0",
-                    "--probe-epochs", "1", "--out-dir", str(out)], check=True, timeout=600)
+                    "--batch-size", "32", "--warmup-epochs", "1", "--knn-every", "1",
+                    "--probe-epochs", "1", "--stop-after", "1"], check=True, timeout=600)
+    first = torch.load(out / "checkpoint.pt", weights_only=True)
+    torch_rng = first["rng"]["torch"]  # one stream per rank, saved by rank 0
+    assert len(torch_rng) == 2 and not torch.equal(torch_rng[0], torch_rng[1])
+    subprocess.run([*launch, "--resume"], check=True, timeout=600)
     state = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert state["epoch"] == 2 and [m["epoch"] for m in state["metrics"]] == [1, 2]
-    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in state["metrics"])
+    assert state["epoch"] == 2 and [m["epoch"] for m in state["metrics"]] == [0, 1, 2]
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in state["metrics"][1:])
+    # kNN from features embedded in shards on both ranks and gathered: 40 test images.
+    assert all(m["knn_top1"] * 40 / 100 == pytest.approx(round(m["knn_top1"] * 40 / 100),
+                                                         abs=1e-3) for m in state["metrics"])

@@ -1,0 +1,77 @@
+"""The training options the GPU run depends on, checked on the CPU: the precision choice, the
+augmentation flags and the view size, the decode cache key, the time budget and the literature's
+crop + flip probe."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training import data
+from training.augment import Normalize
+from training.cli import build_parser, config_from_args
+from training.evaluate import linear_probe_augmented
+from training.model import ModelConfig, SimCLR
+from training.train import TrainConfig, autocast_dtype, train
+
+
+def test_emulated_bf16_gets_fp16(monkeypatch) -> None:
+    """A GPU whose bf16 is only emulated (pre-Ampere) trains in fp16 with GradScaler."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: including_emulation)
+    assert autocast_dtype("auto", torch.device("cuda")) == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert autocast_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert autocast_dtype("auto", torch.device("cpu")) == torch.bfloat16
+
+
+def test_augmentation_flags_and_view_size_follow_the_cli() -> None:
+    args = build_parser("train").parse_args(
+        ["train", "--image-size", "48", "--aug-jitter", "0.8", "0.8", "0.8", "0.2",
+         "--aug-blur-p", "0.5", "--aug-crop-scale", "0.2", "1.0", "--aug-gray-p", "0.1"])
+    cfg = config_from_args(args)
+    assert cfg.augment.jitter == (0.8, 0.8, 0.8, 0.2) and cfg.augment.blur_p == 0.5
+    assert cfg.augment.crop_scale == (0.2, 1.0) and cfg.augment.gray_p == 0.1
+    assert cfg.augment.size == 48  # views as large as what export and serving see
+    assert TrainConfig().augment.blur_p == 0.0  # no blur at 32x32 by default
+    assert TrainConfig.from_dict({"image_size": 64}).augment.size == 64
+
+
+def test_cache_key_sees_changes_inside_class_folders(tmp_path: Path, cifar10) -> None:
+    folder = tmp_path / "ds"
+    (folder / "cat").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(cifar10[0].images[i]).save(folder / "cat" / f"{i}.png")
+    before = data.cache_key(folder, 32)
+    assert data.cache_key(folder, 32) == before and data.cache_key(folder, 64) != before
+    Image.fromarray(cifar10[0].images[9]).save(folder / "cat" / "1.png")  # edited in place
+    edited = data.cache_key(folder, 32)
+    assert edited != before
+    Image.fromarray(cifar10[0].images[5]).save(folder / "cat" / "new.png")
+    assert data.cache_key(folder, 32) != edited
+
+
+def test_time_budget_shortens_the_run_and_replans_the_schedule(cifar10_dir, tmp_path) -> None:
+    cfg = TrainConfig(data=str(cifar10_dir), out_dir=str(tmp_path), train_per_class=8,
+                      test_per_class=4, epochs=50, batch_size=32, warmup_epochs=1,
+                      knn_every=0, probe_epochs=1, time_budget_s=0.01)
+    state = torch.load(train(cfg), weights_only=True)
+    assert state["config"]["epochs"] == 3  # two timed epochs, then no time for more
+    assert state["epoch"] == 3 and state["scheduler"]["lr_lambdas"][0]["total_steps"] == 3 * 2
+    assert state["metrics"][-1]["lr"] == pytest.approx(0, abs=1e-9)  # cosine ended at 0
+
+
+def test_augmented_probe_learns_on_real_images(cifar10) -> None:
+    train_set, test_set = cifar10[0].subset(slice(0, 400)), cifar10[1].subset(slice(0, 100))
+    torch.manual_seed(0)
+    encoder = SimCLR(ModelConfig()).encoder
+    norm = Normalize([0.49, 0.48, 0.45], [0.25, 0.24, 0.26], "cpu")
+    result = linear_probe_augmented(encoder, train_set.images, train_set.labels,
+                                    test_set.images, test_set.labels, norm, 10, epochs=3,
+                                    device=torch.device("cpu"), batch_size=128)
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < losses[0] and result.head.weight.shape == (10, 512)
+    assert "test_top1" in result.history[-1] and result.top1 > 0
+    assert np.isfinite(losses).all()
