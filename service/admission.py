@@ -86,7 +86,10 @@ class Gate:
                 return await self.app(scope, receive, send)
             self._admit(length)
         except ServiceError as e:
-            return await error_response(e.status, e.code, e.message, e.headers,
+            # The body is still on its way: close the connection with the answer, or the server
+            # would read and discard all of it to keep the connection alive.
+            headers = {**(e.headers or {}), "Connection": "close"}
+            return await error_response(e.status, e.code, e.message, headers,
                                         scope["path"])(scope, receive, send)
         self.requests += 1
         self.bytes += length
