@@ -67,6 +67,7 @@ def test_admission_refuses_at_arrival_when_slots_are_taken(bundle_dir, tmp_path)
         t0 = time.perf_counter()
         r = httpx.post(srv.url + "/v1/embed", content=IMG, headers={"content-type": "image/png"})
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.headers["connection"] == "close"  # its body is never read: no keep-alive
         assert r.json()["error"]["code"] == "overloaded" and time.perf_counter() - t0 < 1
         assert httpx.get(srv.url + "/healthz").status_code == 200  # GETs are not admitted
         for s in held:
