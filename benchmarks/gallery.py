@@ -90,6 +90,9 @@ def main() -> None:
     p.add_argument("--data", default="../shared/data/cifar10")
     p.add_argument("--sizes", type=int, nargs="+", default=[50_000, 500_000])
     p.add_argument("--no-postgres", action="store_true")
+    p.add_argument("--ef-search", type=int, default=128)
+    p.add_argument("--restart", action="store_true",
+                   help="also time a service restart over the bundle (embedded, default index)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/gallery.json"))
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -111,17 +114,37 @@ def main() -> None:
             for kind in ("flat", "hnsw"):
                 db = Path(tmp) / f"{kind}-{n}.sqlite3"
                 rows.append(run_backend(f"embedded {kind}", lambda db=db, kind=kind, sp=space:
-                                        Gallery(sp, db, kind, ef_search=128),
+                                        Gallery(sp, db, kind, ef_search=args.ef_search),
                                         base, queries, exact))
             if pg_url:
                 from service.pg_gallery import PgGallery
 
                 rows.append(run_backend("pgvector hnsw", lambda sp=space: PgGallery(
-                    sp, pg_url, ef_search=128), base, queries, exact))
+                    sp, pg_url, ef_search=args.ef_search), base, queries, exact))
         if pg_url:
             pg.cleanup()
-    write_result(args.out, {"benchmark": "gallery", "hardware": hardware(), "k": 10,
-                            "queries": 200, "ef_search": 128, "hnsw_m": 32, "rows": rows})
+    result = {"benchmark": "gallery", "hardware": hardware(), "k": 10, "queries": 200,
+              "ef_search": args.ef_search, "hnsw_m": 32, "rows": rows}
+    if args.restart:
+        result["restart"] = restart_times(args.bundle)
+    write_result(args.out, result)
+
+
+def restart_times(bundle: Path, rounds: int = 3) -> dict:
+    """Seconds from process start to /readyz, first start (builds and caches the HNSW graph)
+    and restarts (read it), with the default settings."""
+    from service.process import ServiceProcess
+
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(rounds + 1):
+            srv = ServiceProcess(bundle, Path(tmp) / "data", Path(tmp) / "log")
+            t0 = time.perf_counter()
+            srv.start()
+            times.append(time.perf_counter() - t0)
+            srv.stop()
+    return {"first_start_s": times[0], "restart_s": times[1:],
+            "restart_median_s": statistics.median(times[1:])}
 
 
 if __name__ == "__main__":

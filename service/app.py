@@ -74,6 +74,7 @@ async def model_info(engine: EngineDep, settings: SettingsDep) -> dict:
             "provider": engine.session.get_providers()[0], "classes": m["classes"],
             "embedding_dim": engine.dim, "input": m["input"], "created": m["created"],
             "metrics": m["metrics"], "gallery_size": len(engine.gallery),
+            "gallery_index": engine.gallery.kind,
             "checkpoint": {"epoch": ckpt.get("epoch"), "eval": scores}}
 
 

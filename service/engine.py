@@ -47,6 +47,9 @@ def open_gallery(settings: Settings, space: Space) -> Gallery | PgGallery:
 
         return PgGallery(space, settings.gallery_url.get_secret_value(), settings.hnsw_m,
                          settings.hnsw_ef_search)
+    import faiss
+
+    faiss.omp_set_num_threads(settings.faiss_threads)
     old = settings.data_dir / "gallery-journal.jsonl"
     if old.exists():
         log.warning("%s is the old JSON-lines journal and is no longer read: re-add its items "

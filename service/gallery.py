@@ -7,17 +7,23 @@ worker keeps the number it has applied and, before it answers a search, a listin
 applies whatever other workers committed since. The database belongs to one embedding space
 (model id, precision, dimension): opening it with another is refused.
 
-FAISS inner product over unit vectors (cosine): exact (IndexFlatIP) by default, HNSW for large
-galleries. PostgreSQL + pgvector (service/pg_gallery.py) replaces all of this when one machine
-is not enough.
+FAISS inner product over unit vectors (cosine): exact (IndexFlatIP) for small galleries, HNSW
+from AUTO_HNSW_FROM vectors on (index="auto", the default), its graph of the bundle's vectors
+cached on disk so that a restart reads it instead of rebuilding it. Searches run side by side
+under a shared lock; applying changes takes it exclusively. PostgreSQL + pgvector
+(service/pg_gallery.py) replaces all of this when one machine is not enough.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
+import hashlib
 import logging
+import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +34,8 @@ logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 import faiss  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+AUTO_HNSW_FROM = 20_000  # below it exact search takes under 2 ms here (README, "Gallery")
 
 
 class GalleryMismatch(RuntimeError):
@@ -129,22 +137,86 @@ class SQLiteStore:
         return done
 
 
+class RWLock:
+    """Many readers or one writer (FAISS searches may run concurrently; changes may not)."""
+
+    def __init__(self) -> None:
+        self.cond, self.readers, self.writing = threading.Condition(), 0, False
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        with self.cond:
+            self.cond.wait_for(lambda: not self.writing)
+            self.readers += 1
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.readers -= 1
+                self.cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        with self.cond:
+            self.cond.wait_for(lambda: not self.writing and self.readers == 0)
+            self.writing = True
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.writing = False
+                self.cond.notify_all()
+
+
 class Gallery:
-    def __init__(self, space: Space, db_path: Path, index: str = "flat", hnsw_m: int = 32,
+    def __init__(self, space: Space, db_path: Path, index: str = "auto", hnsw_m: int = 32,
                  ef_search: int = 64) -> None:
-        base = faiss.IndexHNSWFlat(space.dim, hnsw_m, faiss.METRIC_INNER_PRODUCT) \
-            if index == "hnsw" else faiss.IndexFlatIP(space.dim)
-        if index == "hnsw":
-            base.hnsw.efSearch = ef_search
-        self.index = faiss.IndexIDMap2(base)
-        self.removable = index == "flat"  # HNSW cannot remove: deleted rows become tombstones
-        self.space, self.db_path, self.kind = space, db_path, index
+        self.space, self.db_path, self.requested = space, db_path, index
+        self.hnsw_m, self.ef_search = hnsw_m, ef_search
+        self.kind = index
+        self.index: faiss.Index | None = None
         self.ids: dict[int, tuple[str, str | None]] = {}  # internal -> (id, label)
         self.by_id: dict[str, int] = {}
         self.sorted_ids: list[str] | None = None  # for listings, rebuilt after changes
         self.next, self.applied = 0, 0
-        self.lock = threading.Lock()
+        self.lock = RWLock()
+        self.db_lock = threading.Lock()  # one SQLite connection, used from several threads
         self.store: SQLiteStore | None = None
+
+    def _new_index(self, n: int) -> faiss.Index:
+        self.kind = self.requested
+        if self.kind == "auto":
+            self.kind = "hnsw" if n >= AUTO_HNSW_FROM else "flat"
+        if self.kind == "hnsw":
+            base = faiss.IndexHNSWFlat(self.space.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            base.hnsw.efSearch = self.ef_search
+        else:
+            base = faiss.IndexFlatIP(self.space.dim)
+        self.removable = self.kind == "flat"  # HNSW cannot remove: deleted rows are tombstones
+        return faiss.IndexIDMap2(base)
+
+    def _bundle_index(self, emb: np.ndarray) -> faiss.Index:
+        """The index over the bundle's vectors (internal ids 0..n-1); an HNSW graph is read from
+        its cache file when one was built for these very vectors and parameters."""
+        index = self._new_index(len(emb))
+        if self.kind != "hnsw" or len(emb) == 0:
+            index.add_with_ids(emb, np.arange(len(emb), dtype=np.int64))
+            return index
+        key = hashlib.sha256(emb.tobytes()).hexdigest()[:16]
+        path = self.db_path.parent / f"hnsw-{key}-m{self.hnsw_m}.faiss"
+        if path.exists():
+            with contextlib.suppress(RuntimeError):  # a damaged cache is rebuilt
+                cached = faiss.read_index(str(path))
+                if cached.ntotal == len(emb):
+                    faiss.downcast_index(cached.index).hnsw.efSearch = self.ef_search
+                    log.info("gallery: HNSW graph read from %s", path.name)
+                    return cached
+        index.add_with_ids(emb, np.arange(len(emb), dtype=np.int64))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, path)  # workers starting together each write whole files
+        return index
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -172,9 +244,11 @@ class Gallery:
     def _catch_up(self) -> None:
         """Apply what any worker committed since this one last looked (caller holds the lock)."""
         assert self.store is not None
-        if self.store.seq() == self.applied:
-            return
-        for id_, label, blob, seq in self.store.changes_since(self.applied):
+        with self.db_lock:
+            if self.store.seq() == self.applied:
+                return
+            changes = self.store.changes_since(self.applied)
+        for id_, label, blob, seq in changes:
             if blob is None:
                 if id_ in self.by_id:
                     self._remove(id_)
@@ -185,30 +259,44 @@ class Gallery:
     # --- the API the routes use -------------------------------------------------------------
     def load(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
         """The bundle's gallery, then every stored change over it."""
-        self._insert(ids, labels, emb)
         self.store = SQLiteStore(self.db_path, self.space)
-        with self.lock:
+        self.index = self._bundle_index(np.ascontiguousarray(emb, np.float32))
+        for n, (i, lab) in enumerate(zip(ids, labels, strict=True)):
+            self.ids[n] = (i, lab)
+            self.by_id[i] = n
+        self.next = len(ids)
+        with self.lock.write():
             self._catch_up()
         log.info("gallery: %d vectors (%d stored changes applied, %s)", len(self), self.applied,
                  self.db_path.name)
 
+    def _fresh(self) -> None:
+        """Apply other workers' changes, if there are any, before reading."""
+        with self.db_lock:
+            behind = self.store.seq() != self.applied
+        if behind:
+            with self.lock.write():
+                self._catch_up()
+
     def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
-        with self.lock:
-            self.store.add(ids, labels, emb)
+        with self.lock.write():
+            with self.db_lock:
+                self.store.add(ids, labels, emb)
             self._catch_up()
 
     def delete(self, ids: list[str]) -> list[str]:
         """Deletes those of `ids` that exist; returns them."""
-        with self.lock:
+        with self.lock.write():
             self._catch_up()
-            done = self.store.delete(ids, set(self.by_id) & set(ids))
+            with self.db_lock:
+                done = self.store.delete(ids, set(self.by_id) & set(ids))
             self._catch_up()
             return done
 
     def get(self, id_: str) -> tuple[str | None, np.ndarray] | None:
         """(label, vector) of one item, or None."""
-        with self.lock:
-            self._catch_up()
+        self._fresh()
+        with self.lock.read():
             if id_ not in self.by_id:
                 return None
             n = self.by_id[id_]
@@ -216,8 +304,8 @@ class Gallery:
 
     def listing(self, after: str | None, limit: int) -> list[tuple[str, str | None]]:
         """(id, label) in id order, starting after `after`."""
-        with self.lock:
-            self._catch_up()
+        self._fresh()
+        with self.lock.write():  # the sorted list is built lazily: a write
             if self.sorted_ids is None:
                 self.sorted_ids = sorted(self.by_id)
             start = bisect.bisect_right(self.sorted_ids, after) if after is not None else 0
@@ -225,14 +313,13 @@ class Gallery:
             return [(i, self.ids[self.by_id[i]][1]) for i in page]
 
     def size(self) -> int:
-        with self.lock:
-            self._catch_up()
-            return len(self.by_id)
+        self._fresh()
+        return len(self.by_id)
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Neighbor]]:
         """queries (Q, D) unit-norm -> k best neighbours each, best first."""
-        with self.lock:
-            self._catch_up()
+        self._fresh()
+        with self.lock.read():
             extra = 0 if self.removable else self.index.ntotal - len(self.ids)
             scores, internal = self.index.search(np.ascontiguousarray(queries, np.float32),
                                                  min(k + extra, max(1, self.index.ntotal)))

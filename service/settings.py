@@ -33,7 +33,9 @@ class Settings(BaseSettings):
     max_image_aspect: float = Field(64.0, ge=1, description="longer / shorter side, at most")
     max_decode_mb: int = Field(256, ge=1, description="estimated peak memory of one decode")
     max_k: int = Field(100, ge=1)
-    index: Literal["flat", "hnsw"] = "flat"
+    index: Literal["auto", "flat", "hnsw"] = Field(
+        "auto", description="auto: exact below 20,000 vectors, HNSW from there (README)")
+    faiss_threads: int = Field(1, ge=1, description="so search leaves the cores to ORT")
     hnsw_m: int = 32
     hnsw_ef_search: int = 64
     api_key: SecretStr | None = None  # gallery management is disabled without one

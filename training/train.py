@@ -383,12 +383,13 @@ def finish(run: Run, out: Path, ckpt_path: Path) -> None:
     if run.rank != 0:
         return
     state["linear_head"] = result.pop("head")
+    history = result.pop("probe_history")  # in probe.jsonl, not in every copy of the scores
     state["eval"] = result
     if run.cfg.knn_every and state["metrics"]:
         state["metrics"][-1]["knn_top1"] = result["knn_top1"]
         write_metrics(out, state["metrics"])
     save_checkpoint(ckpt_path, state)
-    write_jsonl(out / "probe.jsonl", result.pop("probe_history"))
+    write_jsonl(out / "probe.jsonl", history)
     (out / "summary.json").write_text(json.dumps(result, indent=2))
     plot_run(out)
     log.info("final: kNN top-1 %.2f %%, linear probe top-1 %.2f %% (augmented: %s)",

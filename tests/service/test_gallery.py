@@ -166,3 +166,59 @@ def test_mismatched_space_is_refused(tmp_path: Path) -> None:
     SQLiteStore(tmp_path / "g.sqlite3", SPACE)
     with pytest.raises(GalleryMismatch, match="belongs to model model-a"):
         SQLiteStore(tmp_path / "g.sqlite3", Space("model-b", "int8", 512))
+
+
+def test_auto_index_and_the_cached_graph(tmp_path: Path, monkeypatch) -> None:
+    from service import gallery as gallery_mod
+
+    monkeypatch.setattr(gallery_mod, "AUTO_HNSW_FROM", 1000)
+    emb = unit(1500, seed=11)
+    ids = [f"i{n}" for n in range(1500)]
+    small = Gallery(SPACE, tmp_path / "s.sqlite3")
+    small.load(ids[:999], [None] * 999, emb[:999])
+    assert small.kind == "flat"
+    first = Gallery(SPACE, tmp_path / "g.sqlite3")
+    first.load(ids, [None] * 1500, emb)
+    assert first.kind == "hnsw"
+    (cache,) = tmp_path.glob("hnsw-*.faiss")
+    stamp = cache.stat().st_mtime_ns
+    again = Gallery(SPACE, tmp_path / "g.sqlite3")  # a restart: the graph is read, not rebuilt
+    again.load(ids, [None] * 1500, emb)
+    assert cache.stat().st_mtime_ns == stamp
+    queries = unit(20, seed=12)
+    assert [[h.id for h in r] for r in again.search(queries, 5)] == \
+        [[h.id for h in r] for r in first.search(queries, 5)]
+    exact = np.argsort(-(queries @ emb.T), axis=1)[:, :5]
+    got = again.search(queries, 5)
+    assert np.mean([len({f"i{n}" for n in e} & {h.id for h in r}) / 5
+                    for e, r in zip(exact, got, strict=True)]) >= 0.95
+
+
+def test_searches_run_alongside_writes(tmp_path: Path) -> None:
+    import threading
+
+    emb = unit(300, seed=13)
+    g = Gallery(SPACE, tmp_path / "g.sqlite3")
+    g.load([f"b{n}" for n in range(200)], [None] * 200, emb[:200])
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def searcher() -> None:
+        try:
+            while not stop.is_set():
+                assert len(g.search(emb[:8], 3)[0]) == 3
+        except BaseException as e:  # reported below, in the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=searcher) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for n in range(200, 300):
+        g.add([f"a{n}"], [None], emb[n : n + 1])
+        if n % 3 == 0:
+            g.delete([f"a{n}"])
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors and g.size() == 200 + 100 - len(range(201, 300, 3))
+    assert g.search(emb[299:300], 1)[0][0].id == "a299"

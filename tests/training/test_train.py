@@ -43,6 +43,7 @@ def test_run_directory_and_self_describing_checkpoint(cifar10_dir, tmp_path) -> 
     knn = state["eval"]["knn_top1"]  # one number, the same in every place that reports it
     assert json.loads((tmp_path / "summary.json").read_text())["knn_top1"] == knn
     assert state["metrics"][-1]["knn_top1"] == knn
+    assert "probe_history" not in state["eval"]  # the curve is in probe.jsonl
     assert (knn * 40 / 100) == pytest.approx(round(knn * 40 / 100), abs=1e-3)  # k of 40 test
     assert state["linear_head"]["weight"].shape == (10, 512)
     for key in ("optimizer", "scheduler", "scaler", "rng"):
