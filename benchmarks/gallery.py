@@ -133,7 +133,7 @@ def main() -> None:
 def restart_times(bundle: Path, rounds: int = 3) -> dict:
     """Seconds from process start to /readyz, first start (builds and caches the HNSW graph)
     and restarts (read it), with the default settings."""
-    from service.process import ServiceProcess
+    from benchmarks.process import ServiceProcess
 
     times = []
     with tempfile.TemporaryDirectory() as tmp:

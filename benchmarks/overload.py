@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import hardware, write_result
-from service.process import ServiceProcess
+from benchmarks.process import ServiceProcess
 
 log = logging.getLogger("overload")
 

@@ -26,8 +26,8 @@ from PIL import Image
 
 from benchmarks import loadgen
 from benchmarks.common import hardware
+from benchmarks.process import ServiceProcess
 from service.bundle import load_bundle
-from service.process import ServiceProcess
 from service.runtime import make_session
 
 log = logging.getLogger("benchmarks.serving")

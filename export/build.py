@@ -137,12 +137,23 @@ def _build(cfg: ExportConfig, out: Path) -> None:
     np.save(out / "gallery/ids.npy", np.array([f"{gallery.classes[y]}/{i}" for i, y in
                                                enumerate(gallery.labels)]))
     np.save(out / "gallery/labels.npy", gallery.labels)
+    np.save(out / "gallery/thumbnails.npy", thumbnails(gallery.images))  # for the web page
     for p, (g_emb, _, _) in emb.items():
         np.save(out / f"gallery/embeddings_{p}.npy", g_emb.astype(np.float32))
     head = state["linear_head"]
     np.savez(out / "head.npz", weight=head["weight"].numpy(), bias=head["bias"].numpy())
     write_manifest(out, manifest(state, cfg, report, time.perf_counter() - start))
     log.info("bundle built in %.0f s", time.perf_counter() - start)
+
+
+def thumbnails(images: np.ndarray, side: int = 32) -> np.ndarray:
+    """(N, side, side, 3) uint8: the gallery images themselves when they are that small."""
+    if images.shape[1:3] == (side, side):
+        return images
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(x).resize((side, side), Image.BICUBIC))
+                     for x in images])
 
 
 def check_int8(report: dict, cfg: ExportConfig) -> None:
@@ -177,6 +188,7 @@ def manifest(state: dict[str, Any], cfg: ExportConfig, report: dict, seconds: fl
         "head": "head.npz",
         "gallery": {
             "ids": "gallery/ids.npy", "labels": "gallery/labels.npy",
+            "thumbnails": "gallery/thumbnails.npy",
             "embeddings": {"fp32": "gallery/embeddings_fp32.npy",
                            "int8": "gallery/embeddings_int8.npy"},
             "source": f"{cfg.data or state['config']['data']} (train split)",

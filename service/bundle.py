@@ -80,6 +80,11 @@ class Bundle:
         emb = np.load(self.root / g["embeddings"][precision], allow_pickle=False)
         return ids, labels, emb.astype(np.float32, copy=False)
 
+    def thumbnails(self) -> np.ndarray | None:
+        """(N, s, s, 3) uint8 gallery thumbnails, memory-mapped; None in older bundles."""
+        rel = self.manifest["gallery"].get("thumbnails")
+        return None if rel is None else np.load(self.root / rel, mmap_mode="r")
+
     def head(self) -> tuple[np.ndarray, np.ndarray]:
         with np.load(self.root / self.manifest["head"], allow_pickle=False) as f:
             return f["weight"], f["bias"]

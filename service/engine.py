@@ -89,11 +89,24 @@ class Engine:
         ids, labels, emb = self.bundle.gallery(s.precision)
         classes = self.bundle.classes
         self.gallery.load(ids.tolist(), [classes[y] for y in labels.tolist()], emb)
+        self.bundle_rows = {i: n for n, i in enumerate(ids.tolist())}
+        self.thumbs = self.bundle.thumbnails()
         self.metrics.set_model(self.model_id, s.precision, self.session.get_providers()[0],
                                s.bundle.name)  # a name, not a server path
         self.metrics.gallery_size.set(len(self.gallery))
         log.info("engine ready: %s %s on %s, gallery %d", self.model_id, s.precision,
                  self.session.get_providers()[0], len(self.gallery))
+
+    def thumbnail(self, id_: str) -> np.ndarray | bytes | None:
+        """An item's thumbnail: the PNG stored with an added image, else the bundle's pixels
+        for a bundle item that still exists; None when there is none."""
+        stored = self.gallery.thumbnail(id_)
+        if stored is not None:
+            return stored
+        row = self.bundle_rows.get(id_)
+        if row is None or self.thumbs is None or self.gallery.get(id_) is None:
+            return None
+        return np.asarray(self.thumbs[row])
 
     async def start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.load)

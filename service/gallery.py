@@ -69,7 +69,7 @@ class SQLiteStore:
         self.db.executescript(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
             "CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY, label TEXT, embedding BLOB,"
-            " seq INTEGER NOT NULL);"
+            " seq INTEGER NOT NULL, thumb BLOB);"
             "CREATE INDEX IF NOT EXISTS items_seq ON items (seq);")
         self._claim(space)
 
@@ -104,17 +104,24 @@ class SQLiteStore:
     def seq(self) -> int:
         return int(self.db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
 
+    def thumbnail(self, id_: str) -> bytes | None:
+        row = self.db.execute("SELECT thumb FROM items WHERE id = ? AND embedding IS NOT NULL",
+                              (id_,)).fetchone()
+        return None if row is None else row[0]
+
     def changes_since(self, seq: int) -> list[tuple[str, str | None, bytes | None, int]]:
         """(id, label, vector bytes or None for a deletion, seq), in commit order."""
         return self.db.execute("SELECT id, label, embedding, seq FROM items WHERE seq > ? "
                                "ORDER BY seq", (seq,)).fetchall()
 
-    def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
+    def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray,
+            thumbs: list[bytes | None]) -> None:
         with self._write():
             seq = self.seq()
-            rows = [(i, lab, e.astype(np.float32).tobytes(), seq + n + 1)
-                    for n, (i, lab, e) in enumerate(zip(ids, labels, emb, strict=True))]
-            self.db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?)", rows)
+            rows = [(i, lab, e.astype(np.float32).tobytes(), seq + n + 1, t)
+                    for n, (i, lab, e, t) in enumerate(zip(ids, labels, emb, thumbs,
+                                                           strict=True))]
+            self.db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?)", rows)
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (seq + len(rows),))
 
     def delete(self, ids: list[str], present: set[str]) -> list[str]:
@@ -130,7 +137,7 @@ class SQLiteStore:
                 if row is not None and row[0]:
                     continue  # deleted by another worker since our last catch-up
                 seq += 1
-                self.db.execute("INSERT OR REPLACE INTO items VALUES (?, NULL, NULL, ?)",
+                self.db.execute("INSERT OR REPLACE INTO items VALUES (?, NULL, NULL, ?, NULL)",
                                 (i, seq))
                 done.append(i)
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (seq,))
@@ -278,11 +285,17 @@ class Gallery:
             with self.lock.write():
                 self._catch_up()
 
-    def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
+    def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray,
+            thumbs: list[bytes | None] | None = None) -> None:
         with self.lock.write():
             with self.db_lock:
-                self.store.add(ids, labels, emb)
+                self.store.add(ids, labels, emb, thumbs or [None] * len(ids))
             self._catch_up()
+
+    def thumbnail(self, id_: str) -> bytes | None:
+        """The PNG stored with an added item, if it came with an image."""
+        with self.db_lock:
+            return self.store.thumbnail(id_)
 
     def delete(self, ids: list[str]) -> list[str]:
         """Deletes those of `ids` that exist; returns them."""

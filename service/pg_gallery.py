@@ -46,7 +46,7 @@ class PgGallery:
         with self.db.transaction():
             self.db.execute("SELECT pg_advisory_xact_lock(hashtext('simclr_embed_schema'))")
             self.db.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (id TEXT PRIMARY KEY, "
-                            f"label TEXT, embedding vector({space.dim}) NOT NULL)")
+                            f"label TEXT, embedding vector({space.dim}) NOT NULL, thumb BYTEA)")
 
     def load(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
         """The bundle's gallery, once per space: the first replica copies it in, others wait on
@@ -84,13 +84,22 @@ class PgGallery:
         with self.lock:
             return self.db.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0]
 
-    def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
+    def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray,
+            thumbs: list[bytes | None] | None = None) -> None:
+        thumbs = thumbs or [None] * len(ids)
         with self.lock, self.db.transaction():
             self.db.cursor().executemany(
-                f"INSERT INTO {self.table} VALUES (%s, %s, %s) ON CONFLICT (id) DO UPDATE "
-                "SET label = EXCLUDED.label, embedding = EXCLUDED.embedding",
-                [(i, lab, e.astype(np.float32)) for i, lab, e in zip(ids, labels, emb,
-                                                                     strict=True)])
+                f"INSERT INTO {self.table} VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO UPDATE "
+                "SET label = EXCLUDED.label, embedding = EXCLUDED.embedding, "
+                "thumb = EXCLUDED.thumb",
+                [(i, lab, e.astype(np.float32), t)
+                 for i, lab, e, t in zip(ids, labels, emb, thumbs, strict=True)])
+
+    def thumbnail(self, id_: str) -> bytes | None:
+        with self.lock:
+            row = self.db.execute(f"SELECT thumb FROM {self.table} WHERE id = %s",
+                                  (id_,)).fetchone()
+        return None if row is None else row[0]
 
     def delete(self, ids: list[str]) -> list[str]:
         with self.lock:

@@ -190,6 +190,11 @@ def _unavailable(sub: argparse._SubParsersAction, name: str, err: ImportError) -
     p.set_defaults(func=fail)
 
 
+STAGE_HELP = {"train": "train SimCLR, then kNN + linear-probe evaluation (needs torch)",
+              "eval": "kNN + linear probe of a checkpoint (needs torch)",
+              "export": "checkpoint -> ONNX FP32 + INT8 -> verified model bundle (needs torch)"}
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The full parser; given the command about to run, the other stages' parsers (and their
     torch imports) are left out, so `serve` starts without torch even where it is installed."""
@@ -198,8 +203,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     stages = {"train": _train_parser, "eval": _eval_parser, "export": _export_parser}
     for name, register in stages.items():
-        if command is not None and command != name and command in (*stages, "serve"):
-            sub.add_parser(name)  # listed, not built: another command is running
+        if command != name:  # listed, not built: its parser imports torch
+            sub.add_parser(name, help=STAGE_HELP[name])
             continue
         try:
             register(sub)

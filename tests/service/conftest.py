@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.process import ServiceProcess
+from benchmarks.process import ServiceProcess
 
 API_KEY = "test-key"
 

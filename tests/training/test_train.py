@@ -92,3 +92,16 @@ def test_default_bundle_prefers_the_released_weights(tmp_path) -> None:
     cfg = released_export_config(tmp_path / "b", "somewhere", RELEASED_WEIGHTS)
     assert cfg.checkpoint == str(RELEASED_WEIGHTS) and cfg.data == "somewhere"
     assert cfg.gallery_per_class is None  # the whole training split is the gallery
+
+
+def test_help_lists_every_command_without_importing_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom training.cli import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\nprint('TORCH', 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert "TORCH False" in out
+    for command in ("train", "eval", "export", "serve"):
+        assert f"    {command}" in out

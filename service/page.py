@@ -1,0 +1,42 @@
+"""The retrieval page at / (one static HTML file, no CDN) and the gallery thumbnails it shows."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+
+import numpy as np
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse, Response
+from PIL import Image
+
+from service import schemas
+from service.deps import EngineDep
+from service.errors import NotFound
+
+PAGE = Path(__file__).with_name("static") / "index.html"
+
+router = APIRouter()
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> HTMLResponse:
+    return HTMLResponse(PAGE.read_text())
+
+
+@router.get("/v1/thumbnails/{item_id:path}", tags=["gallery"], response_class=Response,
+            responses={**schemas.ERRORS, 200: {"content": {"image/png": {}}}})
+async def thumbnail(item_id: str, engine: EngineDep) -> Response:
+    """A gallery item's thumbnail (PNG): from the bundle, or the image given when it was added."""
+    found = await asyncio.to_thread(engine.thumbnail, item_id)
+    if found is None:
+        raise NotFound(f"no thumbnail for gallery item {item_id!r}")
+    data = found if isinstance(found, bytes) else png_bytes(found)
+    return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=300"})

@@ -1,0 +1,106 @@
+"""The gallery: list, get, add, delete (one or several). Changes need the API key."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+
+from service import schemas
+from service.deps import (
+    AuthDep,
+    EngineDep,
+    NumpyJSON,
+    SettingsDep,
+    check_vectors,
+    decode_all,
+)
+from service.engine import Engine
+from service.errors import InvalidInput, NotFound
+from service.page import png_bytes
+from service.preprocess import decode_base64
+
+router = APIRouter()
+
+
+@router.get("/v1/gallery", tags=["gallery"], responses=schemas.ERRORS)
+async def gallery_list(engine: EngineDep, settings: SettingsDep,
+                       after: Annotated[str | None, Query(description="last id of the previous "
+                                                          "page")] = None,
+                       limit: Annotated[int, Query(ge=1)] = 100) -> dict:
+    """Items in id order, a page at a time: pass the returned `next` as `after`."""
+    if limit > settings.max_list_items:
+        raise InvalidInput(f"limit must be at most {settings.max_list_items}, got {limit}")
+    page = await asyncio.to_thread(engine.gallery.listing, after, limit)
+    size = await asyncio.to_thread(engine.gallery.size)
+    return {"size": size, "index": engine.gallery.kind,
+            "items": [{"id": i, "label": lab} for i, lab in page],
+            "next": page[-1][0] if len(page) == limit else None}
+
+
+@router.get("/v1/gallery/{item_id:path}", tags=["gallery"], responses=schemas.ERRORS)
+async def gallery_get(item_id: str, engine: EngineDep) -> NumpyJSON:
+    """One item; ids may contain '/' (bundle items are '<class>/<n>')."""
+    found = await asyncio.to_thread(engine.gallery.get, item_id)
+    if found is None:
+        raise NotFound(f"no gallery item with id {item_id!r}")
+    return NumpyJSON({"id": item_id, "label": found[0], "embedding": found[1]})
+
+
+@router.post("/v1/gallery", tags=["gallery"], responses=schemas.ERRORS)
+async def gallery_add(request: Request, body: schemas.GalleryAddRequest, engine: EngineDep,
+                      settings: SettingsDep, _: AuthDep) -> dict:
+    items = body.items
+    if len(items) > settings.max_images_per_request:
+        raise InvalidInput(f"at most {settings.max_images_per_request} items per request")
+    if len({i.id for i in items}) != len(items):
+        raise InvalidInput("item ids must be unique within a request")
+    if any((i.image is None) == (i.embedding is None) for i in items):
+        raise InvalidInput("each item needs exactly one of 'image' or 'embedding'")
+    if any(len(i.label or "") > settings.max_label_chars for i in items):
+        raise InvalidInput(f"labels are at most {settings.max_label_chars} characters")
+    emb = np.zeros((len(items), engine.dim), np.float32)
+    thumbs: list[bytes | None] = [None] * len(items)
+    with_image = [n for n, i in enumerate(items) if i.image is not None]
+    if with_image:
+        raws = [decode_base64(items[n].image) for n in with_image]
+        pixels = await decode_all(request, engine, settings, raws)  # (n, S, S, 3)
+        emb[with_image], _ = await engine.infer(pixels)
+        for n, px in zip(with_image, pixels, strict=True):
+            thumbs[n] = png_bytes(px)  # what the page shows for this item
+    with_vec = [n for n, i in enumerate(items) if i.embedding is not None]
+    if with_vec:
+        emb[with_vec] = check_vectors([items[n].embedding for n in with_vec], engine.dim)
+    await asyncio.to_thread(engine.gallery.add, [i.id for i in items],
+                            [i.label for i in items], emb, thumbs)
+    size = await asyncio.to_thread(engine.gallery.size)
+    engine.metrics.gallery_size.set(size)
+    return {"added": [i.id for i in items], "size": size}
+
+
+async def delete_ids(engine: Engine, ids: list[str]) -> tuple[list[str], int]:
+    deleted = await asyncio.to_thread(engine.gallery.delete, ids)
+    size = await asyncio.to_thread(engine.gallery.size)
+    engine.metrics.gallery_size.set(size)
+    return deleted, size
+
+
+@router.delete("/v1/gallery/{item_id:path}", tags=["gallery"], responses=schemas.ERRORS)
+async def gallery_delete(item_id: str, engine: EngineDep, _: AuthDep) -> dict:
+    deleted, size = await delete_ids(engine, [item_id])
+    if not deleted:
+        raise NotFound(f"no gallery item with id {item_id!r}")
+    return {"deleted": item_id, "size": size}
+
+
+@router.post("/v1/gallery/delete", tags=["gallery"], responses=schemas.ERRORS)
+async def gallery_bulk_delete(body: schemas.GalleryDeleteRequest, engine: EngineDep,
+                              settings: SettingsDep, _: AuthDep) -> dict:
+    """Several ids at once; those that do not exist are listed as missing, not an error."""
+    if len(body.ids) > settings.max_list_items:
+        raise InvalidInput(f"at most {settings.max_list_items} ids per request")
+    deleted, size = await delete_ids(engine, list(dict.fromkeys(body.ids)))
+    return {"deleted": deleted, "missing": [i for i in body.ids if i not in set(deleted)],
+            "size": size}

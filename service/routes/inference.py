@@ -1,0 +1,74 @@
+"""Inference: embed, search and classify images (or search by vectors)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+
+from service import schemas
+from service.deps import (
+    EngineDep,
+    NumpyJSON,
+    SettingsDep,
+    check_k,
+    check_vectors,
+    decode_all,
+    read_body,
+)
+from service.errors import InvalidInput
+
+router = APIRouter()
+
+
+def softmax_top(logits: np.ndarray, classes: list[str], k: int) -> list[list[dict]]:
+    z = logits - logits.max(1, keepdims=True)  # (n, C)
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    top = np.argsort(-p, axis=1)[:, :k]
+    return [[{"label": classes[c], "index": int(c), "probability": float(row[c])} for c in t]
+            for row, t in zip(p, top, strict=True)]
+
+
+@router.post("/v1/embed", tags=["inference"], response_model=schemas.EmbedResponse,
+             responses=schemas.ERRORS, openapi_extra=schemas.image_body(schemas.ImagesRequest))
+async def embed(request: Request, engine: EngineDep, settings: SettingsDep) -> NumpyJSON:
+    _, raws = await read_body(request, schemas.ImagesRequest)
+    emb, _ = await engine.infer(await decode_all(request, engine, settings, raws))
+    return NumpyJSON({"model": engine.model_id, "precision": settings.precision,
+                      "dimension": engine.dim, "embeddings": emb})
+
+
+@router.post("/v1/search", tags=["inference"], response_model=schemas.SearchResponse,
+             responses=schemas.ERRORS, openapi_extra=schemas.image_body(schemas.SearchRequest))
+async def search(request: Request, engine: EngineDep, settings: SettingsDep,
+                 k: Annotated[int, Query(description="for multipart / image bodies")] = 10,
+                 ) -> NumpyJSON:
+    body, raws = await read_body(request, schemas.SearchRequest)
+    if body is not None:
+        k = body.k
+        if (body.images is None) == (body.embeddings is None):
+            raise InvalidInput("send exactly one of 'images' or 'embeddings'")
+    check_k(k, settings.max_k)
+    if body is not None and body.embeddings is not None:
+        if len(body.embeddings) > settings.max_images_per_request:
+            raise InvalidInput(f"at most {settings.max_images_per_request} query vectors")
+        queries = check_vectors(body.embeddings, engine.dim)
+    else:
+        queries, _ = await engine.infer(await decode_all(request, engine, settings, raws))
+    hits = await asyncio.to_thread(engine.gallery.search, queries, k)
+    return NumpyJSON({"model": engine.model_id, "precision": settings.precision,
+                           "results": [[h.__dict__ for h in row] for row in hits]})
+
+
+@router.post("/v1/classify", tags=["inference"], response_model=schemas.ClassifyResponse,
+             responses=schemas.ERRORS, openapi_extra=schemas.image_body(schemas.ClassifyRequest))
+async def classify(request: Request, engine: EngineDep, settings: SettingsDep,
+                   k: Annotated[int, Query(description="for multipart / image bodies")] = 5,
+                   ) -> NumpyJSON:
+    body, raws = await read_body(request, schemas.ClassifyRequest)
+    k = check_k(body.k if body is not None else k, len(engine.bundle.classes))
+    _, logits = await engine.infer(await decode_all(request, engine, settings, raws))
+    return NumpyJSON({"model": engine.model_id, "precision": settings.precision,
+                           "results": softmax_top(logits, engine.bundle.classes, k)})

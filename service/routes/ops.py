@@ -1,0 +1,43 @@
+"""Operations: probes, metrics and what model is served."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service import schemas
+from service.deps import EngineDep, SettingsDep
+
+router = APIRouter()
+
+
+@router.get("/healthz", tags=["ops"], responses=schemas.ERRORS)
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["ops"], responses=schemas.ERRORS)
+async def readyz(engine: EngineDep) -> dict:
+    return {"status": "ready", "model": engine.model_id}
+
+
+@router.get("/metrics", tags=["ops"], response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}})
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.exposition(),
+                    media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/model", tags=["model"], responses=schemas.ERRORS)
+async def model_info(engine: EngineDep, settings: SettingsDep) -> dict:
+    m = engine.bundle.manifest
+    ckpt = m["checkpoint"]
+    scores = {k: v for k, v in ckpt.get("eval", {}).items() if isinstance(v, int | float)}
+    # No file paths and no training history: this route answers anyone who can reach it.
+    return {"model": engine.model_id, "precision": settings.precision,
+            "provider": engine.session.get_providers()[0], "classes": m["classes"],
+            "embedding_dim": engine.dim, "input": m["input"], "created": m["created"],
+            "metrics": m["metrics"], "gallery_size": len(engine.gallery),
+            "gallery_index": engine.gallery.kind,
+            "checkpoint": {"epoch": ckpt.get("epoch"), "eval": scores}}

@@ -1,0 +1,91 @@
+"""The retrieval page in a real headless Chromium (Debian's chromium + chromium-driver, driven
+by selenium): upload a real image, wait for k thumbnails, and check that their labels and the
+class bars say what the JSON API says. A screenshot is kept as a test artifact. Also: /docs works
+with no network (its assets come from a package)."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.service.conftest import png
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_exe = shutil.which("chromedriver")
+    if exe is None or driver_exe is None:
+        pytest.fail("Chromium is needed: apt-get install chromium chromium-driver (Debian)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = exe
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1200,900"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(driver_exe))
+    yield driver
+    driver.quit()
+
+
+def test_upload_shows_the_apis_neighbours_and_classes(browser, server, client, cifar10,
+                                                      tmp_path) -> None:
+    image = tmp_path / "query.png"
+    image.write_bytes(png(cifar10[1].images[12]))
+    browser.get(server.url + "/")
+    browser.find_element(By.ID, "k").clear()
+    browser.find_element(By.ID, "k").send_keys("6")
+    browser.find_element(By.ID, "file").send_keys(str(image))
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state"))
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done"
+    hits = browser.find_elements(By.CSS_SELECTOR, "#hits .hit")
+    # every thumbnail loaded (naturalWidth > 0 only once the PNG decoded in the browser)
+    wait.until(lambda d: all(d.execute_script("return arguments[0].naturalWidth", img) > 0
+                             for img in d.find_elements(By.CSS_SELECTOR, "#hits img")))
+    api = client.post("/v1/search?k=6", files=[("files", ("q.png", image.read_bytes(),
+                                                          "image/png"))]).json()
+    assert [h.get_attribute("data-id") for h in hits] == [r["id"] for r in api["results"][0]]
+    assert [h.get_attribute("data-label") for h in hits] == \
+        [r["label"] for r in api["results"][0]]
+    classes = client.post("/v1/classify?k=5", files=[("files", ("q.png", image.read_bytes(),
+                                                                "image/png"))]).json()
+    bars = browser.find_elements(By.CSS_SELECTOR, "#classes .bar")
+    assert [b.get_attribute("data-label") for b in bars] == \
+        [c["label"] for c in classes["results"][0]]
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "retrieval-page.png"))
+    assert (ARTIFACTS / "retrieval-page.png").stat().st_size > 5000
+
+
+def test_docs_load_without_a_network(browser, server) -> None:
+    browser.get(server.url + "/docs")
+    WebDriverWait(browser, 30).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+    paths = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert "/v1/embed" in paths and "/v1/embeddings" in paths
+    html = browser.page_source
+    assert "cdn.jsdelivr.net" not in html and "unpkg.com" not in html
+
+
+def test_thumbnails_of_bundle_and_added_items(client, cifar10) -> None:
+    from tests.service.gallery_chaos import KEY
+
+    r = client.get("/v1/thumbnails/airplane/0")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    import base64
+
+    raw = png(cifar10[1].images[30])
+    item = {"items": [{"id": "thumb/1", "label": "mine",
+                       "image": base64.b64encode(raw).decode()}]}
+    assert client.post("/v1/gallery", json=item, headers=KEY).status_code == 200
+    t = client.get("/v1/thumbnails/thumb/1")
+    assert t.status_code == 200 and t.content[:4] == b"\x89PNG"
+    assert client.delete("/v1/gallery/thumb/1", headers=KEY).status_code == 200
+    assert client.get("/v1/thumbnails/thumb/1").status_code == 404
+    assert client.get("/v1/thumbnails/nope").status_code == 404
