@@ -7,13 +7,17 @@ ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements/service.lock ./
+COPY simclr_embed/ simclr_embed/
 COPY training/ training/
 COPY export/ export/
 COPY service/ service/
 COPY benchmarks/ benchmarks/
 # The serving set (onnxruntime, fastapi, faiss, ...) plus the PostgreSQL gallery client.
-RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir '.[postgres]' \
+# Pinned by hash (requirements/service.lock, `uv pip compile`): two builds, one image.
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir --require-hashes -r service.lock \
+ && /opt/venv/bin/pip install --no-cache-dir --no-deps . \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
 FROM ${BASE_IMAGE}

@@ -10,10 +10,10 @@ import logging
 import tempfile
 from dataclasses import replace
 
-from benchmarks.common import hardware, write_result
-from training.augment import AugmentConfig
-from training.checkpoint import load_checkpoint
-from training.train import TrainConfig, train
+from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.training.augment import AugmentConfig
+from simclr_embed.training.checkpoint import load_checkpoint
+from simclr_embed.training.train import TrainConfig, train
 
 log = logging.getLogger("augment_blur")
 

@@ -17,15 +17,14 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-from benchmarks.common import hardware, write_result
+from simclr_embed.benchmarks.common import hardware, write_result
 
 log = logging.getLogger("decode_memory")
 
 # VmHWM, not ru_maxrss: the latter carries the parent's peak across fork + exec.
 PROBE = """
 import sys
-from service.preprocess import decode_image
+from simclr_embed.service.preprocess import decode_image
 def hwm():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM"):

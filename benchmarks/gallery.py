@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from benchmarks.common import hardware, write_result
-from service.bundle import load_bundle
-from service.gallery import Gallery, Space
-from service.runtime import make_session, run_batches
+from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.service.bundle import load_bundle
+from simclr_embed.service.gallery import Gallery, Space
+from simclr_embed.service.runtime import make_session, run_batches
 
 log = logging.getLogger("gallery_bench")
 
@@ -36,7 +35,7 @@ def vectors(bundle_dir: Path, data: str, n: int) -> tuple[np.ndarray, np.ndarray
                       for _ in range(max(0, n // len(emb) - 1))]
     base = np.concatenate(copies)[:n]
     base /= np.linalg.norm(base, axis=1, keepdims=True)
-    from training.data import load_dataset
+    from simclr_embed.training.data import load_dataset
 
     _, test = load_dataset(data)
     session = make_session(bundle.encoder_path("int8"))
@@ -117,7 +116,7 @@ def main() -> None:
                                         Gallery(sp, db, kind, ef_search=args.ef_search),
                                         base, queries, exact))
             if pg_url:
-                from service.pg_gallery import PgGallery
+                from simclr_embed.service.pg_gallery import PgGallery
 
                 rows.append(run_backend("pgvector hnsw", lambda sp=space: PgGallery(
                     sp, pg_url, ef_search=args.ef_search), base, queries, exact))
@@ -133,7 +132,7 @@ def main() -> None:
 def restart_times(bundle: Path, rounds: int = 3) -> dict:
     """Seconds from process start to /readyz, first start (builds and caches the HNSW graph)
     and restarts (read it), with the default settings."""
-    from benchmarks.process import ServiceProcess
+    from simclr_embed.benchmarks.process import ServiceProcess
 
     times = []
     with tempfile.TemporaryDirectory() as tmp:

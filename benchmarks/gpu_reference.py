@@ -20,14 +20,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-
-from benchmarks.common import hardware, write_result
-from export.build import ExportConfig, build_bundle
-from training.augment import AugmentConfig
-from training.checkpoint import load_checkpoint
-from training.model import ModelConfig
-from training.train import TrainConfig, train
-from training.weights import save_weights
+from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.export.build import ExportConfig, build_bundle
+from simclr_embed.training.augment import AugmentConfig
+from simclr_embed.training.checkpoint import load_checkpoint
+from simclr_embed.training.model import ModelConfig
+from simclr_embed.training.train import TrainConfig, train
+from simclr_embed.training.weights import save_weights
 
 log = logging.getLogger("gpu_reference")
 

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-
-from benchmarks.common import hardware, write_result
-from export.onnx_export import EXPORTERS, export_onnx
-from export.report import interleaved_latency
-from service.runtime import make_session
-from training.checkpoint import load_checkpoint
+from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.export.onnx_export import EXPORTERS, export_onnx
+from simclr_embed.export.report import interleaved_latency
+from simclr_embed.service.runtime import make_session
+from simclr_embed.training.checkpoint import load_checkpoint
 
 log = logging.getLogger("benchmarks.onnx_exporters")
 

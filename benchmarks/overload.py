@@ -22,16 +22,15 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-from benchmarks.common import hardware, write_result
-from benchmarks.process import ServiceProcess
+from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.benchmarks.process import ServiceProcess
 
 log = logging.getLogger("overload")
 
 
 def megabyte_png(data: str, target: int = 2**20) -> bytes:
     """A real CIFAR-10 test image, upscaled with a little grain until its PNG is ~1 MB."""
-    from training.data import load_dataset
+    from simclr_embed.training.data import load_dataset
 
     _, test = load_dataset(data)
     base = Image.fromarray(test.images[3]).resize((800, 800), Image.BICUBIC)

@@ -14,14 +14,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from benchmarks.common import hardware, write_result
-from export.onnx_export import export_onnx
-from export.quantize import quantize_int8
-from export.report import interleaved_latency
-from service.runtime import make_session
-from training.checkpoint import load_checkpoint
-from training.data import load_dataset, stratified_subset
+from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.export.onnx_export import export_onnx
+from simclr_embed.export.quantize import quantize_int8
+from simclr_embed.export.report import interleaved_latency
+from simclr_embed.service.runtime import make_session
+from simclr_embed.training.checkpoint import load_checkpoint
+from simclr_embed.training.data import load_dataset, stratified_subset
 
 log = logging.getLogger("benchmarks.quant_variants")
 

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-from benchmarks import loadgen
-from benchmarks.common import hardware
-from benchmarks.process import ServiceProcess
-from service.bundle import load_bundle
-from service.runtime import make_session
+from simclr_embed.benchmarks import loadgen
+from simclr_embed.benchmarks.common import hardware
+from simclr_embed.benchmarks.process import ServiceProcess
+from simclr_embed.service.bundle import load_bundle
+from simclr_embed.service.runtime import make_session
 
 log = logging.getLogger("benchmarks.serving")
 PRECISIONS = ("int8", "fp32")
@@ -74,9 +73,8 @@ def _ort_runner(bundle, precision: str, threads: int):
 
 def _torch_runner(checkpoint: str, threads: int):
     import torch
-
-    from export.onnx_export import build_embed_classify
-    from training.checkpoint import load_checkpoint
+    from simclr_embed.export.onnx_export import build_embed_classify
+    from simclr_embed.training.checkpoint import load_checkpoint
 
     torch.set_num_threads(threads)
     model = build_embed_classify(load_checkpoint(checkpoint))
@@ -243,7 +241,7 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     bundle = load_bundle(args.bundle)
-    from training.data import load_dataset, stratified_subset
+    from simclr_embed.training.data import load_dataset, stratified_subset
 
     _, test = load_dataset(args.data)
     images = stratified_subset(test, 7, seed=11).images[:64]  # (64, 32, 32, 3) real images

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from benchmarks.common import hardware, write_result
-from training.augment import AugmentConfig, Normalize, two_views
-from training.distributed import simclr_loss
-from training.model import ModelConfig, SimCLR
-from training.train import autocast_dtype, pick_device
+from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.training.augment import AugmentConfig, Normalize, two_views
+from simclr_embed.training.distributed import simclr_loss
+from simclr_embed.training.model import ModelConfig, SimCLR
+from simclr_embed.training.train import autocast_dtype, pick_device
 
 log = logging.getLogger("benchmarks.train_throughput")
 
@@ -87,7 +86,7 @@ def summarize(v: Variant, batch: int) -> dict:
 def load_images(data: str | None, n: int) -> tuple[np.ndarray, str]:
     if data is None:
         return np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), np.uint8), "random"
-    from training.data import load_dataset, stratified_subset
+    from simclr_embed.training.data import load_dataset, stratified_subset
 
     train, _ = load_dataset(data)
     return stratified_subset(train, n // len(train.classes)).images, data

@@ -15,14 +15,18 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from export.onnx_export import build_embed_classify, config_digest, export_onnx, weights_digest
-from export.quantize import quantize_int8
-from export.report import compare, embed_all, markdown
-from service.bundle import write_manifest
-from service.runtime import make_session
-from training.checkpoint import load_checkpoint
-from training.data import load_dataset, stratified_subset
+from simclr_embed.export.onnx_export import (
+    build_embed_classify,
+    config_digest,
+    export_onnx,
+    weights_digest,
+)
+from simclr_embed.export.quantize import quantize_int8
+from simclr_embed.export.report import compare, embed_all, markdown
+from simclr_embed.service.bundle import write_manifest
+from simclr_embed.service.runtime import make_session
+from simclr_embed.training.checkpoint import load_checkpoint
+from simclr_embed.training.data import load_dataset, stratified_subset
 
 log = logging.getLogger(__name__)
 

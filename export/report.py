@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from service.runtime import run_batches
-from training.evaluate import knn_accuracy
+from simclr_embed.service.runtime import run_batches
+from simclr_embed.training.evaluate import knn_accuracy
 
 PRECISIONS = ("fp32", "int8")
 

@@ -16,7 +16,7 @@ import hmac
 import time
 from collections.abc import Callable
 
-from service.errors import (
+from simclr_embed.service.errors import (
     Forbidden,
     Overloaded,
     PayloadTooLarge,
@@ -24,9 +24,9 @@ from service.errors import (
     ServiceError,
     Unauthorized,
 )
-from service.handlers import error_response
-from service.metrics import Metrics
-from service.settings import Settings
+from simclr_embed.service.handlers import error_response
+from simclr_embed.service.metrics import Metrics
+from simclr_embed.service.settings import Settings
 
 OPEN_PATHS = ("/healthz", "/readyz")  # probes never need the key
 

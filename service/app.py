@@ -9,15 +9,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
-
-from service import openai_api, page
-from service.admission import Gate
-from service.deps import NumpyJSON
-from service.engine import Engine
-from service.handlers import install_handlers
-from service.metrics import Metrics
-from service.routes import gallery, inference, ops
-from service.settings import Settings
+from simclr_embed.service import openai_api, page
+from simclr_embed.service.admission import Gate
+from simclr_embed.service.deps import NumpyJSON
+from simclr_embed.service.engine import Engine
+from simclr_embed.service.handlers import install_handlers
+from simclr_embed.service.metrics import Metrics
+from simclr_embed.service.routes import gallery, inference, ops
+from simclr_embed.service.settings import Settings
 
 log = logging.getLogger(__name__)
 

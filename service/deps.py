@@ -12,10 +12,9 @@ import orjson
 from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
-
-from service.admission import check_api_key
-from service.engine import Engine
-from service.errors import (
+from simclr_embed.service.admission import check_api_key
+from simclr_embed.service.engine import Engine
+from simclr_embed.service.errors import (
     ClientGone,
     Forbidden,
     InvalidInput,
@@ -23,9 +22,9 @@ from service.errors import (
     ServiceError,
     UnsupportedMedia,
 )
-from service.handlers import validation_message
-from service.preprocess import decode_base64, decode_image
-from service.settings import Settings
+from simclr_embed.service.handlers import validation_message
+from simclr_embed.service.preprocess import decode_base64, decode_image
+from simclr_embed.service.settings import Settings
 
 
 class NumpyJSON(JSONResponse):

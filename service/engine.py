@@ -19,16 +19,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from service.bundle import Bundle, load_bundle, model_id
-from service.errors import Overloaded
-from service.gallery import Gallery, Space
-from service.metrics import Metrics
-from service.runtime import make_session
-from service.settings import Settings
+from simclr_embed.service.bundle import Bundle, load_bundle, model_id
+from simclr_embed.service.errors import Overloaded
+from simclr_embed.service.gallery import Gallery, Space
+from simclr_embed.service.metrics import Metrics
+from simclr_embed.service.runtime import make_session
+from simclr_embed.service.settings import Settings
 
 if TYPE_CHECKING:
-    from service.pg_gallery import PgGallery
+    from simclr_embed.service.pg_gallery import PgGallery
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ class _Job:
 def open_gallery(settings: Settings, space: Space) -> Gallery | PgGallery:
     """PostgreSQL + pgvector when SIMCLR_EMBED_GALLERY_URL is set, else SQLite + FAISS."""
     if settings.gallery_url is not None:
-        from service.pg_gallery import PgGallery
+        from simclr_embed.service.pg_gallery import PgGallery
 
         return PgGallery(space, settings.gallery_url.get_secret_value(), settings.hnsw_m,
                          settings.hnsw_ef_search)

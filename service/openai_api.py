@@ -11,11 +11,10 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
-
-from service import schemas
-from service.deps import EngineDep, NumpyJSON, SettingsDep, decode_all
-from service.errors import BadImage, InvalidInput, NotFound
-from service.preprocess import decode_base64
+from simclr_embed.service import schemas
+from simclr_embed.service.deps import EngineDep, NumpyJSON, SettingsDep, decode_all
+from simclr_embed.service.errors import BadImage, InvalidInput, NotFound
+from simclr_embed.service.preprocess import decode_base64
 
 ALIASES = ("simclr-embed", "simclr-resnet18")
 

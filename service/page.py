@@ -10,10 +10,9 @@ import numpy as np
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 from PIL import Image
-
-from service import schemas
-from service.deps import EngineDep
-from service.errors import NotFound
+from simclr_embed.service import schemas
+from simclr_embed.service.deps import EngineDep
+from simclr_embed.service.errors import NotFound
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 

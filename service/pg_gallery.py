@@ -14,8 +14,7 @@ import logging
 import threading
 
 import numpy as np
-
-from service.gallery import Neighbor, Space
+from simclr_embed.service.gallery import Neighbor, Space
 
 log = logging.getLogger(__name__)
 

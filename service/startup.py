@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 import shutil
 
-from service.bundle import load_bundle, model_id
-from service.gallery import Space, SQLiteStore
-from service.settings import Settings
+from simclr_embed.service.bundle import load_bundle, model_id
+from simclr_embed.service.gallery import Space, SQLiteStore
+from simclr_embed.service.settings import Settings
 
 
 def check_before_workers(settings: Settings) -> None:

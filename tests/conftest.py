@@ -22,7 +22,7 @@ def cifar10_dir() -> Path:
 @pytest.fixture(scope="session")
 def cifar10(cifar10_dir: Path):
     """(train, test) ImageArrays of the full real data set, decoded once per machine."""
-    from training.data import load_dataset
+    from simclr_embed.training.data import load_dataset
 
     return load_dataset(str(cifar10_dir))
 
@@ -30,7 +30,7 @@ def cifar10(cifar10_dir: Path):
 @pytest.fixture(scope="session")
 def short_checkpoint(cifar10_dir: Path, tmp_path_factory) -> Path:
     """A finished (probe included) one-epoch run on 80 real CIFAR-10 images."""
-    from training.train import TrainConfig, train
+    from simclr_embed.training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("short_run")
     cfg = TrainConfig(data=str(cifar10_dir), out_dir=str(out), train_per_class=8,
@@ -42,7 +42,7 @@ def short_checkpoint(cifar10_dir: Path, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def bundle_dir(short_checkpoint: Path, tmp_path_factory) -> Path:
     """A real bundle exported from the short run, on small gallery/test subsets."""
-    from export.build import ExportConfig, build_bundle
+    from simclr_embed.export.build import ExportConfig, build_bundle
 
     out = tmp_path_factory.mktemp("bundle") / "b"
     return build_bundle(ExportConfig(str(short_checkpoint), out=str(out), calibration_per_class=5,

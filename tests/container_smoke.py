@@ -40,8 +40,8 @@ def sh(cmd: str, **kw) -> subprocess.CompletedProcess:
 
 
 def make_bundle(out: Path) -> Path:
-    from export.build import ExportConfig, build_bundle
-    from training.train import TrainConfig, train
+    from simclr_embed.export.build import ExportConfig, build_bundle
+    from simclr_embed.training.train import TrainConfig, train
 
     data = str(SHARED / "data/cifar10")
     ckpt = train(TrainConfig(data=data, out_dir=str(out / "run"), train_per_class=8,
@@ -114,9 +114,9 @@ def main() -> int:
 
 
 def check_embedding(url: str, bundle: Path) -> None:
-    from service.bundle import load_bundle
-    from service.runtime import make_session, run_batches
-    from training.data import load_dataset
+    from simclr_embed.service.bundle import load_bundle
+    from simclr_embed.service.runtime import make_session, run_batches
+    from simclr_embed.training.data import load_dataset
 
     _, test = load_dataset(str(SHARED / "data/cifar10"))
     image = test.images[123]

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from training.model import ModelConfig, SimCLR
+from simclr_embed.training.model import ModelConfig, SimCLR
 
 FORMAT = "simclr-embed/checkpoint"
 VERSION = 1
@@ -46,7 +45,7 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
     if path.suffix == ".safetensors":
-        from training.weights import load_weights
+        from simclr_embed.training.weights import load_weights
 
         try:
             return load_weights(path)

@@ -20,13 +20,13 @@ EXPECTED_ERRORS = {"DataError", "CheckpointError", "ExportError", "BundleError",
 _TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float,
           "str | None": str}
 _CHOICES = {  # field -> (module, tuple of valid values)
-    "optimizer": ("training.optim", "OPTIMIZERS"),
-    "precision": ("training.train", "PRECISIONS"),
-    "device": ("training.train", "DEVICES"),
-    "exporter": ("export.onnx_export", "EXPORTERS"),
-    "calibration_method": ("export.quantize", "CALIBRATION_METHODS"),
-    "activation_type": ("export.quantize", "QUANT_TYPES"),
-    "weight_type": ("export.quantize", "QUANT_TYPES"),
+    "optimizer": ("simclr_embed.training.optim", "OPTIMIZERS"),
+    "precision": ("simclr_embed.training.train", "PRECISIONS"),
+    "device": ("simclr_embed.training.train", "DEVICES"),
+    "exporter": ("simclr_embed.export.onnx_export", "EXPORTERS"),
+    "calibration_method": ("simclr_embed.export.quantize", "CALIBRATION_METHODS"),
+    "activation_type": ("simclr_embed.export.quantize", "QUANT_TYPES"),
+    "weight_type": ("simclr_embed.export.quantize", "QUANT_TYPES"),
 }
 
 
@@ -54,9 +54,9 @@ def _add_dataclass_args(p: argparse.ArgumentParser, cls: type, prefix: str = "",
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
-    from training.augment import AugmentConfig
-    from training.model import ModelConfig
-    from training.train import TrainConfig
+    from simclr_embed.training.augment import AugmentConfig
+    from simclr_embed.training.model import ModelConfig
+    from simclr_embed.training.train import TrainConfig
 
     p = sub.add_parser("train", help="train SimCLR, then kNN + linear-probe evaluation",
                        description="Train SimCLR (InfoNCE) on CIFAR-10 or an image folder. --data "
@@ -74,16 +74,16 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from training.train import train
+    from simclr_embed.training.train import train
 
     ckpt = train(config_from_args(args), resume=args.resume, stop_after=args.stop_after)
     log.info("checkpoint: %s", ckpt)
 
 
 def config_from_args(args: argparse.Namespace):  # -> TrainConfig (torch stays unimported here)
-    from training.augment import AugmentConfig
-    from training.model import ModelConfig
-    from training.train import TrainConfig
+    from simclr_embed.training.augment import AugmentConfig
+    from simclr_embed.training.model import ModelConfig
+    from simclr_embed.training.train import TrainConfig
 
     v = vars(args)
     model = ModelConfig(**{f.name: v["model_" + f.name] for f in dataclasses.fields(ModelConfig)})
@@ -106,7 +106,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> None:
-    from training.train import evaluate_checkpoint
+    from simclr_embed.training.train import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, args.data, args.probe_epochs,
                                  args.train_per_class, args.test_per_class, args.device)
@@ -115,7 +115,7 @@ def _run_eval(args: argparse.Namespace) -> None:
 
 
 def _export_parser(sub: argparse._SubParsersAction) -> None:
-    from export.build import ExportConfig
+    from simclr_embed.export.build import ExportConfig
 
     p = sub.add_parser("export", help="checkpoint -> ONNX FP32 + INT8 -> verified model bundle",
                        description="Export a finished training checkpoint to a model bundle: "
@@ -126,7 +126,7 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> None:
-    from export.build import ExportConfig, build_bundle
+    from simclr_embed.export.build import ExportConfig, build_bundle
 
     v = vars(args)
     cfg = ExportConfig(**{f.name: v[f.name] for f in dataclasses.fields(ExportConfig)})
@@ -166,18 +166,19 @@ def _run_serve(args: argparse.Namespace) -> None:
     for key, value in overrides.items():
         if value is not None:  # the app factory reads the environment, in every worker
             os.environ[f"SIMCLR_EMBED_{key.upper()}"] = str(value)
-    from service.settings import Settings
+    from simclr_embed.service.settings import Settings
 
     settings = Settings()
     if args.build_if_missing and not (settings.bundle / "manifest.json").exists():
-        from training.quickstart import build_default_bundle
+        from simclr_embed.training.quickstart import build_default_bundle
 
         build_default_bundle(settings.bundle, args.data, train_anyway=args.train_own)
-    from service.startup import check_before_workers
+    from simclr_embed.service.startup import check_before_workers
 
     check_before_workers(settings)
-    uvicorn.run("service.app:app_from_env", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, timeout_graceful_shutdown=20, access_log=False)
+    uvicorn.run("simclr_embed.service.app:app_from_env", factory=True, host=settings.host,
+                port=settings.port, workers=settings.workers, timeout_graceful_shutdown=20,
+                access_log=False)
 
 
 def _unavailable(sub: argparse._SubParsersAction, name: str, err: ImportError) -> None:

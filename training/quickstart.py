@@ -9,9 +9,8 @@ import logging
 from pathlib import Path
 
 import torch
-
-from export.build import ExportConfig, build_bundle
-from training.train import TrainConfig, train
+from simclr_embed.export.build import ExportConfig, build_bundle
+from simclr_embed.training.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 

@@ -20,21 +20,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from tqdm import tqdm
-
-from training import distributed
-from training.augment import AugmentConfig, Normalize, two_views
-from training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from training.data import ImageArray, channel_stats, load_dataset, stratified_subset
-from training.evaluate import (
+from simclr_embed.training import distributed
+from simclr_embed.training.augment import AugmentConfig, Normalize, two_views
+from simclr_embed.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from simclr_embed.training.data import ImageArray, channel_stats, load_dataset, stratified_subset
+from simclr_embed.training.evaluate import (
     extract_features,
     knn_accuracy,
     linear_probe,
     linear_probe_augmented,
 )
-from training.model import ModelConfig, SimCLR
-from training.optim import WarmupCosine, build_optimizer
+from simclr_embed.training.model import ModelConfig, SimCLR
+from simclr_embed.training.optim import WarmupCosine, build_optimizer
+from torch import nn
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +374,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
 def finish(run: Run, out: Path, ckpt_path: Path) -> None:
     """Final kNN and linear probe, on one feature pass; they land in the checkpoint, the last
     metrics row (as that epoch's kNN monitor) and summary.json."""
-    from training.plots import plot_run
+    from simclr_embed.training.plots import plot_run
 
     distributed.barrier()  # rank 0's last checkpoint is on disk
     state = load_checkpoint(ckpt_path)

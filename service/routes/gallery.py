@@ -7,9 +7,8 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
-
-from service import schemas
-from service.deps import (
+from simclr_embed.service import schemas
+from simclr_embed.service.deps import (
     AuthDep,
     EngineDep,
     NumpyJSON,
@@ -17,10 +16,10 @@ from service.deps import (
     check_vectors,
     decode_all,
 )
-from service.engine import Engine
-from service.errors import InvalidInput, NotFound
-from service.page import png_bytes
-from service.preprocess import decode_base64
+from simclr_embed.service.engine import Engine
+from simclr_embed.service.errors import InvalidInput, NotFound
+from simclr_embed.service.page import png_bytes
+from simclr_embed.service.preprocess import decode_base64
 
 router = APIRouter()
 

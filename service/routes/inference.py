@@ -7,9 +7,8 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
-
-from service import schemas
-from service.deps import (
+from simclr_embed.service import schemas
+from simclr_embed.service.deps import (
     EngineDep,
     NumpyJSON,
     SettingsDep,
@@ -18,7 +17,7 @@ from service.deps import (
     decode_all,
     read_body,
 )
-from service.errors import InvalidInput
+from simclr_embed.service.errors import InvalidInput
 
 router = APIRouter()
 

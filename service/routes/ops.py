@@ -5,9 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
-
-from service import schemas
-from service.deps import EngineDep, SettingsDep
+from simclr_embed.service import schemas
+from simclr_embed.service.deps import EngineDep, SettingsDep
 
 router = APIRouter()
 

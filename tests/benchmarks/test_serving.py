@@ -9,7 +9,8 @@ from pathlib import Path
 
 def test_quick_serving_benchmark(bundle_dir: Path, short_checkpoint: Path, cifar10_dir: Path,
                                  tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "benchmarks.serving", "--bundle", str(bundle_dir),
+    subprocess.run([sys.executable, "-m", "simclr_embed.benchmarks.serving",
+                    "--bundle", str(bundle_dir),
                     "--checkpoint", str(short_checkpoint), "--data", str(cifar10_dir),
                     "--quick", "--out", str(tmp_path)],
                    check=True, timeout=900)

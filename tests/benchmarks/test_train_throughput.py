@@ -9,7 +9,7 @@ from pathlib import Path
 
 def test_quick_run_writes_complete_json(tmp_path: Path, cifar10_dir: Path) -> None:
     out = tmp_path / "t.json"
-    subprocess.run([sys.executable, "-m", "benchmarks.train_throughput", "--data",
+    subprocess.run([sys.executable, "-m", "simclr_embed.benchmarks.train_throughput", "--data",
                     str(cifar10_dir), "--batch-size", "10", "--rounds", "2", "--steps", "1",
                     "--out", str(out)], check=True, timeout=600)
     result = json.loads(out.read_text())

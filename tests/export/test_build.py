@@ -8,14 +8,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
-from export.build import ExportConfig, ExportError, build_bundle, check_parity
-from export.onnx_export import build_embed_classify, export_onnx
-from service.bundle import BundleError, load_bundle
-from service.runtime import make_session, run_batches
-from training.checkpoint import CheckpointError, load_checkpoint
-from training.data import stratified_subset
-from training.train import TrainConfig, train
+from simclr_embed.export.build import ExportConfig, ExportError, build_bundle, check_parity
+from simclr_embed.export.onnx_export import build_embed_classify, export_onnx
+from simclr_embed.service.bundle import BundleError, load_bundle
+from simclr_embed.service.runtime import make_session, run_batches
+from simclr_embed.training.checkpoint import CheckpointError, load_checkpoint
+from simclr_embed.training.data import stratified_subset
+from simclr_embed.training.train import TrainConfig, train
 
 
 def test_bundle_report_and_parity(bundle_dir: Path) -> None:
@@ -126,7 +125,7 @@ def test_refuses_to_replace_what_is_not_a_bundle(short_checkpoint: Path, tmp_pat
 
 
 def test_model_id_names_the_weights(short_checkpoint: Path, bundle_dir: Path) -> None:
-    from export.onnx_export import weights_digest
+    from simclr_embed.export.onnx_export import weights_digest
 
     state = load_checkpoint(short_checkpoint)
     digest = weights_digest(state)

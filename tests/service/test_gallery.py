@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from simclr_embed.service.gallery import Gallery, GalleryMismatch, Space, SQLiteStore
 
-from service.gallery import Gallery, GalleryMismatch, Space, SQLiteStore
 from tests.service.conftest import API_KEY, Server
 from tests.service.gallery_chaos import KEY, chaos_rounds, check_ledger, unit
 
@@ -123,8 +123,8 @@ def test_another_models_gallery_is_refused_at_startup(bundle_dir, tmp_path) -> N
     data = tmp_path / "data"
     SQLiteStore(data / "gallery-int8.sqlite3", Space("other-model", "int8", 512))
     env = {**os.environ, "SIMCLR_EMBED_DATA_DIR": str(data), "SIMCLR_EMBED_API_KEY": API_KEY}
-    r = subprocess.run([sys.executable, "-m", "training.cli", "serve", str(bundle_dir)],
-                       env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "simclr_embed.training.cli", "serve",
+                        str(bundle_dir)], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "belongs to model other-model" in r.stderr
     # Another precision is another space, kept in its own database: fp32 starts.
     srv = Server(bundle_dir, data, SIMCLR_EMBED_PRECISION="fp32").start()
@@ -169,7 +169,7 @@ def test_mismatched_space_is_refused(tmp_path: Path) -> None:
 
 
 def test_auto_index_and_the_cached_graph(tmp_path: Path, monkeypatch) -> None:
-    from service import gallery as gallery_mod
+    from simclr_embed.service import gallery as gallery_mod
 
     monkeypatch.setattr(gallery_mod, "AUTO_HNSW_FROM", 1000)
     emb = unit(1500, seed=11)

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 import torch
-
-from training.augment import (
+from simclr_embed.training.augment import (
     AugmentConfig,
     Normalize,
     gaussian_blur,

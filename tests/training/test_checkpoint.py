@@ -2,15 +2,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from training import checkpoint as ckpt_mod
-from training.checkpoint import (
+from simclr_embed.training import checkpoint as ckpt_mod
+from simclr_embed.training.checkpoint import (
     CheckpointError,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
 )
-from training.model import ModelConfig, SimCLR
+from simclr_embed.training.model import ModelConfig, SimCLR
 
 
 def _state(model: SimCLR) -> dict:

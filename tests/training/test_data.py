@@ -5,9 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from training import data
-from training.data import DataError, channel_stats, load_dataset, stratified_subset
+from simclr_embed.training import data
+from simclr_embed.training.data import DataError, channel_stats, load_dataset, stratified_subset
 
 
 def test_real_cifar10_splits(cifar10) -> None:

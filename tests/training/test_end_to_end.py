@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from training.train import TrainConfig, train
+from simclr_embed.training.train import TrainConfig, train
 
 pytestmark = pytest.mark.slow
 

@@ -3,8 +3,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-from training.loss import info_nce
+from simclr_embed.training.loss import info_nce
 
 
 def slow_info_nce(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:

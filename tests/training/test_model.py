@@ -1,7 +1,6 @@
 import pytest
 import torch
-
-from training.model import ModelConfig, SimCLR, resnet18_cifar
+from simclr_embed.training.model import ModelConfig, SimCLR, resnet18_cifar
 
 
 def test_shapes_and_unit_norm_projection() -> None:

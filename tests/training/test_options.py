@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from training import data
-from training.augment import Normalize
-from training.cli import build_parser, config_from_args
-from training.evaluate import linear_probe_augmented
-from training.model import ModelConfig, SimCLR
-from training.train import TrainConfig, autocast_dtype, train
+from simclr_embed.training import data
+from simclr_embed.training.augment import Normalize
+from simclr_embed.training.cli import build_parser, config_from_args
+from simclr_embed.training.evaluate import linear_probe_augmented
+from simclr_embed.training.model import ModelConfig, SimCLR
+from simclr_embed.training.train import TrainConfig, autocast_dtype, train
 
 
 def test_emulated_bf16_gets_fp16(monkeypatch) -> None:

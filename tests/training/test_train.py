@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from training.checkpoint import load_checkpoint
-from training.cli import main
-from training.train import TrainConfig, train
+from simclr_embed.training.checkpoint import load_checkpoint
+from simclr_embed.training.cli import main
+from simclr_embed.training.train import TrainConfig, train
 
 
 def tiny(cifar10_dir: Path, out: Path, **kw) -> TrainConfig:
@@ -72,7 +71,7 @@ def test_cli_eval_and_clear_errors(cifar10_dir, tmp_path, capsys, caplog) -> Non
 
 @pytest.mark.parametrize("cuda", [False, True])
 def test_default_bundle_configs_follow_the_hardware(tmp_path, monkeypatch, cuda) -> None:
-    from training import quickstart
+    from simclr_embed.training import quickstart
 
     monkeypatch.setattr(quickstart.torch.cuda, "is_available", lambda: cuda)
     cfg, export_cfg = quickstart.default_configs(tmp_path / "bundles/default", "cifar10")
@@ -87,7 +86,7 @@ def test_default_bundle_configs_follow_the_hardware(tmp_path, monkeypatch, cuda)
 
 
 def test_default_bundle_prefers_the_released_weights(tmp_path) -> None:
-    from training.quickstart import RELEASED_WEIGHTS, released_export_config
+    from simclr_embed.training.quickstart import RELEASED_WEIGHTS, released_export_config
 
     cfg = released_export_config(tmp_path / "b", "somewhere", RELEASED_WEIGHTS)
     assert cfg.checkpoint == str(RELEASED_WEIGHTS) and cfg.data == "somewhere"
@@ -98,7 +97,7 @@ def test_help_lists_every_command_without_importing_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys\nfrom training.cli import main\ntry:\n    main(['--help'])\n"
+    code = ("import sys\nfrom simclr_embed.training.cli import main\ntry:\n    main(['--help'])\n"
             "except SystemExit:\n    pass\nprint('TORCH', 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout

@@ -5,13 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from training.augment import Normalize
-from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from training.evaluate import extract_features, knn_accuracy
-from training.model import ModelConfig, SimCLR
-from training.quickstart import RELEASED_WEIGHTS
-from training.weights import save_weights
+from simclr_embed.training.augment import Normalize
+from simclr_embed.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from simclr_embed.training.evaluate import extract_features, knn_accuracy
+from simclr_embed.training.model import ModelConfig, SimCLR
+from simclr_embed.training.quickstart import RELEASED_WEIGHTS
+from simclr_embed.training.weights import save_weights
 
 
 def test_round_trip_keeps_encoder_head_and_metadata(tmp_path: Path) -> None:

@@ -1,0 +1,42 @@
+"""A wheel built from the repository installs one top-level name, ours, and no tests; the
+console script points into it."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_holds_only_our_namespace(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path), str(REPO)], check=True, timeout=300)
+    (wheel,) = tmp_path.glob("simclr_embed-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert tops == {"simclr_embed", next(t for t in tops if t.endswith(".dist-info"))}
+    assert not any("/tests/" in n or n.startswith("tests/") for n in names)
+    for stage in ("training", "export", "service", "benchmarks"):
+        assert f"simclr_embed/{stage}/__init__.py" in names
+    assert "simclr_embed/service/static/index.html" in names
+    entry = zipfile.ZipFile(wheel).read(
+        next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "simclr-embed = simclr_embed.training.cli:main" in entry
+
+
+def test_container_lock_covers_the_serving_dependencies() -> None:
+    """requirements/service.lock (uv pip compile, hashes) pins every serving dependency;
+    regenerate it when pyproject.toml changes (README, "Container")."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["postgres"]
+    lock = (REPO / "requirements/service.lock").read_text()
+    pinned = {re.sub(r"[-_.]+", "-", m.lower())
+              for m in re.findall(r"^([A-Za-z0-9_.\-]+)==", lock, re.MULTILINE)}
+    for req in wanted:
+        name = re.sub(r"[-_.]+", "-", re.split(r"[\[<>=~! ]", req)[0].lower())
+        assert name in pinned, f"{name} is not in requirements/service.lock"
+    assert lock.count("--hash=sha256:") >= len(pinned)
