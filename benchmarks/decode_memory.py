@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
 from simclr_embed.benchmarks.common import hardware, write_result
 
 log = logging.getLogger("decode_memory")

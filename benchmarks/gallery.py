@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from simclr_embed.benchmarks.common import hardware, write_result
 from simclr_embed.service.bundle import load_bundle
 from simclr_embed.service.gallery import Gallery, Space

@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+
 from simclr_embed.benchmarks.common import hardware, write_result
 from simclr_embed.export.build import ExportConfig, build_bundle
 from simclr_embed.training.augment import AugmentConfig

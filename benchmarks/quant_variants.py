@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from simclr_embed.benchmarks.common import hardware, write_result
 from simclr_embed.export.onnx_export import export_onnx
 from simclr_embed.export.quantize import quantize_int8

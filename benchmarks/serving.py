@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
 from simclr_embed.benchmarks import loadgen
 from simclr_embed.benchmarks.common import hardware
 from simclr_embed.benchmarks.process import ServiceProcess
@@ -73,6 +74,7 @@ def _ort_runner(bundle, precision: str, threads: int):
 
 def _torch_runner(checkpoint: str, threads: int):
     import torch
+
     from simclr_embed.export.onnx_export import build_embed_classify
     from simclr_embed.training.checkpoint import load_checkpoint
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from simclr_embed.benchmarks.common import hardware, write_result
 from simclr_embed.training.augment import AugmentConfig, Normalize, two_views
 from simclr_embed.training.distributed import simclr_loss

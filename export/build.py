@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from simclr_embed.export.onnx_export import (
     build_embed_classify,
     config_digest,
@@ -117,19 +118,24 @@ def _build(cfg: ExportConfig, out: Path) -> None:
     (out / "gallery").mkdir(parents=True)
     paths = {"fp32": out / "encoder_fp32.onnx", "int8": out / "encoder_int8.onnx"}
 
+    log.info("1/4 exporting the FP32 ONNX graph (%s exporter)", cfg.exporter)
     export_onnx(state, paths["fp32"], cfg.exporter)
     fp32 = make_session(paths["fp32"], cfg.threads)
     parity = check_parity(state, fp32, test.images[:64])
     log.info("ONNX FP32 parity vs PyTorch: max abs diff %.2e", parity)
 
     calib = stratified_subset(train, cfg.calibration_per_class, cfg.seed + 1)
+    log.info("2/4 calibrating and quantizing INT8 on %d training images", len(calib))
     quantize_int8(paths["fp32"], paths["int8"], calib.images, cfg.calibration_method,
                   cfg.activation_type, cfg.weight_type)
     sessions = {"fp32": fp32, "int8": make_session(paths["int8"], cfg.threads)}
 
     gallery = stratified_subset(train, cfg.gallery_per_class, cfg.seed)
     test = stratified_subset(test, cfg.test_per_class, cfg.seed)
+    log.info("3/4 embedding the %d-image gallery and %d test images at both precisions (the "
+             "longest step)", len(gallery), len(test))
     emb = {p: embed_all(s, gallery.images, test.images, p) for p, s in sessions.items()}
+    log.info("4/4 FP32 vs INT8: accuracy, agreement and latency")
     report = compare(emb, gallery.labels, test.labels, sessions, paths, test.images,
                      cfg.latency_rounds)
     report["parity_max_abs_diff"] = parity

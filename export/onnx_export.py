@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from simclr_embed.training.checkpoint import CheckpointError, model_from_checkpoint
 from torch import Tensor, nn
+
+from simclr_embed.training.checkpoint import CheckpointError, model_from_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from simclr_embed.service.runtime import run_batches
 from simclr_embed.training.evaluate import knn_accuracy
 

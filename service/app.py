@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+
 from simclr_embed.service import openai_api, page
 from simclr_embed.service.admission import Gate
 from simclr_embed.service.deps import NumpyJSON

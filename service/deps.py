@@ -12,6 +12,7 @@ import orjson
 from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+
 from simclr_embed.service.admission import check_api_key
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.errors import (

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from simclr_embed.service.bundle import Bundle, load_bundle, model_id
 from simclr_embed.service.errors import Overloaded
 from simclr_embed.service.gallery import Gallery, Space

@@ -9,10 +9,11 @@ from collections.abc import Sequence
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from simclr_embed.service.errors import ServiceError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
+
+from simclr_embed.service.errors import ServiceError
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
+
 from simclr_embed.service import schemas
 from simclr_embed.service.deps import EngineDep, NumpyJSON, SettingsDep, decode_all
 from simclr_embed.service.errors import BadImage, InvalidInput, NotFound

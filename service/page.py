@@ -10,6 +10,7 @@ import numpy as np
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 from PIL import Image
+
 from simclr_embed.service import schemas
 from simclr_embed.service.deps import EngineDep
 from simclr_embed.service.errors import NotFound

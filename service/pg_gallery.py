@@ -14,6 +14,7 @@ import logging
 import threading
 
 import numpy as np
+
 from simclr_embed.service.gallery import Neighbor, Space
 
 log = logging.getLogger(__name__)

@@ -18,6 +18,7 @@ import warnings
 
 import numpy as np
 from PIL import Image
+
 from simclr_embed.service.errors import BadImage, PayloadTooLarge
 
 # Pillow's own bomb check (2x its MAX_IMAGE_PIXELS) would fire inside Image.open with an error of

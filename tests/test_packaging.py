@@ -22,7 +22,7 @@ def test_wheel_holds_only_our_namespace(tmp_path: Path) -> None:
     assert "simclr_embed/service/static/index.html" in names
     entry = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert "simclr-embed = simclr_embed.training.cli:main" in entry
+    assert "simclr-embed = simclr_embed.cli:main" in entry
 
 
 def test_container_lock_covers_the_serving_dependencies() -> None:

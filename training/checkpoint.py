@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from simclr_embed.training.model import ModelConfig, SimCLR
 
 FORMAT = "simclr-embed/checkpoint"

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from simclr_embed.service.preprocess import to_square_rgb
 from tqdm import tqdm
+
+from simclr_embed.service.preprocess import to_square_rgb
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
-from simclr_embed.training.loss import info_nce
 from torch import Tensor
+
+from simclr_embed.training.loss import info_nce
 
 
 def init_from_env(device_type: str) -> tuple[int, int]:

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from simclr_embed.training.augment import AugmentConfig, resized_crop_flip, sample_crop_boxes
 from torch import Tensor, nn
 from tqdm import tqdm
+
+from simclr_embed.training.augment import AugmentConfig, resized_crop_flip, sample_crop_boxes
 
 _probe_crop = AugmentConfig(crop_scale=(0.08, 1.0))  # the probe's crop: RandomResizedCrop only
 

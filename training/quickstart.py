@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import torch
+
 from simclr_embed.export.build import ExportConfig, build_bundle
 from simclr_embed.training.train import TrainConfig, train
 

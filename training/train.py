@@ -3,7 +3,7 @@ checkpoint -> linear probe -> run directory with metrics and plots.
 
 CUDA first (bf16 autocast, channels_last, optional torch.compile, data resident on the GPU),
 CPU otherwise (bf16 autocast + channels_last). Multi-GPU: `torchrun --nproc-per-node N -m
-training.cli train ...`; each rank takes batch_size / N images and sees the global negatives.
+simclr_embed.cli train ...`; each rank takes batch_size / N images and sees the global negatives.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+from tqdm import tqdm
+
 from simclr_embed.training import distributed
 from simclr_embed.training.augment import AugmentConfig, Normalize, two_views
 from simclr_embed.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -32,8 +35,6 @@ from simclr_embed.training.evaluate import (
 )
 from simclr_embed.training.model import ModelConfig, SimCLR
 from simclr_embed.training.optim import WarmupCosine, build_optimizer
-from torch import nn
-from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
+
 from simclr_embed.service import schemas
 from simclr_embed.service.deps import (
     AuthDep,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
+
 from simclr_embed.service import schemas
 from simclr_embed.service.deps import EngineDep, SettingsDep
 

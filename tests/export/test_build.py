@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+
 from simclr_embed.export.build import ExportConfig, ExportError, build_bundle, check_parity
 from simclr_embed.export.onnx_export import build_embed_classify, export_onnx
 from simclr_embed.service.bundle import BundleError, load_bundle

@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+
 from simclr_embed.benchmarks.process import ServiceProcess
 
 API_KEY = "test-key"

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import httpx
 import numpy as np
-from simclr_embed.benchmarks.process import ServiceProcess
 
+from simclr_embed.benchmarks.process import ServiceProcess
 from tests.service.conftest import API_KEY
 
 KEY = {"x-api-key": API_KEY}

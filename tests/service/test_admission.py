@@ -14,10 +14,10 @@ import time
 import httpx
 import numpy as np
 from PIL import Image
+
 from simclr_embed.service.admission import Gate
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.settings import Settings
-
 from tests.service.conftest import API_KEY, Server, png
 
 IMG = png(np.random.default_rng(1).integers(0, 256, (32, 32, 3), np.uint8))
@@ -164,7 +164,7 @@ def test_required_key_without_a_key_refuses_to_start(bundle_dir, tmp_path):
 def run_serve(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([sys.executable, "-m", "simclr_embed.training.cli", "serve", *args],
+    return subprocess.run([sys.executable, "-m", "simclr_embed.cli", "serve", *args],
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
 
 

@@ -9,10 +9,10 @@ import sys
 import httpx
 import numpy as np
 import pytest
+
 from simclr_embed.service.bundle import load_bundle
 from simclr_embed.service.runtime import make_session, run_batches
 from simclr_embed.training.data import stratified_subset
-
 from tests.service.conftest import png
 
 
@@ -132,7 +132,7 @@ def test_ops_endpoints_and_openapi(client) -> None:
 
 def test_service_never_imports_torch() -> None:
     code = ("import sys\nfrom simclr_embed.service import app, engine, gallery, bundle, "
-            "preprocess\nfrom simclr_embed.training import cli\ncli.build_parser('serve')\n"
+            "preprocess\nfrom simclr_embed import cli\ncli.build_parser('serve')\n"
             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr
@@ -143,6 +143,7 @@ def test_service_never_imports_torch() -> None:
 def test_any_size_and_common_formats(client, bundle_dir, test_images, fmt, size) -> None:
     """Decoded, converted to RGB and framed by the same resize the training decoder uses."""
     from PIL import Image
+
     from simclr_embed.service.preprocess import to_square_rgb
 
     buf = io.BytesIO()

@@ -12,8 +12,8 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
-from simclr_embed.service.preprocess import decode_image, to_square_rgb
 
+from simclr_embed.service.preprocess import decode_image, to_square_rgb
 from tests.service.conftest import png
 
 # Formats Pillow can both write and read; each gets its truncation test.

@@ -10,12 +10,12 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+
 from simclr_embed.service.deps import ready_engine
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.errors import NotReady
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.settings import Settings
-
 from tests.service.conftest import API_KEY, Server, png
 
 IMG = np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from simclr_embed.service.gallery import Gallery, GalleryMismatch, Space, SQLiteStore
 
+from simclr_embed.service.gallery import Gallery, GalleryMismatch, Space, SQLiteStore
 from tests.service.conftest import API_KEY, Server
 from tests.service.gallery_chaos import KEY, chaos_rounds, check_ledger, unit
 
@@ -123,7 +123,7 @@ def test_another_models_gallery_is_refused_at_startup(bundle_dir, tmp_path) -> N
     data = tmp_path / "data"
     SQLiteStore(data / "gallery-int8.sqlite3", Space("other-model", "int8", 512))
     env = {**os.environ, "SIMCLR_EMBED_DATA_DIR": str(data), "SIMCLR_EMBED_API_KEY": API_KEY}
-    r = subprocess.run([sys.executable, "-m", "simclr_embed.training.cli", "serve",
+    r = subprocess.run([sys.executable, "-m", "simclr_embed.cli", "serve",
                         str(bundle_dir)], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "belongs to model other-model" in r.stderr
     # Another precision is another space, kept in its own database: fp32 starts.

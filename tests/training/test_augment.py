@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+
 from simclr_embed.training.augment import (
     AugmentConfig,
     Normalize,

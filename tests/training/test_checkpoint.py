@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from simclr_embed.training import checkpoint as ckpt_mod
 from simclr_embed.training.checkpoint import (
     CheckpointError,

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
 from simclr_embed.training import data
 from simclr_embed.training.data import DataError, channel_stats, load_dataset, stratified_subset
 

@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+
 from simclr_embed.training.distributed import simclr_loss
 from simclr_embed.training.loss import info_nce
 
@@ -59,7 +60,7 @@ def test_torchrun_training_loop_on_two_cpu_processes(cifar10_dir: Path, tmp_path
 
     out = tmp_path / "run"
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-              "-m", "simclr_embed.training.cli", "train", "--out-dir", str(out)]
+              "-m", "simclr_embed.cli", "train", "--out-dir", str(out)]
     subprocess.run([*launch, "--data", str(cifar10_dir), "--device", "cpu",
                     "--train-per-class", "8", "--test-per-class", "4", "--epochs", "2",
                     "--batch-size", "32", "--warmup-epochs", "1", "--knn-every", "1",

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from simclr_embed.training.train import TrainConfig, train
 
 pytestmark = pytest.mark.slow

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from simclr_embed.training.loss import info_nce
 
 

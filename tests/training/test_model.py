@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from simclr_embed.training.model import ModelConfig, SimCLR, resnet18_cifar
 
 

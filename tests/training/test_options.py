@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from simclr_embed.cli import build_parser, config_from_args
 from simclr_embed.training import data
 from simclr_embed.training.augment import Normalize
-from simclr_embed.training.cli import build_parser, config_from_args
 from simclr_embed.training.evaluate import linear_probe_augmented
 from simclr_embed.training.model import ModelConfig, SimCLR
 from simclr_embed.training.train import TrainConfig, autocast_dtype, train

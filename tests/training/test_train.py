@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from simclr_embed.cli import main
 from simclr_embed.training.checkpoint import load_checkpoint
-from simclr_embed.training.cli import main
 from simclr_embed.training.train import TrainConfig, train
 
 
@@ -97,7 +98,7 @@ def test_help_lists_every_command_without_importing_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys\nfrom simclr_embed.training.cli import main\ntry:\n    main(['--help'])\n"
+    code = ("import sys\nfrom simclr_embed.cli import main\ntry:\n    main(['--help'])\n"
             "except SystemExit:\n    pass\nprint('TORCH', 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout

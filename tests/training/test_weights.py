@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from simclr_embed.training.augment import Normalize
 from simclr_embed.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from simclr_embed.training.evaluate import extract_features, knn_accuracy

@@ -1,5 +1,6 @@
-"""`simclr-embed`: one entry point, one subcommand per stage. Heavy imports (torch) happen inside
-the subcommand that needs them, so `--help` is instant and serving never imports torch."""
+"""`simclr-embed`: one entry point on top of the stages, one subcommand per stage. Heavy
+imports (torch) happen inside the subcommand that needs them, so `--help` is instant and
+serving never imports torch."""
 
 from __future__ import annotations
 
