@@ -52,8 +52,3 @@ class Overloaded(ServiceError):
 class RequestTimeout(ServiceError):
     status, code = 408, "request_timeout"
 
-
-class ClientGone(ServiceError):
-    """The client closed the connection before its answer was worth computing (nginx's 499)."""
-
-    status, code = 499, "client_closed_request"

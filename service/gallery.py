@@ -234,11 +234,15 @@ class Gallery:
             if i in self.by_id:
                 self._remove(i)
         internal = np.arange(self.next, self.next + len(ids), dtype=np.int64)
-        self.next += len(ids)
         self.index.add_with_ids(np.ascontiguousarray(emb, np.float32), internal)
-        for n, i, lab in zip(internal.tolist(), ids, labels, strict=True):
+        self._register(ids, labels)
+
+    def _register(self, ids: list[str], labels: list[str | None]) -> None:
+        """Name the next len(ids) internal ids, which the index holds already."""
+        for n, i, lab in zip(range(self.next, self.next + len(ids)), ids, labels, strict=True):
             self.ids[n] = (i, lab)
             self.by_id[i] = n
+        self.next += len(ids)
         self.sorted_ids = None
 
     def _remove(self, id_: str) -> None:
@@ -267,11 +271,8 @@ class Gallery:
     def load(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
         """The bundle's gallery, then every stored change over it."""
         self.store = SQLiteStore(self.db_path, self.space)
-        self.index = self._bundle_index(np.ascontiguousarray(emb, np.float32))
-        for n, (i, lab) in enumerate(zip(ids, labels, strict=True)):
-            self.ids[n] = (i, lab)
-            self.by_id[i] = n
-        self.next = len(ids)
+        self.index = self._bundle_index(np.ascontiguousarray(emb, np.float32))  # ids 0..n-1
+        self._register(ids, labels)
         with self.lock.write():
             self._catch_up()
         log.info("gallery: %d vectors (%d stored changes applied, %s)", len(self), self.applied,

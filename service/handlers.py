@@ -73,7 +73,8 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, _: ClientDisconnect) -> JSONResponse:
-        """The client left while its body was being read: counted, not logged as a crash."""
+        """The client left (while its body was read, or before its decode or model batch):
+        counted, answered with nginx's 499, not logged as a crash."""
         request.app.state.metrics.client_gone.inc()
         return error_response(499, "client_closed_request", "client closed the connection")
 

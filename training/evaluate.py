@@ -14,7 +14,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from simclr_embed.training.augment import AugmentConfig, resized_crop_flip, sample_crop_boxes
+from simclr_embed.training.augment import (
+    AugmentConfig,
+    Normalize,
+    resized_crop_flip,
+    sample_crop_boxes,
+)
 
 _probe_crop = AugmentConfig(crop_scale=(0.08, 1.0))  # the probe's crop: RandomResizedCrop only
 
@@ -150,7 +155,7 @@ def linear_probe_augmented(
     train_labels: np.ndarray,
     test_images: np.ndarray,
     test_labels: np.ndarray,
-    norm: Callable[[Tensor], Tensor],
+    norm: Normalize,
     num_classes: int,
     epochs: int,
     device: torch.device,
@@ -193,7 +198,7 @@ def linear_probe_augmented(
             total += loss.detach() * len(idx)
         row = {"epoch": epoch, "loss": total.item() / len(labels)}
         if epoch % 10 == 0 or epoch == epochs:  # a test pass costs a fifth of an epoch
-            test_f = extract_features(encoder, test_images, norm_uint8(norm), device,
+            test_f = extract_features(encoder, test_images, norm.uint8, device,
                                       autocast_dtype=autocast_dtype, desc="probe test")
             row["test_top1"] = linear_accuracy(head.cpu(), test_f, test_y)
             head.to(device)
@@ -209,8 +214,3 @@ def encoder_dim(encoder: nn.Module, device: torch.device) -> int:
     dim = encoder(torch.zeros(1, 3, 32, 32, device=device)).shape[1]
     encoder.train(was_training)
     return int(dim)
-
-
-def norm_uint8(norm: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """(B, H, W, 3) uint8 -> normalized (B, 3, H, W) float, through `norm`."""
-    return lambda images: norm(images.permute(0, 3, 1, 2).float() / 255)
