@@ -134,6 +134,53 @@ def _run_export(args: argparse.Namespace) -> None:
     build_bundle(cfg)
 
 
+def _audit_parser(sub: argparse._SubParsersAction) -> None:
+    from simclr_embed.training.audit import AuditConfig
+
+    p = sub.add_parser("audit", help=STAGE_HELP["audit"], description="Alignment and uniformity "
+                       "of h and z, invariance per augmentation, and a background probe "
+                       "(GrabCut masks; noise / other-class / removed backgrounds) of a training "
+                       "checkpoint (.pt), released weights (.safetensors) or a bundle directory.")
+    p.add_argument("source", help="checkpoint, weights file or bundle directory")
+    _add_dataclass_args(p, AuditConfig, skip=("source",))
+    p.set_defaults(func=_run_audit)
+
+
+def _run_audit(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from simclr_embed.training.audit import AuditConfig, audit_markdown, run_audit, write_report
+
+    v = vars(args)
+    cfg = AuditConfig(**{f.name: v[f.name] for f in dataclasses.fields(AuditConfig)})
+    path = write_report(run_audit(cfg), Path(cfg.out))
+    sys.stdout.write(audit_markdown(json.loads(path.read_text())))
+    log.info("report: %s", path)
+
+
+def _ablate_parser(sub: argparse._SubParsersAction) -> None:
+    from simclr_embed.training.ablate import AblateConfig
+
+    p = sub.add_parser("ablate", help=STAGE_HELP["ablate"], description="Train a grid of "
+                       "temperature x projection-head depth with one budget and seed; report "
+                       "kNN / linear top-1, alignment and uniformity, and which one tracks "
+                       "accuracy. Re-running continues an interrupted grid.")
+    p.add_argument("--temperatures", type=float, nargs="+", default=[0.05, 0.1, 0.2])
+    p.add_argument("--head-layers", type=int, nargs="+", default=[1, 2],
+                   help="Linear layers in the projection head: 1 = linear, 2 = one hidden layer")
+    _add_dataclass_args(p, AblateConfig, skip=("temperatures", "head_layers"))
+    p.set_defaults(func=_run_ablate)
+
+
+def _run_ablate(args: argparse.Namespace) -> None:
+    from simclr_embed.training.ablate import AblateConfig, run_ablation
+
+    v = vars(args)
+    cfg = AblateConfig(**{f.name: tuple(v[f.name]) if isinstance(v[f.name], list) else v[f.name]
+                          for f in dataclasses.fields(AblateConfig)})
+    run_ablation(cfg)
+
+
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the HTTP service on a model bundle (no torch needed)",
                        description="Serve embed, search and classify over HTTP. Every option "
@@ -194,7 +241,11 @@ def _unavailable(sub: argparse._SubParsersAction, name: str, err: ImportError) -
 
 STAGE_HELP = {"train": "train SimCLR, then kNN + linear-probe evaluation (needs torch)",
               "eval": "kNN + linear probe of a checkpoint (needs torch)",
-              "export": "checkpoint -> ONNX FP32 + INT8 -> verified model bundle (needs torch)"}
+              "export": "checkpoint -> ONNX FP32 + INT8 -> verified model bundle (needs torch)",
+              "audit": "alignment, uniformity, invariance and background reliance of a model "
+                       "(needs torch)",
+              "ablate": "temperature x head-depth grid: accuracy vs alignment and uniformity "
+                        "(needs torch)"}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -203,7 +254,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simclr-embed", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    stages = {"train": _train_parser, "eval": _eval_parser, "export": _export_parser}
+    stages = {"train": _train_parser, "eval": _eval_parser, "export": _export_parser,
+              "audit": _audit_parser, "ablate": _ablate_parser}
     for name, register in stages.items():
         if command != name:  # listed, not built: its parser imports torch
             sub.add_parser(name, help=STAGE_HELP[name])

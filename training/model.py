@@ -20,10 +20,12 @@ class ModelConfig:
     arch: str = "resnet18"
     proj_hidden_dim: int = 2048
     proj_out_dim: int = 128
-    proj_layers: int = 1  # hidden layers in g: 1 -> 512-2048-128, 2 -> 512-2048-2048-128
+    # hidden layers in g: 0 -> linear 512-128, 1 -> 512-2048-128, 2 -> 512-2048-2048-128
+    proj_layers: int = 1
 
 
 ARCHS = ("resnet18",)
+PROJ_LAYERS = (0, 1, 2, 3)  # 0: a linear g, as SimCLR's ablation of the head compares
 
 
 def resnet18_cifar() -> nn.Module:
@@ -41,8 +43,8 @@ class ProjectionHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, hidden_layers: int) -> None:
         super().__init__()
-        if hidden_layers not in (1, 2):
-            raise ValueError(f"proj_layers must be 1 or 2, got {hidden_layers}")
+        if hidden_layers not in PROJ_LAYERS:
+            raise ValueError(f"proj_layers must be one of {PROJ_LAYERS}, got {hidden_layers}")
         layers: list[nn.Module] = []
         dim = in_dim
         for _ in range(hidden_layers):

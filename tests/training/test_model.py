@@ -19,7 +19,7 @@ def test_cifar_stem_keeps_resolution_into_the_first_stage() -> None:
     assert net.layer1(net.maxpool(x)).shape == (1, 64, 32, 32)
 
 
-@pytest.mark.parametrize(("layers", "linears"), [(1, 2), (2, 3)])
+@pytest.mark.parametrize(("layers", "linears"), [(0, 1), (1, 2), (2, 3)])
 def test_projection_head_depth(layers: int, linears: int) -> None:
     model = SimCLR(ModelConfig(proj_layers=layers, proj_hidden_dim=64, proj_out_dim=16))
     lin = [m for m in model.projector.modules() if isinstance(m, torch.nn.Linear)]
@@ -30,8 +30,8 @@ def test_projection_head_depth(layers: int, linears: int) -> None:
 def test_bad_config_names_valid_choices() -> None:
     with pytest.raises(ValueError, match="resnet18"):
         SimCLR(ModelConfig(arch="vit"))
-    with pytest.raises(ValueError, match="1 or 2"):
-        SimCLR(ModelConfig(proj_layers=3))
+    with pytest.raises(ValueError, match=r"\(0, 1, 2, 3\)"):
+        SimCLR(ModelConfig(proj_layers=4))
 
 
 def test_channels_last_matches_contiguous() -> None:
