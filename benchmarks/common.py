@@ -10,7 +10,7 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-PACKAGES = ("torch", "torchvision", "onnx", "onnxruntime", "numpy")
+PACKAGES = ("torch", "torchvision", "onnx", "onnxruntime", "openvino", "numpy")
 
 
 def hardware() -> dict:

@@ -24,8 +24,10 @@ class ServiceProcess:
     """`simclr-embed serve` in a subprocess on 127.0.0.1:<free port>, configured through
     SIMCLR_EMBED_* variables; its output goes to `log_path`."""
 
-    def __init__(self, bundle: Path, data_dir: Path, log_path: Path, **env: str) -> None:
+    def __init__(self, bundle: Path, data_dir: Path, log_path: Path,
+                 module: str = "simclr_embed.cli serve", **env: str) -> None:
         self.bundle, self.data_dir, self.log_path, self.env = bundle, data_dir, log_path, env
+        self.module = module  # `python -m` this: the service, or a baseline server
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -45,7 +47,7 @@ class ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "simclr_embed.cli", "serve"],
+                [sys.executable, "-m", *self.module.split()],
                 env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,22 +1,31 @@
-"""INT8 vs FP32 vs PyTorch, in process and over HTTP, side by side in one run.
+"""Serving performance in one run, every comparison interleaved round by round so that the
+VM's drift hits all variants alike; each goal of issue #11 is a ratio within this run.
 
-    python -m benchmarks.serving --bundle bundles/default            # full: minutes
-    python -m benchmarks.serving --bundle bundles/default --quick    # CI: seconds, still real
+    python -m benchmarks.serving --bundle bundles/default            # full: ~10 minutes
+    python -m benchmarks.serving --bundle bundles/default --quick    # CI: about a minute
 
-In process (same real images, threads fixed): PyTorch eager FP32, ORT FP32, ORT INT8 latency at
-batch 1 and throughput at batch 8/32/64, variants interleaved round by round. Over HTTP (a real
-server started here per precision): sequential embed/search/classify latency, then closed-loop
-load at 1/8/32/64 clients. Writes JSON, a Markdown summary and PNG plots.
+engines  the raw model in process: ONNX Runtime FP32 / INT8 and, where installed, OpenVINO
+         reading the same ONNX files, at batch 1 and 64.
+http     our service and the naive baseline (benchmarks/naive_server.py) on the same INT8 model,
+         one 32x32 PNG per request: wrk (closed loop) at 1 and 32 connections, hey (open loop) at
+         fixed offered rates; each load generator's own CPU time is recorded.
+search   a 50k x 512 gallery with the service's default index settings against exact search.
+
+Writes serving.json, serving.md and serving.png to --out.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import csv
+import importlib.util
 import io
 import json
 import logging
+import os
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -24,14 +33,27 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from simclr_embed.benchmarks import loadgen
 from simclr_embed.benchmarks.common import hardware
 from simclr_embed.benchmarks.process import ServiceProcess
 from simclr_embed.service.bundle import load_bundle
 from simclr_embed.service.runtime import make_session
+from simclr_embed.service.settings import Settings
 
 log = logging.getLogger("benchmarks.serving")
-PRECISIONS = ("int8", "fp32")
+SERVERS = {"service": ("simclr_embed.cli serve", {}),
+           "service_openvino": ("simclr_embed.cli serve", {"SIMCLR_EMBED_PROVIDER": "openvino"}),
+           "naive": ("simclr_embed.benchmarks.naive_server", {})}
+GOALS = {  # name: (target, "min" = value must be at least the target, "max" = at most)
+    "int8_vs_fp32_b1": (4.0, "min"), "int8_vs_fp32_b64": (4.0, "min"),
+    "http_p50_vs_engine_b1": (1.5, "max"), "throughput_32_vs_engine_b64": (0.75, "min"),
+    "throughput_32_vs_naive": (1.6, "min"), "p99_ms_at_32": (100.0, "max"),
+    "openvino_int8_vs_fp32_b1": (4.0, "min"), "openvino_int8_vs_fp32_b64": (4.0, "min"),
+    "openvino_http_p50_vs_engine_b1": (1.5, "max"),
+    "openvino_throughput_32_vs_engine_b64": (0.75, "min"),
+    "openvino_throughput_32_vs_naive": (1.6, "min"), "openvino_p99_ms_at_32": (100.0, "max"),
+    "search_p50_ms_50k": (1.0, "max"), "search_recall_at_10": (0.99, "min"),
+    "restart_s_50k": (2.0, "max"),
+}
 
 
 def pct(values: list[float]) -> dict[str, float]:
@@ -41,161 +63,219 @@ def pct(values: list[float]) -> dict[str, float]:
             "mean_ms": float(a.mean()), "stdev_ms": float(a.std())}
 
 
-def in_process(bundle, checkpoint: str | None, images: np.ndarray, threads: int, rounds: int,
-               reps: int, batches: tuple[int, ...]) -> dict:
-    """Latency samples (ms) per variant and batch, interleaved so drift hits all alike."""
-    runners = {f"ort_{p}": _ort_runner(bundle, p, threads) for p in PRECISIONS}
-    if checkpoint:
-        runners = {"torch_fp32": _torch_runner(checkpoint, threads), **runners}
-    samples: dict[str, dict[int, list[float]]] = {k: {b: [] for b in batches} for k in runners}
-    for b in batches:
-        for run in runners.values():
-            run(images[:b])  # warm-up per shape
+# --- engines ----------------------------------------------------------------------------------
+def runners(bundle, threads: int) -> dict:
+    """name -> session: each runtime on each of the bundle's encoders, with the session settings
+    the service runs with."""
+    out, spinning = {}, Settings().ort_spinning
+    for provider, prefix in (("cpu", "ort"), ("openvino", "openvino")):
+        for precision in ("fp32", "int8"):
+            try:
+                out[f"{prefix}_{precision}"] = make_session(
+                    bundle.encoder_path(precision), threads, provider, spinning)
+            except ValueError as e:  # openvino not installed
+                log.warning("%s", e)
+    return out
+
+
+def accuracy(sessions: dict, data: str, per_class: int) -> dict:
+    """Top-1 of the graph's linear head and mean cosine to ORT FP32, per engine, on real test
+    images: the INT8 accuracy gates hold for whichever runtime serves."""
+    from simclr_embed.training.data import load_dataset, stratified_subset
+
+    test = stratified_subset(load_dataset(data)[1], per_class, seed=0)
+    outs = {k: s.run(None, {"pixels": test.images}) for k, s in sessions.items()}
+    ref = outs["ort_fp32"][0]
+    return {k: {"linear_top1": 100 * float((lg.argmax(1) == test.labels).mean()),
+                "cosine_to_ort_fp32_mean": float((emb * ref).sum(1).mean()),
+                "images": len(test.labels)} for k, (emb, lg) in outs.items()}
+
+
+def engines(bundle, images: np.ndarray, threads: int, rounds: int, reps: int) -> dict:
+    """Latency (ms) per runtime x precision at batch 1 and 64, interleaved."""
+    sessions = runners(bundle, threads)
+    samples = {k: {1: [], 64: []} for k in sessions}
+    for session in sessions.values():
+        for b in (1, 64):
+            session.run(None, {"pixels": images[:b]})
     for _ in range(rounds):
-        for b in batches:
-            for name, run in runners.items():
-                for _ in range(reps if b == 1 else max(1, reps // 4)):
+        for b in (1, 64):
+            for name, session in sessions.items():
+                for _ in range(reps if b == 1 else max(2, reps // 8)):
                     t0 = time.perf_counter()
-                    run(images[:b])
+                    session.run(None, {"pixels": images[:b]})
                     samples[name][b].append((time.perf_counter() - t0) * 1000)
-    out = {}
-    for name, per_batch in samples.items():
-        out[name] = {f"b{b}": pct(v) | {"images_per_s": b * 1000 / statistics.median(v)}
-                     for b, v in per_batch.items()}
-        out[name]["b1_samples_ms"] = per_batch[1]
-    return out
+    return {name: {"b1": pct(s[1]), "b64": pct(s[64]) | {
+        "images_per_s": 64_000 / statistics.median(s[64])}} for name, s in samples.items()}
 
 
-def _ort_runner(bundle, precision: str, threads: int):
-    session = make_session(bundle.encoder_path(precision), threads)
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})
+# --- HTTP, driven by wrk (closed loop) and hey (open loop) ------------------------------------
+WRK_SCRIPT = Path(__file__).with_name("wrk") / "post_file.lua"
 
 
-def _torch_runner(checkpoint: str, threads: int):
-    import torch
-
-    from simclr_embed.export.onnx_export import build_embed_classify
-    from simclr_embed.training.checkpoint import load_checkpoint
-
-    torch.set_num_threads(threads)
-    model = build_embed_classify(load_checkpoint(checkpoint))
-
-    def run(x: np.ndarray):
-        with torch.inference_mode():
-            return model(torch.from_numpy(x))
-
-    return run
+def _tool(name: str) -> str:
+    exe = shutil.which(name)
+    if exe is None:
+        raise SystemExit(f"{name} is not installed: apt-get install {name} (Debian)")
+    return exe
 
 
-def encode_pngs(images: np.ndarray) -> list[bytes]:
-    out = []
-    for x in images:
-        buf = io.BytesIO()
-        Image.fromarray(x).save(buf, "PNG")
-        out.append(buf.getvalue())
-    return out
+def _run(cmd: list[str], env: dict | None = None) -> tuple[str, float, float]:
+    """(stdout, wall seconds, the tool's own CPU seconds)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    out = proc.stdout.read()
+    _, _, usage = os.wait4(proc.pid, 0)  # rusage of the load generator alone
+    return out, time.perf_counter() - t0, usage.ru_utime + usage.ru_stime
 
 
-def over_http(bundle_dir: Path, precision: str, pngs: list[bytes], threads: int, seq_n: int,
-              concurrency: tuple[int, ...], seconds: float, workdir: Path) -> dict:
-    srv = ServiceProcess(bundle_dir, workdir / f"data-{precision}",
-                         workdir / f"server-{precision}.log", SIMCLR_EMBED_PRECISION=precision,
-                         SIMCLR_EMBED_THREADS=str(threads)).start()
+def wrk(url: str, body: Path, clients: int, seconds: float) -> dict:
+    """Closed loop: `clients` connections, each sending its next request on the last answer."""
+    env = {**os.environ, "WRK_BODY": str(body), "WRK_TYPE": "image/png"}
+    out, wall, cpu = _run([_tool("wrk"), "-t1", f"-c{clients}", f"-d{seconds}s",
+                           "-s", str(WRK_SCRIPT), url], env)
+    r = json.loads(out.strip().splitlines()[-1])
+    ms = {k.replace("_us", "_ms"): v / 1000 for k, v in r.items() if k.endswith("_us")}
+    ok = r["requests"] - r["non2xx"]
+    return ms | {"clients": clients, "requests": r["requests"], "non2xx": r["non2xx"],
+                 "socket_errors": r["socket_errors"],
+                 "requests_per_s": ok / (r["duration_us"] / 1e6), "tool_cpu_s": cpu,
+                 "tool_cpu_share_of_cores": cpu / (wall * os.cpu_count())}
+
+
+def hey(url: str, body: Path, clients: int, seconds: float, qps: float) -> dict:
+    """Open loop at clients x qps offered requests/s (hey -q paces each client; a client falls
+    behind its schedule only when an answer takes longer than 1/qps)."""
+    out, wall, cpu = _run([_tool("hey"), "-o", "csv", "-c", str(clients), "-q", f"{qps:g}",
+                           "-z", f"{seconds}s", "-m", "POST", "-T", "image/png",
+                           "-D", str(body), url])
+    rows = list(csv.DictReader(io.StringIO(out)))
+    ok = [float(r["response-time"]) * 1000 for r in rows if r["status-code"] == "200"]
+    return pct(ok or [float("nan")]) | {
+        "clients": clients, "offered_per_s": clients * qps, "requests": len(rows),
+        "non2xx": len(rows) - len(ok), "requests_per_s": len(ok) / wall, "tool_cpu_s": cpu,
+        "tool_cpu_share_of_cores": cpu / (wall * os.cpu_count())}
+
+
+def http(bundle_dir: Path, png: Path, threads: int, rounds: int, seconds: float,
+         rates: tuple[int, ...], workdir: Path) -> dict:
+    """Both servers up side by side (one idles while the other is measured), round by round."""
+    procs = {name: ServiceProcess(bundle_dir, workdir / f"data-{name}", workdir / f"{name}.log",
+                                  module=module, SIMCLR_EMBED_THREADS=str(threads), **env).start()
+             for name, (module, env) in SERVERS.items()
+             if "openvino" not in name or importlib.util.find_spec("openvino")}
+    res: dict = {n: {"sequential": [], "closed_32": [], "open": {r: [] for r in rates}}
+                 for n in procs}
     try:
-        result: dict = {"rss_mb_start": srv.rss_mb(), "sequential": {}, "load": []}
-        for route in ("embed", "search", "classify"):
-            reqs = [loadgen.raw_request(f"/v1/{route}", p, "image/png") for p in pngs]
-            lat = asyncio.run(loadgen.sequential("127.0.0.1", srv.port, reqs, seq_n))
-            result["sequential"][route] = pct(lat)
-            if route == "embed":
-                result["embed_samples_ms"] = lat
-            log.info("%s %s sequential p50 %.2f ms", precision, route, np.median(lat))
-        reqs = [loadgen.raw_request("/v1/embed", p, "image/png") for p in pngs]
-        for c in concurrency:
-            res = asyncio.run(loadgen.run_load("127.0.0.1", srv.port, reqs, c, seconds))
-            result["load"].append(res.summary())
-            s = result["load"][-1]
-            log.info("%s c=%d: %.0f req/s p50 %.1f p99 %.1f ms errors %d (client CPU %.0f %%)",
-                     precision, c, s["requests_per_s"], s["p50_ms"], s["p99_ms"], s["errors"],
-                     100 * s["client_cpu_share_of_2_cores"])
-        result["rss_mb_end"] = srv.rss_mb()
+        for r in range(rounds):
+            for name, srv in procs.items():
+                url = srv.url + "/v1/embed"
+                res[name]["sequential"].append(wrk(url, png, 1, seconds))
+                res[name]["closed_32"].append(wrk(url, png, 32, seconds))
+                for rate in rates:  # 10 req/s per client: a client falls behind only past 100 ms
+                    res[name]["open"][rate].append(hey(url, png, rate // 10, seconds, qps=10))
+                log.info("round %d %s: sequential p50 %.2f ms, 32 clients %.0f req/s p99 %.1f ms",
+                         r, name, res[name]["sequential"][-1]["p50_ms"],
+                         res[name]["closed_32"][-1]["requests_per_s"],
+                         res[name]["closed_32"][-1]["p99_ms"])
+        for name, srv in procs.items():
+            res[name]["rss_mb"] = srv.rss_mb()
     finally:
-        srv.stop()
-    return result
+        for srv in procs.values():
+            srv.stop()
+    return res
 
 
-def overload(bundle_dir: Path, pngs: list[bytes], threads: int, queue: int, clients: int,
-             seconds: float, workdir: Path) -> dict:
-    """More clients than a small image queue admits: what the bound does (503 + Retry-After)."""
-    srv = ServiceProcess(bundle_dir, workdir / "data-overload", workdir / "server-overload.log",
-                         SIMCLR_EMBED_THREADS=str(threads),
-                         SIMCLR_EMBED_MAX_QUEUE_IMAGES=str(queue)).start()
-    try:
-        reqs = [loadgen.raw_request("/v1/embed", p, "image/png") for p in pngs]
-        res = asyncio.run(loadgen.run_load("127.0.0.1", srv.port, reqs, clients, seconds))
-        after = asyncio.run(loadgen.sequential("127.0.0.1", srv.port, reqs, 50))
-    finally:
-        srv.stop()
-    return {"max_queue_images": queue, **res.summary(),
-            "lone_request_after_burst_p50_ms": float(np.median(after))}
+def median_of(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
 
 
-def ratios(res: dict) -> dict:
-    ip, http = res["in_process"], res["http"]
-    batches = [b for b in ip["ort_int8"] if not b.endswith("_ms")]
-    best_batch = max(batches, key=lambda b: ip["ort_int8"][b]["images_per_s"])
-    embed_p50 = {p: http[p]["sequential"]["embed"]["p50_ms"] for p in PRECISIONS}
-    out = {
-        "int8_speedup_in_process_b1":
-            ip["ort_fp32"]["b1"]["p50_ms"] / ip["ort_int8"]["b1"]["p50_ms"],
-        "int8_speedup_http_embed_p50": embed_p50["fp32"] / embed_p50["int8"],
-    }
-    for p in PRECISIONS:
-        raw = ip[f"ort_{p}"]
-        peak = max(x["requests_per_s"] for x in http[p]["load"])
-        out[f"{p}_http_overhead_p50"] = embed_p50[p] / raw["b1"]["p50_ms"]
-        out[f"{p}_service_vs_engine_throughput"] = peak / raw[best_batch]["images_per_s"]
-    if "torch_fp32" in ip:
-        out["int8_vs_torch_b1"] = ip["torch_fp32"]["b1"]["p50_ms"] / ip["ort_int8"]["b1"]["p50_ms"]
+# --- search -------------------------------------------------------------------------------------
+def search(bundle_dir: Path, data: str, n: int) -> dict:
+    from simclr_embed.benchmarks.gallery import restart_times, run_backend, vectors
+    from simclr_embed.service.gallery import Gallery, Space
+
+    s = Settings()
+    base, queries = vectors(bundle_dir, data, n)
+    exact = np.argsort(-(queries @ base.T), axis=1)[:, :10]
+    with tempfile.TemporaryDirectory() as tmp:
+        row = run_backend(f"embedded {s.index}", lambda: Gallery(
+            Space("bench", "int8", base.shape[1]), Path(tmp) / "g.sqlite3", s.index, s.hnsw_m,
+            s.hnsw_ef_search), base, queries, exact)
+    return row | {"restart": restart_times(bundle_dir, rounds=2)}
+
+
+# --- report -------------------------------------------------------------------------------------
+def ratios(res: dict) -> dict[str, float]:
+    e, h = res["engines"], res["http"]
+    served, fp32 = e["ort_int8"], e["ort_fp32"]
+    out = {"int8_vs_fp32_b1": fp32["b1"]["p50_ms"] / served["b1"]["p50_ms"],
+           "int8_vs_fp32_b64": fp32["b64"]["p50_ms"] / served["b64"]["p50_ms"],
+           "http_p50_vs_engine_b1": median_of(h["service"]["sequential"], "p50_ms")
+           / served["b1"]["p50_ms"],
+           "naive_http_p50_vs_engine_b1": median_of(h["naive"]["sequential"], "p50_ms")
+           / e["ort_int8"]["b1"]["p50_ms"],
+           "throughput_32_vs_engine_b64": median_of(h["service"]["closed_32"], "requests_per_s")
+           / served["b64"]["images_per_s"],
+           "throughput_32_vs_naive": median_of(h["service"]["closed_32"], "requests_per_s")
+           / median_of(h["naive"]["closed_32"], "requests_per_s"),
+           "p99_ms_at_32": median_of(h["service"]["closed_32"], "p99_ms")}
+    if "service_openvino" in h and "openvino_int8" in e:
+        ov, ov_fp32 = e["openvino_int8"], e["openvino_fp32"]
+        out |= {
+            "openvino_int8_vs_fp32_b1": ov_fp32["b1"]["p50_ms"] / ov["b1"]["p50_ms"],
+            "openvino_int8_vs_fp32_b64": ov_fp32["b64"]["p50_ms"] / ov["b64"]["p50_ms"],
+            "openvino_int8_vs_ort_int8_b64": e["ort_int8"]["b64"]["p50_ms"] / ov["b64"]["p50_ms"],
+            "openvino_http_p50_vs_engine_b1":
+                median_of(h["service_openvino"]["sequential"], "p50_ms") / ov["b1"]["p50_ms"],
+            "openvino_throughput_32_vs_engine_b64":
+                median_of(h["service_openvino"]["closed_32"], "requests_per_s")
+                / ov["b64"]["images_per_s"],
+            "openvino_throughput_32_vs_naive":
+                median_of(h["service_openvino"]["closed_32"], "requests_per_s")
+                / median_of(h["naive"]["closed_32"], "requests_per_s"),
+            "openvino_p99_ms_at_32": median_of(h["service_openvino"]["closed_32"], "p99_ms")}
+    if "search" in res:
+        out |= {"search_p50_ms_50k": res["search"]["p50_ms"],
+                "search_recall_at_10": res["search"]["recall_at_10"],
+                "restart_s_50k": res["search"]["restart"]["restart_median_s"]}
     return out
 
 
 def markdown(res: dict) -> str:
-    ip, http = res["in_process"], res["http"]
-    lines = ["| in process | p50 b1 (ms) | p99 b1 (ms) | img/s b8 | img/s b32 | img/s b64 |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for name, r in ip.items():
+    lines = ["| engine (in process) | b1 p50 (ms) | b1 p99 (ms) | b64 p50 (ms) | images/s b64 |",
+             "| --- | --- | --- | --- | --- |"]
+    for name, r in res["engines"].items():
         lines.append(f"| {name} | {r['b1']['p50_ms']:.2f} | {r['b1']['p99_ms']:.2f} | "
-                     + " | ".join(f"{r[f'b{b}']['images_per_s']:.0f}" if f"b{b}" in r else "-"
-                                  for b in (8, 32, 64)) + " |")
-    lines += ["", "| over HTTP | embed p50 / p99 (ms) | search p50 (ms) | classify p50 (ms) | "
-              "RSS start / end (MB) |", "| --- | --- | --- | --- | --- |"]
-    for p in PRECISIONS:
-        s = http[p]["sequential"]
-        lines.append(f"| {p} | {s['embed']['p50_ms']:.2f} / {s['embed']['p99_ms']:.2f} | "
-                     f"{s['search']['p50_ms']:.2f} | {s['classify']['p50_ms']:.2f} | "
-                     f"{http[p]['rss_mb_start']:.0f} / {http[p]['rss_mb_end']:.0f} |")
-    lines += ["", "| load (embed, 1 image) | clients | req/s | p50 (ms) | p95 (ms) | p99 (ms) | "
-              "errors | client CPU |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for p in PRECISIONS:
-        for s in http[p]["load"]:
-            lines.append(f"| {p} | {s['concurrency']} | {s['requests_per_s']:.0f} | "
-                         f"{s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['p99_ms']:.1f} | "
-                         f"{s['errors']} | {100 * s['client_cpu_share_of_2_cores']:.0f} % |")
-    o = res["overload"]
-    lines += ["", f"Overload (INT8, queue bound {o['max_queue_images']} images, "
-              f"{o['concurrency']} clients): {o['requests_per_s']:.0f} req/s answered 200 "
-              f"(p50 {o['p50_ms']:.0f} ms, p99 {o['p99_ms']:.0f} ms), {o['errors']} refused with "
-              f"503 (p50 {o['error_p50_ms'] or 0:.0f} ms); a lone request right after the burst: "
-              f"{o['lone_request_after_burst_p50_ms']:.1f} ms."]
-    lines += ["", "| ratio | value |", "| --- | --- |"]
-    lines += [f"| {k} | {v:.2f} |" for k, v in res["ratios"].items()]
-    acc = res["accuracy"]
-    lines += ["", f"Accuracy (export report, {acc['test_images']} test images): linear top-1 "
-              f"FP32 {acc['fp32']['linear_top1']:.2f} % / INT8 {acc['int8']['linear_top1']:.2f} %,"
-              f" kNN top-1 FP32 {acc['fp32']['knn_top1']:.2f} % / INT8 "
-              f"{acc['int8']['knn_top1']:.2f} %, cosine mean {acc['cosine_mean']:.4f}."]
+                     f"{r['b64']['p50_ms']:.1f} | {r['b64']['images_per_s']:.0f} |")
+    h = res["http"]
+    servers = list(h)
+    lines += ["", "| HTTP, INT8, 1 PNG per request (median of rounds) | " + " | ".join(servers)
+              + " |", "| --- |" + " --- |" * len(servers)]
+    rows = [("sequential p50 (ms)", "sequential", "p50_ms"),
+            ("sequential p99 (ms)", "sequential", "p99_ms"),
+            ("32 clients closed loop: req/s", "closed_32", "requests_per_s"),
+            ("32 clients closed loop: p50 (ms)", "closed_32", "p50_ms"),
+            ("32 clients closed loop: p99 (ms)", "closed_32", "p99_ms"),
+            ("32 clients closed loop: wrk CPU share", "closed_32", "tool_cpu_share_of_cores")]
+    for label, sec, key in rows:
+        lines.append(f"| {label} | " + " | ".join(f"{median_of(h[n][sec], key):.2f}"
+                                                   for n in servers) + " |")
+    for rate in h["service"]["open"]:
+        for key in ("requests_per_s", "p50_ms", "p99_ms", "tool_cpu_share_of_cores"):
+            lines.append(f"| open loop, {rate} req/s offered: {key} | " + " | ".join(
+                f"{median_of(h[n]['open'][rate], key):.2f}" for n in servers) + " |")
+    lines += ["", "| accuracy (graph's linear head) | top-1 (%) | cosine to ORT FP32 |",
+              "| --- | --- | --- |"]
+    lines += [f"| {k} | {v['linear_top1']:.2f} | {v['cosine_to_ort_fp32_mean']:.4f} |"
+              for k, v in res["accuracy"].items()]
+    lines += ["", "| goal | value | target | met |", "| --- | --- | --- | --- |"]
+    for k, v in res["ratios"].items():
+        target, kind = GOALS.get(k, (None, ""))
+        met = "" if target is None else ("yes" if (v >= target if kind == "min"
+                                                   else v <= target) else "no")
+        shown = "-" if target is None else f"{'>=' if kind == 'min' else '<='} {target:g}"
+        lines.append(f"| {k} | {v:.3f} | {shown} | {met} |")
     return "\n".join(lines) + "\n"
 
 
@@ -204,28 +284,32 @@ def plots(res: dict, out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), dpi=110)
-    cdfs = {f"in-process {k}": v["b1_samples_ms"] for k, v in res["in_process"].items()}
-    cdfs |= {f"HTTP embed {p}": res["http"][p]["embed_samples_ms"] for p in PRECISIONS}
-    for label, samples in cdfs.items():
-        lat = np.sort(samples)
-        axes[0].plot(lat, np.linspace(0, 1, len(lat)), label=label)
-    for p in PRECISIONS:
-        load = res["http"][p]["load"]
-        c = [s["concurrency"] for s in load]
-        axes[1].plot(c, [s["requests_per_s"] for s in load], marker="o", label=p)
-        axes[2].plot(c, [s["p99_ms"] for s in load], marker="o", label=p)
-    axes[0].set(title="Latency CDF, 1 image", xlabel="ms", ylabel="fraction", xscale="log")
-    axes[1].set(title="Throughput vs clients (embed)", xlabel="clients", ylabel="req/s",
-                xscale="log")
-    axes[2].set(title="p99 latency vs clients (embed)", xlabel="clients", ylabel="ms",
-                xscale="log", yscale="log")
+    e = res["engines"]
+    names = list(e)
+    axes[0].bar(names, [e[n]["b64"]["images_per_s"] for n in names], color="tab:blue")
+    axes[0].set(title="engine images/s at batch 64", ylabel="images/s")
+    axes[0].tick_params(axis="x", rotation=20)
+    for name, color in (("service", "tab:green"), ("service_openvino", "tab:purple"),
+                        ("naive", "tab:red")):
+        if name not in res["http"]:
+            continue
+        opens = res["http"][name]["open"]
+        rates = list(opens)
+        axes[1].plot(rates, [median_of(opens[r], "p99_ms") for r in rates], marker="o",
+                     color=color, label=name)
+        axes[2].plot(rates, [median_of(opens[r], "requests_per_s") for r in rates], marker="o",
+                     color=color, label=name)
+    axes[1].set(title="open loop: p99 latency vs offered rate", xlabel="offered req/s",
+                ylabel="p99 ms", yscale="log")
+    axes[2].plot(rates, rates, ls=":", color="gray", label="offered")
+    axes[2].set(title="open loop: answered vs offered", xlabel="offered req/s",
+                ylabel="answered req/s")
     for ax in axes:
-        ax.xaxis.set_minor_formatter(NullFormatter())  # log axes: label decades only
         ax.grid(alpha=0.3)
-        ax.legend()
+    axes[1].legend()
+    axes[2].legend()
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
@@ -233,47 +317,39 @@ def plots(res: dict, out: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--bundle", default="bundles/default")
-    p.add_argument("--checkpoint", default=None,
-                   help="for the PyTorch eager baseline (none without it)")
+    p.add_argument("--bundle", type=Path, default=Path("bundles/default"))
     p.add_argument("--data", default="../shared/data/cifar10")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--quick", action="store_true", help="seconds, for CI: asserts nothing")
-    p.add_argument("--out", default="benchmarks/results/serving")
+    p.add_argument("--quick", action="store_true", help="about a minute, for CI")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/serving"))
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     bundle = load_bundle(args.bundle)
     from simclr_embed.training.data import load_dataset, stratified_subset
 
-    _, test = load_dataset(args.data)
-    images = stratified_subset(test, 7, seed=11).images[:64]  # (64, 32, 32, 3) real images
-    ckpt = args.checkpoint  # manifests name no server paths
-    if ckpt is None or not Path(ckpt).exists():
-        log.warning("checkpoint %s not found: no PyTorch baseline", ckpt)
-        ckpt = None
+    images = stratified_subset(load_dataset(args.data)[1], 7, seed=11).images[:64]
     q = args.quick
-    settings = {"threads": args.threads, "rounds": 2 if q else 7, "reps": 4 if q else 20,
-                "sequential_n": 20 if q else 300, "load_seconds": 1.0 if q else 10.0,
-                "concurrency": (1, 8) if q else (1, 8, 32, 64), "quick": q}
+    settings = {"threads": args.threads, "rounds": 1 if q else 3, "reps": 20 if q else 100,
+                "http_seconds": 2 if q else 8,
+                "open_rates": (100,) if q else (200, 400, 600), "quick": q}
     res: dict = {"benchmark": "serving", "hardware": hardware(), "settings": settings,
                  "bundle": str(args.bundle), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ")}
-    res["in_process"] = in_process(bundle, ckpt, images, args.threads, settings["rounds"],
-                                   settings["reps"], (1, 8, 32, 64))
-    pngs = encode_pngs(images)
+    res["accuracy"] = accuracy(runners(bundle, args.threads), args.data, 20 if q else 200)
+    res["engines"] = engines(bundle, images, args.threads, settings["rounds"] + 2,
+                             settings["reps"])
     with tempfile.TemporaryDirectory() as tmp:
-        res["http"] = {prec: over_http(Path(args.bundle), prec, pngs, args.threads,
-                                       settings["sequential_n"], settings["concurrency"],
-                                       settings["load_seconds"], Path(tmp)) for prec in PRECISIONS}
-        res["overload"] = overload(Path(args.bundle), pngs, args.threads, 16,
-                                   16 if q else 128, settings["load_seconds"], Path(tmp))
+        png = Path(tmp) / "query.png"
+        Image.fromarray(images[0]).save(png)
+        res["http"] = http(args.bundle, png, args.threads, settings["rounds"],
+                           settings["http_seconds"], settings["open_rates"], Path(tmp))
+    if not q:
+        res["search"] = search(args.bundle, args.data, 50_000)
     res["ratios"] = ratios(res)
-    res["accuracy"] = bundle.manifest["metrics"]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    plots(res, out / "serving.png")
-    (out / "serving.json").write_text(json.dumps(res, indent=2) + "\n")
-    (out / "serving.md").write_text(markdown(res))
-    log.info("\n%s\nwrote %s", markdown(res), out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    plots(res, args.out / "serving.png")
+    (args.out / "serving.json").write_text(json.dumps(res, indent=2) + "\n")
+    (args.out / "serving.md").write_text(markdown(res))
+    log.info("\n%s\nwrote %s", markdown(res), args.out)
 
 
 if __name__ == "__main__":

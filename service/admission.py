@@ -16,6 +16,7 @@ import hmac
 import time
 from collections.abc import Callable
 
+from simclr_embed.service.engine import Inflight
 from simclr_embed.service.errors import (
     Forbidden,
     Overloaded,
@@ -50,12 +51,10 @@ def check_api_key(settings: Settings, authorization: str | None, x_api_key: str 
 
 
 class Gate:
-    def __init__(self, app, settings: Settings, metrics: Metrics,
+    def __init__(self, app, settings: Settings, metrics: Metrics, inflight: Inflight,
                  queued_images: Callable[[], int]) -> None:
         self.app, self.settings, self.metrics = app, settings, metrics
-        self.queued_images = queued_images
-        self.requests = 0  # admitted POSTs not yet answered
-        self.bytes = 0  # their declared body bytes
+        self.inflight, self.queued_images = inflight, queued_images
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -91,13 +90,13 @@ class Gate:
             headers = {**(e.headers or {}), "Connection": "close"}
             return await error_response(e.status, e.code, e.message, headers,
                                         scope["path"])(scope, receive, send)
-        self.requests += 1
-        self.bytes += length
+        self.inflight.requests += 1
+        self.inflight.bytes += length
         try:
             await self.app(scope, self._bounded(receive), send)
         finally:
-            self.requests -= 1
-            self.bytes -= length
+            self.inflight.requests -= 1
+            self.inflight.bytes -= length
 
     def _declared_length(self, headers: dict[str, str]) -> int:
         raw = headers.get("content-length")
@@ -108,27 +107,28 @@ class Gate:
         return length
 
     def _admit(self, length: int) -> None:
-        s = self.settings
-        full = (self.requests >= s.max_inflight_requests
-                or (self.bytes + length > s.max_inflight_bytes and self.requests > 0)
+        s, now = self.settings, self.inflight
+        full = (now.requests >= s.max_inflight_requests
+                or (now.bytes + length > s.max_inflight_bytes and now.requests > 0)
                 or self.queued_images() >= s.max_queue_images)
         if full:
             self.metrics.rejected.inc()
-            raise Overloaded(f"{self.requests} requests ({self.bytes} bytes) in progress; "
+            raise Overloaded(f"{now.requests} requests ({now.bytes} bytes) in progress; "
                              "retry shortly", headers={"Retry-After": "1"})
 
     def _bounded(self, receive):
         """receive() with the byte limit and the body deadline."""
         limit, timeout = self.settings.max_body_bytes, self.settings.body_timeout_s
-        deadline = time.monotonic() + timeout
+        deadline = asyncio.get_running_loop().time() + timeout
         received, complete = 0, False
 
         async def bounded_receive():
             nonlocal received, complete
             if complete:  # after the body: disconnect checks, untimed
                 return await receive()
-            try:
-                msg = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            try:  # asyncio.timeout, not wait_for: no extra task per receive
+                async with asyncio.timeout_at(deadline):
+                    msg = await receive()
             except TimeoutError:
                 raise RequestTimeout(f"request body not received within {timeout:g} s") from None
             received += len(msg.get("body", b""))

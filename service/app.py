@@ -13,7 +13,7 @@ from fastapi_offline import FastAPIOffline
 from simclr_embed.service import openai_api, page
 from simclr_embed.service.admission import Gate
 from simclr_embed.service.deps import NumpyJSON
-from simclr_embed.service.engine import Engine
+from simclr_embed.service.engine import Engine, Inflight
 from simclr_embed.service.handlers import install_handlers
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.routes import gallery, inference, ops
@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
-    engine = Engine(settings, metrics)
+    inflight = Inflight()
+    engine = Engine(settings, metrics, inflight)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -42,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     for module in (ops, inference, gallery, openai_api, page):
         app.include_router(module.router)
-    app.add_middleware(Gate, settings=settings, metrics=metrics,
+    app.add_middleware(Gate, settings=settings, metrics=metrics, inflight=inflight,
                        queued_images=lambda: engine.pending)
     if settings.api_key is None:
         log.info("no API key (SIMCLR_EMBED_API_KEY unset or empty): gallery management is off")

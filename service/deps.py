@@ -11,6 +11,7 @@ import numpy as np
 import orjson
 from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
+from PIL import Image
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
@@ -24,7 +25,7 @@ from simclr_embed.service.errors import (
     UnsupportedMedia,
 )
 from simclr_embed.service.handlers import validation_message
-from simclr_embed.service.preprocess import decode_base64, decode_image
+from simclr_embed.service.preprocess import decode_base64, finish_decode, open_checked
 from simclr_embed.service.settings import Settings
 
 
@@ -37,18 +38,20 @@ class NumpyJSON(JSONResponse):
 
 
 # --- dependencies ----------------------------------------------------------------------------
-def get_settings(request: Request) -> Settings:
+# Dependencies are `async def`: FastAPI runs a plain `def` one in a worker thread, a thread hop
+# per dependency per request.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def ready_engine(request: Request) -> Engine:
+async def ready_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     if not engine.ready:
         raise NotReady("model is loading", headers={"Retry-After": "2"})
     return engine
 
 
-def require_api_key(
+async def require_api_key(
     settings: Annotated[Settings, Depends(get_settings)],
     authorization: Annotated[str | None, Header()] = None,
     x_api_key: Annotated[str | None, Header()] = None,
@@ -108,25 +111,38 @@ async def ensure_connected(request: Request) -> None:
         raise ClientDisconnect()
 
 
+# A thumbnail decodes in tens of microseconds: less than handing it to a decode thread and back.
+INLINE_DECODE_PIXELS = 128 * 128
+
+
 async def decode_all(request: Request, engine: Engine, settings: Settings,
                      raws: list[bytes]) -> np.ndarray:
-    """Decode in the pool, one slot per decode thread. A request whose client has gone is
-    dropped when its turn for a slot comes, before it costs a decode."""
+    """Headers are checked here (400 / 413 before any pixel work); thumbnails decode on the
+    event loop while no decode is queued, anything larger in the pool, one slot per decode
+    thread. A request whose client has gone is dropped when its turn for a slot comes, before
+    it costs a decode, and again before it costs a place in a model batch."""
     if len(raws) > settings.max_images_per_request:
         raise InvalidInput(f"{len(raws)} images in one request; the limit is "
                            f"{settings.max_images_per_request}")
     engine.admit(len(raws))
     loop = asyncio.get_running_loop()
     limits = (settings.max_image_pixels, settings.max_image_aspect, settings.max_decode_mb)
+    imgs = [open_checked(raw, *limits) for raw in raws]
+    waited = False
 
-    async def one(raw: bytes) -> np.ndarray:
+    async def one(img: Image.Image) -> np.ndarray:
+        nonlocal waited
+        if img.width * img.height <= INLINE_DECODE_PIXELS and not engine.decode_slots.locked():
+            return finish_decode(img, engine.size)
         async with engine.decode_slots:
+            waited = True
             await ensure_connected(request)
-            return await loop.run_in_executor(engine.decode_pool, decode_image, raw,
-                                              engine.size, *limits)
+            return await loop.run_in_executor(engine.decode_pool, finish_decode, img,
+                                              engine.size)
 
-    arrays = await asyncio.gather(*(one(r) for r in raws))
-    await ensure_connected(request)  # and again before it costs a place in a model batch
+    arrays = [await one(imgs[0])] if len(imgs) == 1 else await asyncio.gather(*map(one, imgs))
+    if waited:  # a client that sent its body microseconds ago has not gone: no check then
+        await ensure_connected(request)
     return np.stack(arrays)
 
 

@@ -108,7 +108,11 @@ def open_checked(raw: bytes, max_pixels: int, max_aspect: float,
 def decode_image(raw: bytes, size: int, max_pixels: int, max_aspect: float = 64,
                  max_decode_mb: int = 256) -> np.ndarray:
     """Decode one image of any common format; 400 for junk, 413 for a decompression bomb."""
-    img = open_checked(raw, max_pixels, max_aspect, max_decode_mb)
+    return finish_decode(open_checked(raw, max_pixels, max_aspect, max_decode_mb), size)
+
+
+def finish_decode(img: Image.Image, size: int) -> np.ndarray:
+    """The pixel work for an image open_checked has let through: (size, size, 3) uint8."""
     fmt = img.format or "image"
     try:
         with warnings.catch_warnings():

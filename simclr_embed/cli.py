@@ -190,7 +190,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--precision", choices=("int8", "fp32"), default=None)
-    p.add_argument("--provider", choices=("cpu", "cuda"), default=None)
+    p.add_argument("--provider", choices=("cpu", "cuda", "openvino"), default=None,
+                   help="cpu / cuda: ONNX Runtime; openvino: OpenVINO on the CPU (the openvino "
+                   "extra)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="uvicorn worker processes")
     p.add_argument("--build-if-missing", action="store_true",

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from simclr_embed.service.admission import Gate
+from simclr_embed.service.engine import Inflight
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.settings import Settings
 from tests.service.conftest import API_KEY, Server, png
@@ -189,7 +190,7 @@ def test_500s_reach_the_metrics() -> None:
     async def broken(scope, receive, send):
         raise RuntimeError("boom")
 
-    gate = Gate(broken, Settings(), metrics, queued_images=lambda: 0)
+    gate = Gate(broken, Settings(), metrics, Inflight(), queued_images=lambda: 0)
     transport = httpx.ASGITransport(app=gate, raise_app_exceptions=False)
 
     async def call() -> httpx.Response:

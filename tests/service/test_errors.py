@@ -133,4 +133,4 @@ def test_not_ready_is_503() -> None:
     engine = Engine(Settings(), Metrics())  # never loaded
     request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(engine=engine)))
     with pytest.raises(NotReady):
-        ready_engine(request)  # type: ignore[arg-type]
+        asyncio.run(ready_engine(request))  # type: ignore[arg-type]

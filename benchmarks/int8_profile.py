@@ -1,0 +1,62 @@
+"""Where the INT8 encoder spends its time, by ONNX Runtime's own profiler: the share of kernel
+time per operator type at batch 64 for the FP32 and the INT8 graph, and which nodes of the INT8
+graph still compute in floating point after ORT's graph optimizations.
+
+    python -m benchmarks.int8_profile --bundle bundles/default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.service.bundle import load_bundle
+
+
+def profile(path: Path, images: np.ndarray, threads: int, runs: int, workdir: Path) -> dict:
+    """Kernel time share per op type, and the op types ORT actually ran (after fusion)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(workdir / path.stem)
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    for _ in range(runs):
+        session.run(None, {"pixels": images})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    time_us: Counter = Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            time_us[e["args"]["op_name"]] += e["dur"]
+    total = sum(time_us.values())
+    return {"share_by_op": {k: v / total for k, v in time_us.most_common()},
+            "kernel_ms_per_run": total / runs / 1000}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bundle", type=Path, default=Path("bundles/default"))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--out", default="benchmarks/results/int8_profile.json")
+    args = p.parse_args()
+    bundle = load_bundle(args.bundle)
+    images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        res = {p: profile(bundle.encoder_path(p), images, args.threads, args.runs, Path(tmp))
+               for p in ("fp32", "int8")}
+    float_ops = {"Conv", "Add", "GlobalAveragePool", "MatMul", "Gemm", "Relu"}
+    res["int8"]["float_compute_ops_left"] = sorted(
+        k for k in res["int8"]["share_by_op"] if k in float_ops)
+    write_result(args.out, {"benchmark": "int8_profile", "hardware": hardware(), "batch": 64,
+                            "threads": args.threads, "runs": args.runs, **res})
+
+
+if __name__ == "__main__":
+    main()
