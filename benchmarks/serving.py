@@ -42,6 +42,9 @@ from simclr_embed.service.settings import Settings
 log = logging.getLogger("benchmarks.serving")
 SERVERS = {"service": ("simclr_embed.cli serve", {}),
            "service_openvino": ("simclr_embed.cli serve", {"SIMCLR_EMBED_PROVIDER": "openvino"}),
+           # throughput-first: a process per core, each with one ORT thread
+           "service_2_workers": ("simclr_embed.cli serve", {"SIMCLR_EMBED_WORKERS": "2",
+                                                            "SIMCLR_EMBED_THREADS": "1"}),
            "naive": ("simclr_embed.benchmarks.naive_server", {})}
 GOALS = {  # name: (target, "min" = value must be at least the target, "max" = at most)
     "int8_vs_fp32_b1": (4.0, "min"), "int8_vs_fp32_b64": (4.0, "min"),
@@ -51,6 +54,8 @@ GOALS = {  # name: (target, "min" = value must be at least the target, "max" = a
     "openvino_http_p50_vs_engine_b1": (1.5, "max"),
     "openvino_throughput_32_vs_engine_b64": (0.75, "min"),
     "openvino_throughput_32_vs_naive": (1.6, "min"), "openvino_p99_ms_at_32": (100.0, "max"),
+    "workers2_throughput_32_vs_engine_b64": (0.75, "min"),
+    "workers2_throughput_32_vs_naive": (1.6, "min"), "workers2_p99_ms_at_32": (100.0, "max"),
     "search_p50_ms_50k": (1.0, "max"), "search_recall_at_10": (0.99, "min"),
     "restart_s_50k": (2.0, "max"),
 }
@@ -161,9 +166,11 @@ def http(bundle_dir: Path, png: Path, threads: int, rounds: int, seconds: float,
          rates: tuple[int, ...], workdir: Path) -> dict:
     """Both servers up side by side (one idles while the other is measured), round by round."""
     procs = {name: ServiceProcess(bundle_dir, workdir / f"data-{name}", workdir / f"{name}.log",
-                                  module=module, SIMCLR_EMBED_THREADS=str(threads), **env).start()
+                                  module=module, **{"SIMCLR_EMBED_THREADS": str(threads), **env}
+                                  ).start()
              for name, (module, env) in SERVERS.items()
              if "openvino" not in name or importlib.util.find_spec("openvino")}
+    time.sleep(5)  # /readyz answers from the first worker up; let the other finish loading
     res: dict = {n: {"sequential": [], "closed_32": [], "open": {r: [] for r in rates}}
                  for n in procs}
     try:
@@ -235,6 +242,13 @@ def ratios(res: dict) -> dict[str, float]:
                 median_of(h["service_openvino"]["closed_32"], "requests_per_s")
                 / median_of(h["naive"]["closed_32"], "requests_per_s"),
             "openvino_p99_ms_at_32": median_of(h["service_openvino"]["closed_32"], "p99_ms")}
+    if "service_2_workers" in h:
+        w2 = h["service_2_workers"]["closed_32"]
+        out |= {"workers2_throughput_32_vs_engine_b64": median_of(w2, "requests_per_s")
+                / served["b64"]["images_per_s"],
+                "workers2_throughput_32_vs_naive": median_of(w2, "requests_per_s")
+                / median_of(h["naive"]["closed_32"], "requests_per_s"),
+                "workers2_p99_ms_at_32": median_of(w2, "p99_ms")}
     if "search" in res:
         out |= {"search_p50_ms_50k": res["search"]["p50_ms"],
                 "search_recall_at_10": res["search"]["recall_at_10"],
@@ -292,7 +306,7 @@ def plots(res: dict, out: Path) -> None:
     axes[0].set(title="engine images/s at batch 64", ylabel="images/s")
     axes[0].tick_params(axis="x", rotation=20)
     for name, color in (("service", "tab:green"), ("service_openvino", "tab:purple"),
-                        ("naive", "tab:red")):
+                        ("service_2_workers", "tab:orange"), ("naive", "tab:red")):
         if name not in res["http"]:
             continue
         opens = res["http"][name]["open"]
