@@ -173,7 +173,7 @@ class Engine:
 
     def _run_alone(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A lone image runs right here on the event loop: waking the model thread after an idle
-        gap costs more than the INT8 model itself (README, "Serving performance"), and with no
+        gap costs more than the INT8 model itself (README, "Serving"), and with no
         other request in flight there is nothing the loop could do meanwhile."""
         start = time.perf_counter()
         out = self._run(images)

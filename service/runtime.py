@@ -1,5 +1,5 @@
-"""ONNX Runtime sessions for the bundle's encoders; shared by export (scoring) and the service.
-No torch here: the serving container does not ship it."""
+"""Inference sessions for the bundle's encoders (ONNX Runtime, or OpenVINO on request); shared by
+export (scoring) and the service. No torch here: the serving container does not ship it."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ PROVIDERS = ("cpu", "cuda", "openvino")
 class OpenVinoSession:
     """OpenVINO compiled from the same ONNX file (QDQ for INT8), behind the two calls the
     engine makes of an ONNX Runtime session. Faster than ONNX Runtime on some x86 CPUs for the
-    INT8 graph (README, "Serving performance"); one inference request per calling thread, as
+    INT8 graph (README, "Serving"); one inference request per calling thread, as
     OpenVINO's requests must not be shared by concurrent calls."""
 
     def __init__(self, path: Path | str, threads: int) -> None:
