@@ -1,14 +1,15 @@
 """Serving performance in one run, every comparison interleaved round by round so that the
 VM's drift hits all variants alike; each goal of issue #11 is a ratio within this run.
 
-    python -m benchmarks.serving --bundle bundles/default            # full: ~10 minutes
+    python -m benchmarks.serving --bundle bundles/default            # full: ~12 minutes
     python -m benchmarks.serving --bundle bundles/default --quick    # CI: about a minute
 
 engines  the raw model in process: ONNX Runtime FP32 / INT8 and, where installed, OpenVINO
          reading the same ONNX files, at batch 1 and 64.
-http     our service and the naive baseline (benchmarks/naive_server.py) on the same INT8 model,
-         one 32x32 PNG per request: wrk (closed loop) at 1 and 32 connections, hey (open loop) at
-         fixed offered rates; each load generator's own CPU time is recorded.
+http     our service (default, on OpenVINO, as 2 workers x 1 ORT thread) and the naive baseline
+         (benchmarks/naive_server.py) on the same INT8 model, one 32x32 PNG per request:
+         wrk (closed loop) at 1 and 32 connections, hey (open loop) at fixed offered
+         rates; each load generator's own CPU time is recorded.
 search   a 50k x 512 gallery with the service's default index settings against exact search.
 
 Writes serving.json, serving.md and serving.png to --out.
@@ -17,9 +18,7 @@ Writes serving.json, serving.md and serving.png to --out.
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.util
-import io
 import json
 import logging
 import os
@@ -34,6 +33,8 @@ import numpy as np
 from PIL import Image
 
 from simclr_embed.benchmarks.common import hardware
+from simclr_embed.benchmarks.overload import hey as start_hey
+from simclr_embed.benchmarks.overload import rows as hey_rows
 from simclr_embed.benchmarks.process import ServiceProcess
 from simclr_embed.service.bundle import load_bundle
 from simclr_embed.service.runtime import make_session
@@ -96,9 +97,8 @@ def accuracy(sessions: dict, data: str, per_class: int) -> dict:
                 "images": len(test.labels)} for k, (emb, lg) in outs.items()}
 
 
-def engines(bundle, images: np.ndarray, threads: int, rounds: int, reps: int) -> dict:
+def engines(sessions: dict, images: np.ndarray, rounds: int, reps: int) -> dict:
     """Latency (ms) per runtime x precision at batch 1 and 64, interleaved."""
-    sessions = runners(bundle, threads)
     samples = {k: {1: [], 64: []} for k in sessions}
     for session in sessions.values():
         for b in (1, 64):
@@ -125,10 +125,8 @@ def _tool(name: str) -> str:
     return exe
 
 
-def _run(cmd: list[str], env: dict | None = None) -> tuple[str, float, float]:
-    """(stdout, wall seconds, the tool's own CPU seconds)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+def _collect(proc: subprocess.Popen, t0: float) -> tuple[str, float, float]:
+    """(stdout, wall seconds since t0, the tool's own CPU seconds)."""
     out = proc.stdout.read()
     _, _, usage = os.wait4(proc.pid, 0)  # rusage of the load generator alone
     return out, time.perf_counter() - t0, usage.ru_utime + usage.ru_stime
@@ -137,8 +135,10 @@ def _run(cmd: list[str], env: dict | None = None) -> tuple[str, float, float]:
 def wrk(url: str, body: Path, clients: int, seconds: float) -> dict:
     """Closed loop: `clients` connections, each sending its next request on the last answer."""
     env = {**os.environ, "WRK_BODY": str(body), "WRK_TYPE": "image/png"}
-    out, wall, cpu = _run([_tool("wrk"), "-t1", f"-c{clients}", f"-d{seconds}s",
-                           "-s", str(WRK_SCRIPT), url], env)
+    t0 = time.perf_counter()
+    out, wall, cpu = _collect(subprocess.Popen(
+        [_tool("wrk"), "-t1", f"-c{clients}", f"-d{seconds}s", "-s", str(WRK_SCRIPT), url],
+        stdout=subprocess.PIPE, text=True, env=env), t0)
     r = json.loads(out.strip().splitlines()[-1])
     ms = {k.replace("_us", "_ms"): v / 1000 for k, v in r.items() if k.endswith("_us")}
     ok = r["requests"] - r["non2xx"]
@@ -151,11 +151,12 @@ def wrk(url: str, body: Path, clients: int, seconds: float) -> dict:
 def hey(url: str, body: Path, clients: int, seconds: float, qps: float) -> dict:
     """Open loop at clients x qps offered requests/s (hey -q paces each client; a client falls
     behind its schedule only when an answer takes longer than 1/qps)."""
-    out, wall, cpu = _run([_tool("hey"), "-o", "csv", "-c", str(clients), "-q", f"{qps:g}",
-                           "-z", f"{seconds}s", "-m", "POST", "-T", "image/png",
-                           "-D", str(body), url])
-    rows = list(csv.DictReader(io.StringIO(out)))
-    ok = [float(r["response-time"]) * 1000 for r in rows if r["status-code"] == "200"]
+    t0 = time.perf_counter()
+    out, wall, cpu = _collect(start_hey(["-c", str(clients), "-q", f"{qps:g}", "-z",
+                                         f"{seconds}s", "-m", "POST", "-T", "image/png",
+                                         "-D", str(body), url]), t0)
+    rows = hey_rows(out)
+    ok = [latency * 1000 for latency, status in rows if status == 200]
     return pct(ok or [float("nan")]) | {
         "clients": clients, "offered_per_s": clients * qps, "requests": len(rows),
         "non2xx": len(rows) - len(ok), "requests_per_s": len(ok) / wall, "tool_cpu_s": cpu,
@@ -164,7 +165,8 @@ def hey(url: str, body: Path, clients: int, seconds: float, qps: float) -> dict:
 
 def http(bundle_dir: Path, png: Path, threads: int, rounds: int, seconds: float,
          rates: tuple[int, ...], workdir: Path) -> dict:
-    """Both servers up side by side (one idles while the other is measured), round by round."""
+    """Every server in SERVERS up side by side (the others idle while one is measured), round
+    by round."""
     procs = {name: ServiceProcess(bundle_dir, workdir / f"data-{name}", workdir / f"{name}.log",
                                   module=module, **{"SIMCLR_EMBED_THREADS": str(threads), **env}
                                   ).start()
@@ -348,9 +350,9 @@ def main() -> None:
                 "open_rates": (100,) if q else (200, 400, 600), "quick": q}
     res: dict = {"benchmark": "serving", "hardware": hardware(), "settings": settings,
                  "bundle": str(args.bundle), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ")}
-    res["accuracy"] = accuracy(runners(bundle, args.threads), args.data, 20 if q else 200)
-    res["engines"] = engines(bundle, images, args.threads, settings["rounds"] + 2,
-                             settings["reps"])
+    sessions = runners(bundle, args.threads)
+    res["accuracy"] = accuracy(sessions, args.data, 20 if q else 200)
+    res["engines"] = engines(sessions, images, settings["rounds"] + 2, settings["reps"])
     with tempfile.TemporaryDirectory() as tmp:
         png = Path(tmp) / "query.png"
         Image.fromarray(images[0]).save(png)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnxruntime as ort
@@ -33,8 +34,8 @@ class OpenVinoSession:
         self.local = threading.local()
         self.input_name = self.compiled.inputs[0].get_any_name()
 
-    def get_inputs(self) -> list:
-        return [_Named(self.input_name)]
+    def get_inputs(self) -> list[SimpleNamespace]:
+        return [SimpleNamespace(name=self.input_name)]
 
     def get_providers(self) -> list[str]:
         return ["OpenVINO-CPU"]
@@ -44,11 +45,6 @@ class OpenVinoSession:
             self.local.request = self.compiled.create_infer_request()
         result = self.local.request.infer(feed)
         return [result[out] for out in self.compiled.outputs]  # embedding, logits: graph order
-
-
-class _Named:
-    def __init__(self, name: str) -> None:
-        self.name = name
 
 
 def make_session(path: Path | str, threads: int = 0, provider: str = "cpu",

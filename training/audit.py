@@ -77,28 +77,27 @@ class Embedder:
         self.data = state["config"].get("data")
 
     def _load_bundle(self) -> None:
-        import onnxruntime as ort
+        from simclr_embed.service.bundle import load_bundle
+        from simclr_embed.service.runtime import make_session
 
-        manifest = json.loads((self.source / "manifest.json").read_text())
-        path = self.source / manifest["encoders"]["fp32"]
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        self.input_name = manifest["input"]["name"]
+        bundle = load_bundle(self.source)
+        self.session = make_session(bundle.encoder_path("fp32"))
         self.has_projector = False
-        self.data = manifest["export"].get("data")
+        self.data = bundle.manifest["export"].get("data")
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> tuple[Tensor, Tensor | None]:
         """(N, H, W, 3) uint8 -> unit h (N, 512) and unit z (N, d) or None, fp32 on the CPU."""
+        if self.session is not None:
+            from simclr_embed.service.runtime import run_batches
+
+            emb, _ = run_batches(self.session, images, self.batch_size, desc="embed")
+            return F.normalize(torch.from_numpy(emb), dim=1), None
         hs, zs = [], []
         for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            if self.session is not None:
-                hs.append(torch.from_numpy(self.session.run(["embedding"],
-                                                            {self.input_name: chunk})[0]))
-                continue
-            x = self.norm.uint8(torch.from_numpy(chunk).to(self.device))  # (B, 3, H, W)
+            chunk = torch.from_numpy(images[start : start + self.batch_size]).to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                h, z = self.model(x)  # (B, 512), (B, d)
+                h, z = self.model(self.norm.uint8(chunk))  # (B, 512), (B, d)
             hs.append(h.float().cpu())
             zs.append(z.float().cpu())
         h = F.normalize(torch.cat(hs), dim=1)
