@@ -76,3 +76,28 @@ class ServiceProcess:
             if line.startswith("VmRSS"):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time so far of the server's event-loop threads (each process's main thread) and
+        of all its other threads (model, decode), over the process and its worker children."""
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {"loop": 0.0, "other": 0.0}
+        for pid in [self.pid, *_children(self.pid)]:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                try:
+                    stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                except FileNotFoundError:  # a thread that just ended
+                    continue
+                fields = stat[stat.rindex(")") + 2 :].split()
+                used = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+                out["loop" if tid == str(pid) else "other"] += used
+        return out
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            kids = [int(k) for k in f.read().split()]
+        found += [k for kid in kids for k in (kid, *_children(kid))]
+    return found

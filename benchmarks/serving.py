@@ -18,7 +18,6 @@ Writes serving.json, serving.md and serving.png to --out.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -41,12 +40,15 @@ from simclr_embed.service.runtime import make_session
 from simclr_embed.service.settings import Settings
 
 log = logging.getLogger("benchmarks.serving")
-SERVERS = {"service": ("simclr_embed.cli serve", {}),
-           "service_openvino": ("simclr_embed.cli serve", {"SIMCLR_EMBED_PROVIDER": "openvino"}),
+# name: (module, environment, the engine it serves: its throughput is measured next to it)
+SERVERS = {"service": ("simclr_embed.cli serve", {}, "ort_int8"),
+           "service_openvino": ("simclr_embed.cli serve", {"SIMCLR_EMBED_PROVIDER": "openvino"},
+                                "openvino_int8"),
            # throughput-first: a process per core, each with one ORT thread
            "service_2_workers": ("simclr_embed.cli serve", {"SIMCLR_EMBED_WORKERS": "2",
-                                                            "SIMCLR_EMBED_THREADS": "1"}),
-           "naive": ("simclr_embed.benchmarks.naive_server", {})}
+                                                            "SIMCLR_EMBED_THREADS": "1"},
+                                 "ort_int8"),
+           "naive": ("simclr_embed.benchmarks.naive_server", {}, "ort_int8")}
 GOALS = {  # name: (target, "min" = value must be at least the target, "max" = at most)
     "int8_vs_fp32_b1": (4.0, "min"), "int8_vs_fp32_b64": (4.0, "min"),
     "http_p50_vs_engine_b1": (1.5, "max"), "throughput_32_vs_engine_b64": (0.75, "min"),
@@ -163,15 +165,36 @@ def hey(url: str, body: Path, clients: int, seconds: float, qps: float) -> dict:
         "tool_cpu_share_of_cores": cpu / (wall * os.cpu_count())}
 
 
+def closed_with_cpu(srv: ServiceProcess, url: str, png: Path, seconds: float) -> dict:
+    """wrk at 32 connections, with the server's CPU per answered request split into its event
+    loops' share (HTTP, routing, thumbnail decode) and its other threads' (model, decode pool)."""
+    before = srv.cpu_seconds()
+    r = wrk(url, png, 32, seconds)
+    after, n = srv.cpu_seconds(), max(r["requests"] - r["non2xx"], 1)
+    return r | {f"server_{k}_cpu_ms_per_request": (after[k] - before[k]) * 1000 / n
+                for k in after}
+
+
+def images_per_s(session, images: np.ndarray, reps: int = 8) -> float:
+    """The engine's batch-64 rate, median of `reps` runs."""
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        session.run(None, {"pixels": images[:64]})
+        times.append(time.perf_counter() - t0)
+    return 64 / statistics.median(times)
+
+
 def http(bundle_dir: Path, png: Path, threads: int, rounds: int, seconds: float,
-         rates: tuple[int, ...], workdir: Path) -> dict:
+         rates: tuple[int, ...], workdir: Path, sessions: dict, images: np.ndarray) -> dict:
     """Every server in SERVERS up side by side (the others idle while one is measured), round
-    by round."""
+    by round. Right before each 32-client run, the engine that server serves is timed at batch
+    64 in this process, so that the throughput ratio compares moments seconds apart, not
+    minutes (the VM's speed drifts)."""
     procs = {name: ServiceProcess(bundle_dir, workdir / f"data-{name}", workdir / f"{name}.log",
                                   module=module, **{"SIMCLR_EMBED_THREADS": str(threads), **env}
                                   ).start()
-             for name, (module, env) in SERVERS.items()
-             if "openvino" not in name or importlib.util.find_spec("openvino")}
+             for name, (module, env, engine) in SERVERS.items() if engine in sessions}
     time.sleep(5)  # /readyz answers from the first worker up; let the other finish loading
     res: dict = {n: {"sequential": [], "closed_32": [], "open": {r: [] for r in rates}}
                  for n in procs}
@@ -180,7 +203,11 @@ def http(bundle_dir: Path, png: Path, threads: int, rounds: int, seconds: float,
             for name, srv in procs.items():
                 url = srv.url + "/v1/embed"
                 res[name]["sequential"].append(wrk(url, png, 1, seconds))
-                res[name]["closed_32"].append(wrk(url, png, 32, seconds))
+                engine = images_per_s(sessions[SERVERS[name][2]], images)
+                run = closed_with_cpu(srv, url, png, seconds)
+                res[name]["closed_32"].append(run | {
+                    "engine_b64_images_per_s": engine,
+                    "vs_engine_b64": run["requests_per_s"] / engine})
                 for rate in rates:  # 10 req/s per client: a client falls behind only past 100 ms
                     res[name]["open"][rate].append(hey(url, png, rate // 10, seconds, qps=10))
                 log.info("round %d %s: sequential p50 %.2f ms, 32 clients %.0f req/s p99 %.1f ms",
@@ -224,8 +251,7 @@ def ratios(res: dict) -> dict[str, float]:
            / served["b1"]["p50_ms"],
            "naive_http_p50_vs_engine_b1": median_of(h["naive"]["sequential"], "p50_ms")
            / e["ort_int8"]["b1"]["p50_ms"],
-           "throughput_32_vs_engine_b64": median_of(h["service"]["closed_32"], "requests_per_s")
-           / served["b64"]["images_per_s"],
+           "throughput_32_vs_engine_b64": median_of(h["service"]["closed_32"], "vs_engine_b64"),
            "throughput_32_vs_naive": median_of(h["service"]["closed_32"], "requests_per_s")
            / median_of(h["naive"]["closed_32"], "requests_per_s"),
            "p99_ms_at_32": median_of(h["service"]["closed_32"], "p99_ms")}
@@ -238,16 +264,14 @@ def ratios(res: dict) -> dict[str, float]:
             "openvino_http_p50_vs_engine_b1":
                 median_of(h["service_openvino"]["sequential"], "p50_ms") / ov["b1"]["p50_ms"],
             "openvino_throughput_32_vs_engine_b64":
-                median_of(h["service_openvino"]["closed_32"], "requests_per_s")
-                / ov["b64"]["images_per_s"],
+                median_of(h["service_openvino"]["closed_32"], "vs_engine_b64"),
             "openvino_throughput_32_vs_naive":
                 median_of(h["service_openvino"]["closed_32"], "requests_per_s")
                 / median_of(h["naive"]["closed_32"], "requests_per_s"),
             "openvino_p99_ms_at_32": median_of(h["service_openvino"]["closed_32"], "p99_ms")}
     if "service_2_workers" in h:
         w2 = h["service_2_workers"]["closed_32"]
-        out |= {"workers2_throughput_32_vs_engine_b64": median_of(w2, "requests_per_s")
-                / served["b64"]["images_per_s"],
+        out |= {"workers2_throughput_32_vs_engine_b64": median_of(w2, "vs_engine_b64"),
                 "workers2_throughput_32_vs_naive": median_of(w2, "requests_per_s")
                 / median_of(h["naive"]["closed_32"], "requests_per_s"),
                 "workers2_p99_ms_at_32": median_of(w2, "p99_ms")}
@@ -273,7 +297,14 @@ def markdown(res: dict) -> str:
             ("32 clients closed loop: req/s", "closed_32", "requests_per_s"),
             ("32 clients closed loop: p50 (ms)", "closed_32", "p50_ms"),
             ("32 clients closed loop: p99 (ms)", "closed_32", "p99_ms"),
-            ("32 clients closed loop: wrk CPU share", "closed_32", "tool_cpu_share_of_cores")]
+            ("32 clients closed loop: wrk CPU share", "closed_32", "tool_cpu_share_of_cores"),
+            ("32 clients: engine's batch-64 images/s, timed just before", "closed_32",
+             "engine_b64_images_per_s"),
+            ("32 clients: req/s over that engine rate", "closed_32", "vs_engine_b64"),
+            ("32 clients: server event-loop CPU per request (ms)", "closed_32",
+             "server_loop_cpu_ms_per_request"),
+            ("32 clients: server model + other threads CPU per request (ms)", "closed_32",
+             "server_other_cpu_ms_per_request")]
     for label, sec, key in rows:
         lines.append(f"| {label} | " + " | ".join(f"{median_of(h[n][sec], key):.2f}"
                                                    for n in servers) + " |")
@@ -357,7 +388,8 @@ def main() -> None:
         png = Path(tmp) / "query.png"
         Image.fromarray(images[0]).save(png)
         res["http"] = http(args.bundle, png, args.threads, settings["rounds"],
-                           settings["http_seconds"], settings["open_rates"], Path(tmp))
+                           settings["http_seconds"], settings["open_rates"], Path(tmp),
+                           sessions, images)
     if not q:
         res["search"] = search(args.bundle, args.data, 50_000)
     res["ratios"] = ratios(res)

@@ -1,5 +1,7 @@
-"""ONNX Runtime's spinning threads on or off, with the model called from a worker thread as the
-service calls it, back to back and after an idle gap: why SIMCLR_EMBED_ORT_SPINNING is on.
+"""How ONNX Runtime's idle threads wait (SIMCLR_EMBED_ORT_SPINNING: run / always / off), measured
+twice, each round interleaving the three settings: the model alone, called from a worker thread
+as the service calls it, back to back and after an idle gap; and the service over HTTP, one
+client and 32, with its event loop's and its other threads' CPU per request.
 
     python -m benchmarks.spinning --bundle bundles/default
 """
@@ -7,49 +9,94 @@ service calls it, back to back and after an idle gap: why SIMCLR_EMBED_ORT_SPINN
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.benchmarks.process import ServiceProcess
+from simclr_embed.benchmarks.serving import closed_with_cpu, wrk
 from simclr_embed.service.bundle import load_bundle
-from simclr_embed.service.runtime import make_session
+from simclr_embed.service.runtime import SPINNING, make_session
+
+log = logging.getLogger("benchmarks.spinning")
+
+
+def pct(values: list[float]) -> dict[str, float]:
+    return {"n": len(values), "p50_ms": statistics.median(values),
+            "p95_ms": float(np.percentile(values, 95)), "p99_ms": float(np.percentile(values, 99))}
+
+
+def engine(bundle: Path, threads: int, rounds: int, reps: int) -> list[dict]:
+    path = load_bundle(bundle).encoder_path("int8")
+    images = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    sessions = {mode: make_session(path, threads, spinning=mode) for mode in SPINNING}
+    pool = ThreadPoolExecutor(1)  # the service's model thread
+    cases = [(b, gap) for b in (1, 20) for gap in (0.0, 0.1)]
+    samples: dict = {(mode, b, gap): [] for mode in sessions for b, gap in cases}
+    for s in sessions.values():
+        s.run(None, {"pixels": images})
+    for _ in range(rounds):
+        for b, gap in cases:
+            for mode, s in sessions.items():
+                for _ in range(reps):
+                    time.sleep(gap)
+                    t0 = time.perf_counter()
+                    pool.submit(s.run, None, {"pixels": images[:b]}).result()
+                    samples[(mode, b, gap)].append((time.perf_counter() - t0) * 1000)
+    return [{"spinning": mode, "batch": b, "idle_gap_s": gap} | pct(v)
+            for (mode, b, gap), v in samples.items()]
+
+
+def http(bundle: Path, rounds: int, seconds: float) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="spinning-"))
+    png = work / "query.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), np.uint8)).save(png)
+    procs = {mode: ServiceProcess(bundle, work / f"data-{mode}", work / f"{mode}.log",
+                                  SIMCLR_EMBED_ORT_SPINNING=mode).start() for mode in SPINNING}
+    res: dict = {mode: {"sequential": [], "closed_32": []} for mode in procs}
+    try:
+        for r in range(rounds):
+            for mode, srv in procs.items():
+                url = srv.url + "/v1/embed"
+                res[mode]["sequential"].append(wrk(url, png, 1, seconds))
+                res[mode]["closed_32"].append(closed_with_cpu(srv, url, png, seconds))
+                log.info("round %d %s: %.0f req/s at 32 clients", r, mode,
+                         res[mode]["closed_32"][-1]["requests_per_s"])
+    finally:
+        for srv in procs.values():
+            srv.stop()
+    keys = ("p50_ms", "p99_ms", "requests_per_s", "server_loop_cpu_ms_per_request",
+            "server_other_cpu_ms_per_request")
+    return {mode: {sec: {k: statistics.median(run[k] for run in runs) for k in keys
+                         if k in runs[0]} | {"rounds": len(runs)} for sec, runs in r.items()}
+            for mode, r in res.items()}
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", type=Path, default=Path("bundles/default"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--seconds", type=float, default=8, help="per wrk run")
     p.add_argument("--out", default="benchmarks/results/spinning.json")
     args = p.parse_args()
-    path = load_bundle(args.bundle).encoder_path("int8")
-    images = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
-    sessions = {spin: make_session(path, args.threads, spinning=spin) for spin in (True, False)}
-    pool = ThreadPoolExecutor(1)  # the service's model thread
-    cases = [(b, gap) for b in (1, 20) for gap in (0.0, 0.1)]
-    samples: dict = {(spin, b, gap): [] for spin in sessions for b, gap in cases}
-    for s in sessions.values():
-        s.run(None, {"pixels": images})
-    for _ in range(args.rounds):
-        for b, gap in cases:
-            for spin, s in sessions.items():
-                for _ in range(args.reps):
-                    time.sleep(gap)
-                    t0 = time.perf_counter()
-                    pool.submit(s.run, None, {"pixels": images[:b]}).result()
-                    samples[(spin, b, gap)].append((time.perf_counter() - t0) * 1000)
-    rows = [{"spinning": spin, "batch": b, "idle_gap_s": gap, "n": len(v),
-             "p50_ms": statistics.median(v), "p95_ms": float(np.percentile(v, 95)),
-             "p99_ms": float(np.percentile(v, 99))} for (spin, b, gap), v in samples.items()]
+    rows = engine(args.bundle, args.threads, args.rounds, args.reps)
+    served = http(args.bundle, args.rounds, args.seconds)
     write_result(args.out, {"benchmark": "spinning", "hardware": hardware(),
-                            "threads": args.threads, "rows": rows})
+                            "threads": args.threads, "rows": rows, "http": served})
     for r in rows:
-        print(r)
+        log.info("%s", r)
+    for mode, r in served.items():
+        log.info("%s: %s", mode, r)
 
 
 if __name__ == "__main__":

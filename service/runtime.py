@@ -15,6 +15,10 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 PROVIDERS = ("cpu", "cuda", "openvino")
+# How idle intra-op threads wait: "run" spins between the operators of a run and sleeps once it
+# returns, "always" spins after runs too, "off" never spins (ORT's allow_spinning and
+# force_spinning_stop; README, "Serving").
+SPINNING = ("run", "always", "off")
 
 
 class OpenVinoSession:
@@ -48,12 +52,14 @@ class OpenVinoSession:
 
 
 def make_session(path: Path | str, threads: int = 0, provider: str = "cpu",
-                 spinning: bool = True) -> ort.InferenceSession | OpenVinoSession:
+                 spinning: str = "run") -> ort.InferenceSession | OpenVinoSession:
     """A session on the asked provider; CUDA falls back to CPU, with a log line, when absent.
-    spinning=False stops idle intra-op threads from busy-waiting between runs, which frees the
-    cores for other work in the process (gallery search) at some cost in back-to-back latency."""
+    `spinning` is one of SPINNING: threads that spin after a run take the cores from the event
+    loop, threads that never spin wake late for each operator."""
     if provider not in PROVIDERS:
         raise ValueError(f"unknown provider {provider!r}; valid choices: {', '.join(PROVIDERS)}")
+    if spinning not in SPINNING:
+        raise ValueError(f"unknown spinning {spinning!r}; valid choices: {', '.join(SPINNING)}")
     if provider == "openvino":
         try:
             session = OpenVinoSession(path, threads)
@@ -65,7 +71,10 @@ def make_session(path: Path | str, threads: int = 0, provider: str = "cpu",
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads  # 0 = ORT's default (one per physical core)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.add_session_config_entry("session.intra_op.allow_spinning",
+                                  "0" if spinning == "off" else "1")
+    opts.add_session_config_entry("session.force_spinning_stop",
+                                  "1" if spinning == "run" else "0")
     providers = ["CPUExecutionProvider"]
     if provider == "cuda":
         if "CUDAExecutionProvider" in ort.get_available_providers():

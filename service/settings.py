@@ -17,9 +17,11 @@ class Settings(BaseSettings):
     precision: Literal["int8", "fp32"] = "int8"
     provider: Literal["cpu", "cuda", "openvino"] = "cpu"
     threads: int = Field(0, ge=0, description="ORT intra-op threads; 0 = one per core")
-    # On: without it the second ORT thread sleeps between operators, and on a VM whose idle vCPU
-    # halts it barely joins in (batch 20 after 100 ms idle: 24.7 ms off, 15.9 ms on; README).
-    ort_spinning: bool = Field(True, description="let idle ORT threads busy-wait (README)")
+    # "run": without spinning the second ORT thread sleeps between operators and, on a VM whose
+    # idle vCPU halts, barely joins in; spinning on after a run takes the event loop's core
+    # (benchmarks/results/spinning.json, README "Serving").
+    ort_spinning: Literal["run", "always", "off"] = Field(
+        "run", description="ORT threads busy-wait within a run, also between runs, or never")
     # Micro-batching: requests that queue while a batch runs form the next batch (up to
     # max_batch_size images); max_wait_ms > 0 additionally holds a lone request to gather more.
     max_batch_size: int = Field(64, ge=1)
@@ -51,6 +53,13 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
+
+    @field_validator("ort_spinning", mode="before")
+    @classmethod
+    def _spinning_bool(cls, v: object) -> object:
+        """The setting was a boolean before: true meant "always", false "off"."""
+        old = {"true": "always", "1": "always", "false": "off", "0": "off"}
+        return old.get(str(v).strip().lower(), v) if isinstance(v, str | bool) else v
 
     @field_validator("api_key", "gallery_url", mode="before")
     @classmethod

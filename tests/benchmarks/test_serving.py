@@ -22,6 +22,10 @@ def test_quick_serving_benchmark(bundle_dir: Path, cifar10_dir: Path, tmp_path: 
         for run in http["sequential"] + http["closed_32"]:
             assert run["requests"] > 0 and run["non2xx"] == 0 and run["socket_errors"] == 0
             assert 0 < run["p50_ms"] <= run["p99_ms"] and run["tool_cpu_s"] > 0
+        for run in http["closed_32"]:
+            assert run["server_loop_cpu_ms_per_request"] > 0
+            assert run["server_other_cpu_ms_per_request"] >= 0
+            assert run["vs_engine_b64"] == run["requests_per_s"] / run["engine_b64_images_per_s"]
         for runs in http["open"].values():
             assert all(r["requests"] > 0 and r["non2xx"] == 0 for r in runs)
         assert http["rss_mb"] > 0

@@ -1,6 +1,7 @@
 """Each serving optimization keeps the answers: a lone request run on the event loop and the
-same image in a batch, a thumbnail decoded inline and in the decode pool, and OpenVINO against
-ONNX Runtime on the same INT8 file, all on real CIFAR-10 images and a real server."""
+same image in a batch, a thumbnail decoded inline and in the decode pool, every ORT spinning
+setting, and OpenVINO against ONNX Runtime on the same INT8 file, all on real CIFAR-10 images
+and a real server."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from simclr_embed.service.deps import INLINE_DECODE_PIXELS, decode_all
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.preprocess import decode_image
-from simclr_embed.service.runtime import make_session
+from simclr_embed.service.runtime import SPINNING, make_session
 from simclr_embed.service.settings import Settings
 from tests.service.conftest import Server, png
 from tests.service.test_admission import metric
@@ -108,3 +109,19 @@ def test_openvino_serves_the_int8_model_within_the_gates(bundle_dir: Path, tmp_p
         srv.stop()
     assert 'provider="OpenVINO-CPU"' in info
     assert float(served @ embed(server.url, body)) > 0.998  # vs the ORT server, same file
+
+
+def test_spinning_settings_change_timing_not_answers(bundle_dir: Path, cifar10) -> None:
+    images = cifar10[1].images[:40]  # (40, 32, 32, 3)
+    outs = {mode: make_session(bundle_dir / "encoder_int8.onnx", 2, spinning=mode).run(
+        None, {"pixels": images})[0] for mode in SPINNING}
+    for mode in SPINNING:
+        np.testing.assert_allclose(outs[mode], outs["run"], atol=1e-5)
+    with pytest.raises(ValueError, match="valid choices: run, always, off"):
+        make_session(bundle_dir / "encoder_int8.onnx", spinning="sometimes")
+
+
+@pytest.mark.parametrize(("given", "meant"), [("true", "always"), ("false", "off"),
+                                              ("1", "always"), ("run", "run"), (False, "off")])
+def test_spinning_setting_reads_the_old_booleans(given: object, meant: str) -> None:
+    assert Settings(ort_spinning=given).ort_spinning == meant
