@@ -139,7 +139,8 @@ def wrk(url: str, body: Path, clients: int, seconds: float) -> dict:
     env = {**os.environ, "WRK_BODY": str(body), "WRK_TYPE": "image/png"}
     t0 = time.perf_counter()
     out, wall, cpu = _collect(subprocess.Popen(
-        [_tool("wrk"), "-t1", f"-c{clients}", f"-d{seconds}s", "-s", str(WRK_SCRIPT), url],
+        [_tool("wrk"), "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s",  # whole seconds
+         "-s", str(WRK_SCRIPT), url],
         stdout=subprocess.PIPE, text=True, env=env), t0)
     r = json.loads(out.strip().splitlines()[-1])
     ms = {k.replace("_us", "_ms"): v / 1000 for k, v in r.items() if k.endswith("_us")}

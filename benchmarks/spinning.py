@@ -11,17 +11,14 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from simclr_embed.benchmarks.ab import compare
 from simclr_embed.benchmarks.common import hardware, write_result
-from simclr_embed.benchmarks.process import ServiceProcess
-from simclr_embed.benchmarks.serving import closed_with_cpu, wrk
 from simclr_embed.service.bundle import load_bundle
 from simclr_embed.service.runtime import SPINNING, make_session
 
@@ -54,31 +51,6 @@ def engine(bundle: Path, threads: int, rounds: int, reps: int) -> list[dict]:
             for (mode, b, gap), v in samples.items()]
 
 
-def http(bundle: Path, rounds: int, seconds: float) -> dict:
-    work = Path(tempfile.mkdtemp(prefix="spinning-"))
-    png = work / "query.png"
-    Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), np.uint8)).save(png)
-    procs = {mode: ServiceProcess(bundle, work / f"data-{mode}", work / f"{mode}.log",
-                                  SIMCLR_EMBED_ORT_SPINNING=mode).start() for mode in SPINNING}
-    res: dict = {mode: {"sequential": [], "closed_32": []} for mode in procs}
-    try:
-        for r in range(rounds):
-            for mode, srv in procs.items():
-                url = srv.url + "/v1/embed"
-                res[mode]["sequential"].append(wrk(url, png, 1, seconds))
-                res[mode]["closed_32"].append(closed_with_cpu(srv, url, png, seconds))
-                log.info("round %d %s: %.0f req/s at 32 clients", r, mode,
-                         res[mode]["closed_32"][-1]["requests_per_s"])
-    finally:
-        for srv in procs.values():
-            srv.stop()
-    keys = ("p50_ms", "p99_ms", "requests_per_s", "server_loop_cpu_ms_per_request",
-            "server_other_cpu_ms_per_request")
-    return {mode: {sec: {k: statistics.median(run[k] for run in runs) for k in keys
-                         if k in runs[0]} | {"rounds": len(runs)} for sec, runs in r.items()}
-            for mode, r in res.items()}
-
-
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -90,7 +62,8 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/spinning.json")
     args = p.parse_args()
     rows = engine(args.bundle, args.threads, args.rounds, args.reps)
-    served = http(args.bundle, args.rounds, args.seconds)
+    served = compare(args.bundle, {mode: {"SIMCLR_EMBED_ORT_SPINNING": mode} for mode in SPINNING},
+                     args.rounds, args.seconds)
     write_result(args.out, {"benchmark": "spinning", "hardware": hardware(),
                             "threads": args.threads, "rows": rows, "http": served})
     for r in rows:

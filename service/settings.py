@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     # (benchmarks/results/spinning.json, README "Serving").
     ort_spinning: Literal["run", "always", "off"] = Field(
         "run", description="ORT threads busy-wait within a run, also between runs, or never")
+    gc_settle: bool = Field(True, description="freeze the loaded heap, collect less often "
+                            "(service/app.py: settle_heap)")
     # Micro-batching: requests that queue while a batch runs form the next batch (up to
     # max_batch_size images); max_wait_ms > 0 additionally holds a lone request to gather more.
     max_batch_size: int = Field(64, ge=1)

@@ -6,6 +6,7 @@ and a real server."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -125,3 +126,24 @@ def test_spinning_settings_change_timing_not_answers(bundle_dir: Path, cifar10) 
                                               ("1", "always"), ("run", "run"), (False, "off")])
 def test_spinning_setting_reads_the_old_booleans(given: object, meant: str) -> None:
     assert Settings(ort_spinning=given).ort_spinning == meant
+
+
+@pytest.mark.parametrize("settle", [True, False])
+def test_startup_settles_the_heap_unless_told_not_to(bundle_dir: Path, tmp_path: Path,
+                                                     settle: bool) -> None:
+    from simclr_embed.service.app import GC_GEN0_THRESHOLD, create_app
+
+    async def started() -> tuple[int, int]:
+        app = create_app(Settings(bundle=bundle_dir, data_dir=tmp_path, gc_settle=settle))
+        async with app.router.lifespan_context(app):
+            return gc.get_freeze_count(), gc.get_threshold()[0]
+
+    before = gc.get_threshold()
+    gc.unfreeze()
+    try:
+        frozen, gen0 = asyncio.run(started())
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert (frozen > 0) == settle
+    assert (gen0 == GC_GEN0_THRESHOLD) == settle

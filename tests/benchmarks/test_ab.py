@@ -1,0 +1,28 @@
+"""The A/B benchmark runs two real servers that differ in one setting and reports both; its
+variant syntax reads names and environment assignments."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from simclr_embed.benchmarks.ab import parse_variant
+
+
+def test_variant_syntax() -> None:
+    assert parse_variant("base") == ("base", {})
+    assert parse_variant("x:SIMCLR_EMBED_GC_SETTLE=false,SIMCLR_EMBED_THREADS=1") == (
+        "x", {"SIMCLR_EMBED_GC_SETTLE": "false", "SIMCLR_EMBED_THREADS": "1"})
+
+
+def test_quick_ab_run(bundle_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ab.json"
+    subprocess.run([sys.executable, "-m", "simclr_embed.benchmarks.ab", "--bundle",
+                    str(bundle_dir), "--rounds", "1", "--seconds", "2", "--out", str(out),
+                    "a", "b:SIMCLR_EMBED_GC_SETTLE=false"], check=True, timeout=300)
+    res = json.loads(out.read_text())["variants"]
+    assert res["b"]["env"] == {"SIMCLR_EMBED_GC_SETTLE": "false"}
+    for name in ("a", "b"):
+        closed = res[name]["closed_32"]
+        assert closed["requests_per_s"] > 0 and closed["server_loop_cpu_ms_per_request"] > 0
+        assert 0 < res[name]["sequential"]["p50_ms"] <= res[name]["sequential"]["p99_ms"]
