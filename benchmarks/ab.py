@@ -30,7 +30,19 @@ def compare(bundle: Path, variants: dict[str, dict[str, str]], rounds: int,
             seconds: float) -> dict:
     """name -> {sequential, closed_32}: medians over rounds of each variant's runs, and the
     per-round values of requests/s and p99 at 32 clients."""
-    work = Path(tempfile.mkdtemp(prefix="ab-"))
+    with tempfile.TemporaryDirectory(prefix="ab-") as tmp:
+        res = _measure(Path(tmp), bundle, variants, rounds, seconds)
+    return {name: {sec: {k: statistics.median(run[k] for run in runs) for k in KEYS
+                         if k in runs[0]}
+                   | {"rounds": len(runs), "requests_per_s_by_round":
+                      [run["requests_per_s"] for run in runs],
+                      "p99_ms_by_round": [run["p99_ms"] for run in runs]}
+                   for sec, runs in r.items()} | {"env": variants[name]}
+            for name, r in res.items()}
+
+
+def _measure(work: Path, bundle: Path, variants: dict[str, dict[str, str]], rounds: int,
+             seconds: float) -> dict[str, dict[str, list[dict]]]:
     png = work / "query.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), np.uint8)).save(png)
     procs = {name: ServiceProcess(bundle, work / f"data-{name}", work / f"{name}.log",
@@ -47,13 +59,7 @@ def compare(bundle: Path, variants: dict[str, dict[str, str]], rounds: int,
     finally:
         for srv in procs.values():
             srv.stop()
-    return {name: {sec: {k: statistics.median(run[k] for run in runs) for k in KEYS
-                         if k in runs[0]}
-                   | {"rounds": len(runs), "requests_per_s_by_round":
-                      [run["requests_per_s"] for run in runs],
-                      "p99_ms_by_round": [run["p99_ms"] for run in runs]}
-                   for sec, runs in r.items()} | {"env": variants[name]}
-            for name, r in res.items()}
+    return res
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,15 +18,11 @@ import numpy as np
 
 from simclr_embed.benchmarks.ab import compare
 from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.benchmarks.serving import pct
 from simclr_embed.service.bundle import load_bundle
 from simclr_embed.service.runtime import SPINNING, make_session
 
 log = logging.getLogger("benchmarks.spinning")
-
-
-def pct(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "p50_ms": statistics.median(values),
-            "p95_ms": float(np.percentile(values, 95)), "p99_ms": float(np.percentile(values, 99))}
 
 
 def engine(bundle: Path, threads: int, rounds: int, reps: int) -> list[dict]:

@@ -56,6 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+GC_GEN0_THRESHOLD = 20_000  # CPython's default is 700 allocations
+
+
 def settle_heap() -> None:
     """Once loaded, the modules, the app and the bundle stay alive for good: frozen, the garbage
     collector stops walking them again and again, and with a larger first generation it runs
@@ -64,9 +67,6 @@ def settle_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
-
-
-GC_GEN0_THRESHOLD = 20_000  # CPython's default is 700 allocations
 
 
 def app_from_env() -> FastAPI:
