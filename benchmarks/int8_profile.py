@@ -1,6 +1,6 @@
 """Where the INT8 encoder spends its time, by ONNX Runtime's own profiler: the share of kernel
-time per operator type at batch 64 for the FP32 and the INT8 graph, and which nodes of the INT8
-graph still compute in floating point after ORT's graph optimizations.
+time per operator type at batch 1 and batch 64 for the FP32 and the INT8 graph, and which nodes
+of the INT8 graph still compute in floating point after ORT's graph optimizations.
 
     python -m benchmarks.int8_profile --bundle bundles/default
 """
@@ -47,16 +47,21 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/int8_profile.json")
     args = p.parse_args()
     bundle = load_bundle(args.bundle)
-    images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
-    with tempfile.TemporaryDirectory() as tmp:
-        res = {p: profile(bundle.encoder_path(p), images, args.threads, args.runs, Path(tmp))
-               for p in ("fp32", "int8")}
     float_ops = {"Conv", "Add", "GlobalAveragePool", "MatMul", "Gemm", "Relu"}
-    res["int8"]["float_compute_ops_left"] = sorted(
-        k for k in res["int8"]["share_by_op"] if k in float_ops)
-    write_result(args.out, {"benchmark": "int8_profile", "hardware": hardware(), "batch": 64,
-                            "threads": args.threads, "runs": args.runs, **res})
-
+    by_batch = {}
+    for batch in (1, 64):
+        images = np.random.default_rng(0).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
+        runs = args.runs * (64 // batch)  # about the same images either way
+        with tempfile.TemporaryDirectory() as tmp:
+            res = {p: profile(bundle.encoder_path(p), images, args.threads, runs, Path(tmp))
+                   for p in ("fp32", "int8")}
+        res["int8"]["float_compute_ops_left"] = sorted(
+            k for k in res["int8"]["share_by_op"] if k in float_ops)
+        res["int8_vs_fp32_kernel_time"] = (res["fp32"]["kernel_ms_per_run"]
+                                           / res["int8"]["kernel_ms_per_run"])
+        by_batch[str(batch)] = {"runs": runs, **res}
+    write_result(args.out, {"benchmark": "int8_profile", "hardware": hardware(),
+                            "threads": args.threads, "batches": by_batch})
 
 if __name__ == "__main__":
     main()

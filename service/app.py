@@ -16,6 +16,7 @@ from simclr_embed.service.admission import Gate
 from simclr_embed.service.deps import NumpyJSON
 from simclr_embed.service.engine import Engine, Inflight
 from simclr_embed.service.handlers import install_handlers
+from simclr_embed.service.hot_path import HotPath
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.routes import gallery, inference, ops
 from simclr_embed.service.settings import Settings
@@ -46,6 +47,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     for module in (ops, inference, gallery, openai_api, page):
         app.include_router(module.router)
+    if settings.hot_path:  # added first: it runs inside the Gate
+        app.add_middleware(HotPath, engine=engine, settings=settings)
     app.add_middleware(Gate, settings=settings, metrics=metrics, inflight=inflight,
                        queued_images=lambda: engine.pending)
     if settings.api_key is None:

@@ -121,6 +121,8 @@ async def decode_all(request: Request, engine: Engine, settings: Settings,
     event loop while no decode is queued, anything larger in the pool, one slot per decode
     thread. A request whose client has gone is dropped when its turn for a slot comes, before
     it costs a decode, and again before it costs a place in a model batch."""
+    if not raws:
+        raise InvalidInput("no images in the request")
     if len(raws) > settings.max_images_per_request:
         raise InvalidInput(f"{len(raws)} images in one request; the limit is "
                            f"{settings.max_images_per_request}")

@@ -4,14 +4,14 @@ FastAPI's own, all as {"error": {"code": ..., "message": ...}}."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 
 from simclr_embed.service.errors import ServiceError
 
@@ -43,42 +43,66 @@ def error_response(status: int, code: str, message: str,
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
+def leaf_routes(routes: Sequence[BaseRoute]) -> Iterator[BaseRoute]:
+    """Routes, with those of included routers in place of the router (FastAPI >= 0.16x keeps
+    an included router as one route; our routers have no prefix)."""
+    for route in routes:
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        yield from leaf_routes(inner) if inner is not None else (route,)
+
+
 def allowed_methods(request: Request) -> list[str]:
-    """Every method that some route serves at this request's path (RFC 9110's Allow)."""
-    methods: set[str] = set()
-    for route in request.app.routes:
+    """The methods served at this request's path (RFC 9110's Allow). As in OpenAPI, a concrete
+    path goes before templated ones: /v1/gallery/delete allows POST, not the GET and DELETE of
+    /v1/gallery/{item_id}."""
+    found: dict[bool, set[str]] = {True: set(), False: set()}  # concrete path? -> methods
+    for route in leaf_routes(request.app.routes):
         match, _ = route.matches(request.scope)
         if match != Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return sorted(methods)
+            concrete = "{" not in getattr(route, "path", "{")
+            found[concrete] |= getattr(route, "methods", None) or set()
+    return sorted(found[True] or found[False])
+
+
+async def service_error(request: Request, e: ServiceError) -> JSONResponse:
+    return error_response(e.status, e.code, e.message, e.headers, request.url.path)
+
+
+async def invalid_request(request: Request, e: RequestValidationError) -> JSONResponse:
+    return error_response(422, "invalid_input", validation_message(e.errors()), None,
+                          request.url.path)
+
+
+async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+    headers = dict(e.headers or {})
+    if e.status_code == 405:  # Starlette names only the first route's methods
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return error_response(e.status_code, _HTTP_CODES.get(e.status_code, "http_error"),
+                          str(e.detail), headers)
+
+
+async def client_gone(request: Request, _: ClientDisconnect) -> JSONResponse:
+    """The client left (while its body was read, or before its decode or model batch):
+    counted, answered with nginx's 499, not logged as a crash."""
+    request.app.state.metrics.client_gone.inc()
+    return error_response(499, "client_closed_request", "client closed the connection")
+
+
+async def internal(_: Request, e: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=e)
+    return error_response(500, "internal", f"internal error: {type(e).__name__}")
+
+
+HANDLERS = ((ServiceError, service_error), (RequestValidationError, invalid_request),
+            (HTTPException, http_error), (ClientDisconnect, client_gone), (Exception, internal))
+
+
+async def exception_response(request: Request, e: Exception) -> JSONResponse:
+    """What FastAPI would answer for e, for code that runs outside its routes (the hot path)."""
+    handler = next(h for kind, h in HANDLERS if isinstance(e, kind))
+    return await handler(request, e)
 
 
 def install_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ServiceError)
-    async def _service(request: Request, e: ServiceError) -> JSONResponse:
-        return error_response(e.status, e.code, e.message, e.headers, request.url.path)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, e: RequestValidationError) -> JSONResponse:
-        return error_response(422, "invalid_input", validation_message(e.errors()), None,
-                              request.url.path)
-
-    @app.exception_handler(HTTPException)
-    async def _http(request: Request, e: HTTPException) -> JSONResponse:
-        headers = dict(e.headers or {})
-        if e.status_code == 405:  # Starlette names only the first route's methods
-            headers["Allow"] = ", ".join(allowed_methods(request))
-        return error_response(e.status_code, _HTTP_CODES.get(e.status_code, "http_error"),
-                              str(e.detail), headers)
-
-    @app.exception_handler(ClientDisconnect)
-    async def _gone(request: Request, _: ClientDisconnect) -> JSONResponse:
-        """The client left (while its body was read, or before its decode or model batch):
-        counted, answered with nginx's 499, not logged as a crash."""
-        request.app.state.metrics.client_gone.inc()
-        return error_response(499, "client_closed_request", "client closed the connection")
-
-    @app.exception_handler(Exception)
-    async def _internal(_: Request, e: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return error_response(500, "internal", f"internal error: {type(e).__name__}")
+    for kind, handler in HANDLERS:
+        app.add_exception_handler(kind, handler)

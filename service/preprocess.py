@@ -17,7 +17,7 @@ import struct
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from simclr_embed.service.errors import BadImage, PayloadTooLarge
 
@@ -88,7 +88,10 @@ def open_checked(raw: bytes, max_pixels: int, max_aspect: float,
         raise BadImage("empty image")
     try:
         img = Image.open(io.BytesIO(raw))
-    except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or unknown headers
+    except UnidentifiedImageError as e:  # its text names a BytesIO's memory address
+        raise BadImage(f"cannot decode image: {len(raw)} bytes in no format Pillow reads "
+                       "(PNG, JPEG, WebP, ...)") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated headers
         raise BadImage(f"cannot decode image: {e}") from e
     w, h = img.size
     if w < 1 or h < 1:

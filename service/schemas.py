@@ -22,8 +22,8 @@ class ImagesRequest(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    images: list[str] | None = Field(None, description="query images (base64 / data URLs)",
-                                     examples=[[EXAMPLE_IMAGE]])
+    images: Annotated[list[Base64Image], Field(min_length=1)] | None = Field(
+        None, description="query images (base64 / data URLs)", examples=[[EXAMPLE_IMAGE]])
     embeddings: list[list[float]] | None = Field(
         None, description="query vectors of the model's dimension (normalized here)")
     k: int = Field(10, ge=1, description="neighbours per query (at most the server's max_k)")

@@ -18,7 +18,9 @@ from simclr_embed.service.deps import (
     decode_all,
     read_body,
 )
+from simclr_embed.service.engine import Engine
 from simclr_embed.service.errors import InvalidInput
+from simclr_embed.service.settings import Settings
 
 router = APIRouter()
 
@@ -34,6 +36,11 @@ def softmax_top(logits: np.ndarray, classes: list[str], k: int) -> list[list[dic
 @router.post("/v1/embed", tags=["inference"], response_model=schemas.EmbedResponse,
              responses=schemas.ERRORS, openapi_extra=schemas.image_body(schemas.ImagesRequest))
 async def embed(request: Request, engine: EngineDep, settings: SettingsDep) -> NumpyJSON:
+    return await embed_response(request, engine, settings)
+
+
+async def embed_response(request: Request, engine: Engine, settings: Settings) -> NumpyJSON:
+    """The body of /v1/embed, shared by the route and the hot path (service/hot_path.py)."""
     _, raws = await read_body(request, schemas.ImagesRequest)
     emb, _ = await engine.infer(await decode_all(request, engine, settings, raws))
     return NumpyJSON({"model": engine.model_id, "precision": settings.precision,

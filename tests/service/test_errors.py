@@ -66,6 +66,8 @@ SEARCH_CASES = [
     ("NaN as Python writes it", b'{"embeddings": [[NaN' + b", 0.1" * 511 + b"]]}", 422),
     ("zero vector", {"embeddings": [[0.0] * 512]}, 422),
     ("both inputs", {"images": [b64(png(IMG))], "embeddings": [[0.1] * 512]}, 422),
+    ("no images", {"images": []}, 422),  # schemathesis found a 500 here
+    ("empty image", {"images": [""]}, 422),
 ]
 
 
@@ -98,6 +100,14 @@ def test_gallery_management_needs_the_key(client) -> None:
 def test_unknown_route_and_method_use_the_error_shape(client) -> None:
     assert client.get("/v2/nothing").json()["error"]["code"] == "not_found"
     assert client.get("/v1/embed").json()["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("GET", "/v1/embed", "POST"), ("PUT", "/v1/gallery", "GET, POST"),
+    ("PATCH", "/v1/gallery/x", "DELETE, GET"), ("PUT", "/v1/gallery/delete", "POST")])
+def test_405_names_every_method_of_the_path(client, method, path, allow) -> None:
+    r = client.request(method, path)
+    assert (r.status_code, r.headers.get("allow")) == (405, allow), r.text
 
 
 def test_overload_answers_503_with_retry_after(bundle_dir, tmp_path, cifar10) -> None:

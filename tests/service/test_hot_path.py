@@ -1,0 +1,138 @@
+"""The hot path (service/hot_path.py) answers POST /v1/embed exactly as the FastAPI route does,
+embeddings and errors alike, and leaves everything else to FastAPI: real servers on real
+CIFAR-10 images, one with the hot path and one without."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from simclr_embed.benchmarks.process import ServiceProcess
+from simclr_embed.service.engine import Engine
+from simclr_embed.service.hot_path import HotPath
+from simclr_embed.service.metrics import Metrics
+from simclr_embed.service.settings import Settings
+from tests.service.conftest import Server, png
+from tests.service.test_admission import metric
+
+
+@pytest.fixture(scope="module")
+def route_server(bundle_dir: Path, tmp_path_factory) -> Iterator[ServiceProcess]:
+    """The session's `server`, but /v1/embed goes through FastAPI's route."""
+    srv = Server(bundle_dir, tmp_path_factory.mktemp("route") / "data",
+                 SIMCLR_EMBED_MAX_BODY_BYTES=str(2 * 2**20),
+                 SIMCLR_EMBED_HOT_PATH="false").start()
+    yield srv
+    srv.stop()
+
+
+def post(url: str, **kw) -> httpx.Response:
+    return httpx.post(url + "/v1/embed", timeout=60, **kw)
+
+
+def bodies(cifar10) -> dict[str, dict]:
+    """Every kind of body /v1/embed takes, on real test images."""
+    imgs = [png(x) for x in cifar10[1].images[:3]]
+    b64 = [base64.b64encode(b).decode() for b in imgs]
+    return {
+        "png": {"content": imgs[0], "headers": {"content-type": "image/png"}},
+        "octet": {"content": imgs[1], "headers": {"content-type": "application/octet-stream"}},
+        "multipart": {"files": [("files", (f"{i}.png", b, "image/png"))
+                                for i, b in enumerate(imgs)]},
+        "json": {"json": {"images": [b64[0], "data:image/png;base64," + b64[2]]}},
+    }
+
+
+BAD = {
+    "not an image": {"content": b"no pixels here", "headers": {"content-type": "image/png"}},
+    "empty": {"content": b"", "headers": {"content-type": "image/png"}},
+    "truncated": None,  # filled in below from a real PNG
+    "text": {"content": b"hello", "headers": {"content-type": "text/plain"}},
+    "no type": {"content": b"hello"},
+    "broken json": {"content": b'{"images": [', "headers": {"content-type": "application/json"}},
+    "wrong field": {"json": {"image": []}},
+    "bad base64": {"json": {"images": ["%%%"]}},
+    "too many": {"json": {"images": ["AA=="] * 65}},
+    "no files": {"data": {"a": "b"}, "files": [("other", ("x.txt", b"", "text/plain"))]},
+    "too large": {"content": b"x" * (2 * 2**20 + 1), "headers": {"content-type": "image/png"}},
+}
+
+
+def test_hot_path_answers_as_the_route(server, route_server, cifar10) -> None:
+    before = httpx.get(server.url + "/metrics").text
+    for name, kw in bodies(cifar10).items():
+        hot, routed = post(server.url, **kw), post(route_server.url, **kw)
+        assert hot.status_code == routed.status_code == 200, (name, hot.text, routed.text)
+        a, b = hot.json(), routed.json()
+        assert a.keys() == b.keys() and a["dimension"] == b["dimension"], name
+        np.testing.assert_allclose(a["embeddings"], b["embeddings"], atol=1e-5, err_msg=name)
+    after = httpx.get(server.url + "/metrics").text
+    ok = 'route="/v1/embed",status="200"'
+    assert metric(after, "simclr_embed_requests_total", ok) - metric(
+        before, "simclr_embed_requests_total", ok) == 4  # labelled as the route's requests
+
+
+def test_hot_path_errors_are_the_routes(server, route_server, cifar10) -> None:
+    cases = dict(BAD, truncated={"content": png(cifar10[1].images[0])[:60],
+                                 "headers": {"content-type": "image/png"}})
+    for name, kw in cases.items():
+        hot, routed = post(server.url, **kw), post(route_server.url, **kw)
+        assert 400 <= hot.status_code < 500, (name, hot.status_code, hot.text)
+        assert " at 0x" not in hot.text, hot.text  # no object reprs in messages
+        assert (hot.status_code, hot.json()) == (routed.status_code, routed.json()), name
+    for url in (server.url, route_server.url):  # other methods still reach FastAPI
+        r = httpx.get(url + "/v1/embed")
+        assert r.status_code == 405 and r.headers["allow"] == "POST", r.text
+    assert httpx.get(server.url + "/healthz").status_code == 200
+
+
+def test_hot_path_takes_only_post_embed(bundle_dir: Path, tmp_path: Path, cifar10) -> None:
+    """In process: the embed never reaches the app behind the hot path; anything else does;
+    before the engine is ready the hot path answers 503 as the route's dependency would."""
+    passed: list[tuple[str, str]] = []
+
+    async def behind(scope, receive, send) -> None:  # stands in for FastAPI
+        passed.append((scope["method"], scope["path"]))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    settings = Settings(bundle=bundle_dir, data_dir=tmp_path, threads=1)
+    engine = Engine(settings, Metrics())
+    hot = HotPath(behind, engine, settings)
+    body = png(cifar10[1].images[0])
+
+    async def call(method: str, path: str) -> tuple[int, bytes]:
+        scope = {"type": "http", "method": method, "path": path, "query_string": b"",
+                 "headers": [(b"content-type", b"image/png")]}
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(msg: dict) -> None:
+            sent.append(msg)
+
+        await hot(scope, receive, send)
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    async def run() -> list[tuple[int, bytes]]:
+        loading = await call("POST", "/v1/embed")
+        await engine.start()
+        try:
+            return [loading, await call("POST", "/v1/embed"), await call("GET", "/v1/embed"),
+                    await call("POST", "/v1/search"), await call("POST", "/v1/embed/")]
+        finally:
+            await engine.stop()
+
+    loading, embedded, *others = asyncio.run(run())
+    assert loading[0] == 503 and json.loads(loading[1])["error"]["code"] == "not_ready"
+    assert embedded[0] == 200 and len(json.loads(embedded[1])["embeddings"][0]) == engine.dim
+    assert [s for s, _ in others] == [204, 204, 204]
+    assert passed == [("GET", "/v1/embed"), ("POST", "/v1/search"), ("POST", "/v1/embed/")]
