@@ -71,5 +71,6 @@ def main() -> None:
     write_result(args.out, {"benchmark": "int8_profile", "hardware": hardware(),
                             "threads": args.threads, "batches": by_batch})
 
+
 if __name__ == "__main__":
     main()

@@ -44,11 +44,15 @@ async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def ready_engine(request: Request) -> Engine:
-    engine: Engine = request.app.state.engine
+def check_ready(engine: Engine) -> Engine:
+    """503 + Retry-After while the model loads: for the dependency and the hot path alike."""
     if not engine.ready:
         raise NotReady("model is loading", headers={"Retry-After": "2"})
     return engine
+
+
+async def ready_engine(request: Request) -> Engine:
+    return check_ready(request.app.state.engine)
 
 
 async def require_api_key(

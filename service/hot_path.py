@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+from simclr_embed.service.deps import check_ready
 from simclr_embed.service.engine import Engine
-from simclr_embed.service.errors import NotReady
 from simclr_embed.service.handlers import exception_response
 from simclr_embed.service.routes import inference
 from simclr_embed.service.settings import Settings
@@ -35,9 +35,8 @@ class HotPath:
         scope["route"] = ROUTE  # what the Gate labels its metrics with
         request = Request(scope, receive)
         try:
-            if not self.engine.ready:
-                raise NotReady("model is loading", headers={"Retry-After": "2"})
-            response = await inference.embed_response(request, self.engine, self.settings)
+            engine = check_ready(self.engine)
+            response = await inference.embed_response(request, engine, self.settings)
         except Exception as e:  # each kind to its own handler, as FastAPI would
             response = await exception_response(request, e)
         try:
