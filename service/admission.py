@@ -1,53 +1,61 @@
-"""The front door, as pure ASGI middleware (BaseHTTPMiddleware costs CPU per request):
+"""The front door, as pure ASGI middleware (BaseHTTPMiddleware costs CPU per request). Every
+request passes it in this order, so each refusal means the same on every route:
 
-* admission at arrival, before a byte of the body is read: a POST is refused with 503 +
-  Retry-After when the requests or body bytes already admitted, or the images queued for the
-  model, are at their bounds, so overload is shed before it costs decode time or memory;
-* the body's byte limit (413) and a deadline for receiving it (408), so slow or endless bodies
-  cannot hold a slot;
-* the API key on every route but the probes, when the settings ask for it;
-* the request metrics, in a `finally`, so that 500s are counted too.
+1. the key for the route's scope (service/auth.py), from the headers alone, before a byte of
+   the body is read (401 / 403);
+2. the body, received whole before the request costs anything else, as a reverse proxy buffers
+   it: counted by the bytes that actually arrive (chunked too) against the route's limit (413)
+   and the byte budget of every body held at once (503), and cut when it arrives slower than
+   `min_upload_bytes_per_s` after `upload_grace_s`, or not within `body_timeout_s` (408); a
+   client that leaves mid-body is counted and dropped (499);
+3. only then a request slot and the model queue (503 + Retry-After), so a slow upload never
+   holds a slot that a whole request could use;
+4. the request metrics, in a `finally`, so that 500s are counted too.
+
+A body refused for want of budget or a slot is read to its end first (and dropped), so that
+the client gets the whole 503 instead of a connection reset.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from simclr_embed.service.engine import Inflight
+from starlette.requests import ClientDisconnect
+
+from simclr_embed.service.auth import authorize
 from simclr_embed.service.errors import (
-    Forbidden,
     Overloaded,
     PayloadTooLarge,
     RequestTimeout,
     ServiceError,
-    Unauthorized,
 )
 from simclr_embed.service.handlers import error_response
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.settings import Settings
 
-OPEN_PATHS = ("/healthz", "/readyz")  # probes never need the key
+# /v1/gallery/delete takes ids only: max_list_items of them, 256 characters each, every one
+# possibly escaped to 6 bytes in JSON.
+_ID_BYTES = 256 * 6 + 4
 
 
-def check_api_key(settings: Settings, authorization: str | None, x_api_key: str | None) -> None:
-    """401 without a usable key, 403 with a wrong one. `Authorization` must be
-    'Bearer <key>' (scheme case-insensitive); a bare value is not taken as the key."""
-    if settings.api_key is None:
-        raise Forbidden("this route needs an API key, and none is configured: set "
-                        "SIMCLR_EMBED_API_KEY")
-    given = x_api_key
-    if given is None and authorization is not None:
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("Authorization must be 'Bearer <key>'")
-        given = token.strip()
-    if not given:
-        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' or X-API-Key")
-    if not hmac.compare_digest(given.encode(), settings.api_key.get_secret_value().encode()):
-        raise Forbidden("wrong API key")
+@dataclass
+class Inflight:
+    """Requests admitted past their body and not yet answered, and the body bytes held by
+    every request being received or served: counted here, read by the engine to tell a lone
+    request from one among many."""
+
+    requests: int = 0
+    bytes: int = 0
+
+
+def body_limit(settings: Settings, path: str) -> int:
+    """The largest body the route can use."""
+    if path == "/v1/gallery/delete":
+        return settings.max_list_items * _ID_BYTES + 1024
+    return settings.max_body_bytes
 
 
 class Gate:
@@ -76,65 +84,133 @@ class Gate:
     async def _handle(self, scope, receive, send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope["headers"]}
+        path, held = scope["path"], 0
         try:
-            if self.settings.require_api_key and scope["path"] not in OPEN_PATHS:
-                check_api_key(self.settings, headers.get("authorization"),
-                              headers.get("x-api-key"))
-            length = self._declared_length(headers)
-            if scope["method"] != "POST":
+            authorize(self.settings, scope["method"], path, headers)
+            if scope["method"] != "POST":  # no route reads a body but POST's
                 return await self.app(scope, receive, send)
-            self._admit(length)
+            body, held = await self._receive_body(receive, headers, body_limit(self.settings,
+                                                                               path))
+            self._admit()
+        except ClientDisconnect:  # counted and labelled as the route's handler does it
+            self.metrics.client_gone.inc()
+            return await error_response(499, "client_closed_request", "client closed the "
+                                        "connection", None, path)(scope, receive, send)
         except ServiceError as e:
-            # The body is still on its way: close the connection with the answer, or the server
-            # would read and discard all of it to keep the connection alive.
-            headers = {**(e.headers or {}), "Connection": "close"}
-            return await error_response(e.status, e.code, e.message, headers,
-                                        scope["path"])(scope, receive, send)
+            self.inflight.bytes -= held  # held is set only once the body is whole
+            return await self._refuse(e, path, scope, receive, send)
         self.inflight.requests += 1
-        self.inflight.bytes += length
         try:
-            await self.app(scope, self._bounded(receive), send)
+            await self.app(scope, _replay(body, receive), send)
         finally:
             self.inflight.requests -= 1
-            self.inflight.bytes -= length
+            self.inflight.bytes -= held
 
-    def _declared_length(self, headers: dict[str, str]) -> int:
-        raw = headers.get("content-length")
-        length = int(raw) if raw is not None and raw.isdigit() else 0
-        if length > self.settings.max_body_bytes:
-            raise PayloadTooLarge(f"request body is {length} bytes, over the "
-                                  f"{self.settings.max_body_bytes}-byte limit")
-        return length
+    async def _refuse(self, e: ServiceError, path: str, scope, receive, send) -> None:
+        headers = dict(e.headers or {})
+        if isinstance(e, PayloadTooLarge | RequestTimeout):
+            # Part of the body is still on its way and will not be read: close the connection
+            # with the answer, or the server would read and discard all of it.
+            headers["Connection"] = "close"
+        await error_response(e.status, e.code, e.message, headers, path)(scope, receive, send)
 
-    def _admit(self, length: int) -> None:
+    async def _receive_body(self, receive, headers: dict[str, str],
+                            limit: int) -> tuple[bytes, int]:
+        """(the whole body, the bytes of it now held in the budget). On Overloaded the body
+        has been read to its end and dropped; on other errors part of it may be unread."""
         s, now = self.settings, self.inflight
-        full = (now.requests >= s.max_inflight_requests
-                or (now.bytes + length > s.max_inflight_bytes and now.requests > 0)
-                or self.queued_images() >= s.max_queue_images)
-        if full:
-            self.metrics.rejected.inc()
-            raise Overloaded(f"{now.requests} requests ({now.bytes} bytes) in progress; "
-                             "retry shortly", headers={"Retry-After": "1"})
+        raw = headers.get("content-length")
+        declared = int(raw) if raw is not None and raw.isdigit() else 0
+        if declared > limit:
+            raise PayloadTooLarge(f"request body is {declared} bytes, over this route's "
+                                  f"{limit}-byte limit")
+        clock = _Clock(s)
+        if now.bytes and now.bytes + declared > s.max_inflight_bytes:
+            await self._drain(receive, clock, 0, limit)
+            raise self._overloaded()
+        chunks: list[bytes] = []
+        held = 0
+        try:
+            while True:
+                msg = await clock.receive(receive, held)
+                if msg["type"] == "http.disconnect":
+                    raise ClientDisconnect()
+                chunk = msg.get("body", b"")
+                if held + len(chunk) > limit:
+                    raise PayloadTooLarge(f"request body is over this route's {limit}-byte "
+                                          "limit")
+                if now.bytes - held and now.bytes + len(chunk) > s.max_inflight_bytes:
+                    more = msg.get("more_body", False)
+                    if more:  # a lone body may exceed the budget; one among others may not
+                        await self._drain(receive, clock, held + len(chunk), limit)
+                    raise self._overloaded()
+                now.bytes += len(chunk)
+                held += len(chunk)
+                chunks.append(chunk)
+                if not msg.get("more_body", False):
+                    return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), held
+        except BaseException:
+            now.bytes -= held
+            raise
 
-    def _bounded(self, receive):
-        """receive() with the byte limit and the body deadline."""
-        limit, timeout = self.settings.max_body_bytes, self.settings.body_timeout_s
-        deadline = asyncio.get_running_loop().time() + timeout
-        received, complete = 0, False
-
-        async def bounded_receive():
-            nonlocal received, complete
-            if complete:  # after the body: disconnect checks, untimed
-                return await receive()
-            try:  # asyncio.timeout, not wait_for: no extra task per receive
-                async with asyncio.timeout_at(deadline):
-                    msg = await receive()
-            except TimeoutError:
-                raise RequestTimeout(f"request body not received within {timeout:g} s") from None
+    async def _drain(self, receive, clock: _Clock, received: int, limit: int) -> None:
+        """Read the rest of a refused body and drop it, at the same pace rules."""
+        while True:
+            msg = await clock.receive(receive, received)
+            if msg["type"] == "http.disconnect":
+                raise ClientDisconnect()
             received += len(msg.get("body", b""))
             if received > limit:
-                raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
-            complete = msg["type"] != "http.request" or not msg.get("more_body", False)
-            return msg
+                raise PayloadTooLarge(f"request body is over this route's {limit}-byte limit")
+            if not msg.get("more_body", False):
+                return
 
-        return bounded_receive
+    def _overloaded(self) -> Overloaded:
+        self.metrics.rejected.inc()
+        now = self.inflight
+        return Overloaded(f"{now.requests} requests and {now.bytes} body bytes in progress; "
+                          "retry shortly", headers={"Retry-After": "1"})
+
+    def _admit(self) -> None:
+        s, now = self.settings, self.inflight
+        if now.requests >= s.max_inflight_requests or \
+                self.queued_images() >= s.max_queue_images:
+            raise self._overloaded()
+
+
+class _Clock:
+    """The pace a body must keep: after the grace period, at least min_upload_bytes_per_s on
+    average since its start, and the whole of it within body_timeout_s."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.start = asyncio.get_running_loop().time()
+
+    async def receive(self, receive, received: int) -> dict:
+        s = self.s
+        deadline = min(self.start + s.body_timeout_s,
+                       self.start + s.upload_grace_s + received / s.min_upload_bytes_per_s)
+        try:  # asyncio.timeout, not wait_for: no extra task per receive
+            async with asyncio.timeout_at(deadline):
+                return await receive()
+        except TimeoutError:
+            waited = asyncio.get_running_loop().time() - self.start
+            raise RequestTimeout(
+                f"request body too slow: {received} bytes in {waited:.1f} s (at least "
+                f"{s.min_upload_bytes_per_s} bytes/s after {s.upload_grace_s:g} s, all of it "
+                f"within {s.body_timeout_s:g} s)") from None
+
+
+def _replay(body: bytes, receive):
+    """receive() for the app: the buffered body once, then the connection's own messages
+    (a disconnect, for the routes that check)."""
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay

@@ -12,9 +12,9 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from simclr_embed.service import openai_api, page
-from simclr_embed.service.admission import Gate
+from simclr_embed.service.admission import Gate, Inflight
 from simclr_embed.service.deps import NumpyJSON
-from simclr_embed.service.engine import Engine, Inflight
+from simclr_embed.service.engine import Engine
 from simclr_embed.service.handlers import install_handlers
 from simclr_embed.service.hot_path import HotPath
 from simclr_embed.service.metrics import Metrics
@@ -55,7 +55,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("no API key (SIMCLR_EMBED_API_KEY unset or empty): gallery management is off")
     else:
         log.info("API key set: required for gallery changes%s",
-                 " and every route but /healthz and /readyz" if settings.require_api_key else "")
+                 " and every route but /healthz, /readyz and /" if settings.require_api_key
+                 else "")
+        if settings.read_key is None and not settings.require_api_key:
+            log.warning("gallery listings, vectors and thumbnails are open to anyone who "
+                        "reaches the port: set SIMCLR_EMBED_READ_KEY to close them")
     return app
 
 

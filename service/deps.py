@@ -9,18 +9,17 @@ from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
-from simclr_embed.service.admission import check_api_key
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.errors import (
-    Forbidden,
     InvalidInput,
     NotReady,
+    PayloadTooLarge,
     ServiceError,
     UnsupportedMedia,
 )
@@ -39,7 +38,7 @@ class NumpyJSON(JSONResponse):
 
 # --- dependencies ----------------------------------------------------------------------------
 # Dependencies are `async def`: FastAPI runs a plain `def` one in a worker thread, a thread hop
-# per dependency per request.
+# per dependency per request. Keys are checked by the Gate, before the body is read.
 async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
@@ -55,22 +54,16 @@ async def ready_engine(request: Request) -> Engine:
     return check_ready(request.app.state.engine)
 
 
-async def require_api_key(
-    settings: Annotated[Settings, Depends(get_settings)],
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
-) -> None:
-    if settings.api_key is None:
-        raise Forbidden("gallery management is disabled: set SIMCLR_EMBED_API_KEY to enable it")
-    check_api_key(settings, authorization, x_api_key)
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(ready_engine)]
-AuthDep = Annotated[None, Depends(require_api_key)]
 
 
 # --- request parsing -------------------------------------------------------------------------
+# Parsing a body this large (JSON, then base64) takes long enough to stall every other request
+# on the event loop: it goes to a thread.
+OFF_LOOP_BYTES = 256 * 1024
+
+
 def loads(raw: bytes) -> Any:
     """orjson, or the stdlib for what orjson refuses but Python clients send (json.dumps writes
     NaN and Infinity), so that such numbers get the 422 of a non-finite value, not a 400."""
@@ -90,20 +83,53 @@ def parse_json(raw: bytes, model: type[BaseModel]) -> Any:
         raise InvalidInput(validation_message(e.errors())) from e
 
 
-async def read_body(request: Request, model: type[BaseModel]) -> tuple[Any | None, list[bytes]]:
-    """(validated JSON body or None, raw image bytes) for JSON, multipart or image/* bodies."""
+async def read_json(request: Request, model: type[BaseModel]) -> Any:
+    """The one JSON reader of every route: the body the Gate received, validated against
+    `model` (a 422 naming each field that is wrong, unknown fields included)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise UnsupportedMedia(f"unsupported content type {ctype or '(none)'!r}; send "
+                               "application/json")
+    raw = await request.body()
+    if len(raw) > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(parse_json, raw, model)
+    return parse_json(raw, model)
+
+
+def named(name: str, fn, *args):
+    """fn(*args), its ServiceError prefixed with the item's name (and `param` set to it)."""
+    try:
+        return fn(*args)
+    except ServiceError as e:
+        raise e.about(name) from e
+
+
+def decode_strings(items: list[str], names: list[str]) -> list[bytes]:
+    return [named(n, decode_base64, i) for i, n in zip(items, names, strict=True)]
+
+
+async def read_body(request: Request, model: type[BaseModel]
+                    ) -> tuple[Any | None, list[bytes], list[str]]:
+    """(validated JSON body or None, raw image bytes, each image's name for errors) for JSON,
+    multipart or image/* bodies."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
-        body = parse_json(await request.body(), model)
-        return body, [decode_base64(s) for s in (getattr(body, "images", None) or [])]
+        body = await read_json(request, model)
+        images = getattr(body, "images", None) or []
+        names = [f"images[{n}]" for n in range(len(images))]
+        if len(images) > 1 and sum(map(len, images)) > OFF_LOOP_BYTES:
+            return body, await asyncio.to_thread(decode_strings, images, names), names
+        return body, decode_strings(images, names), names
     if ctype == "multipart/form-data":
         form = await request.form(max_files=10_000, max_fields=100)
         files = [v for _, v in form.multi_items() if hasattr(v, "read")]
         if not files:
             raise InvalidInput("multipart body has no image files")
-        return None, [await f.read() for f in files]
+        names = [f"files[{n}] ({f.filename!r})" if f.filename else f"files[{n}]"
+                 for n, f in enumerate(files)]
+        return None, [await f.read() for f in files], names
     if ctype.startswith("image/") or ctype == "application/octet-stream":
-        return None, [await request.body()]
+        return None, [await request.body()], ["body"]
     raise UnsupportedMedia(f"unsupported content type {ctype or '(none)'!r}; send "
                            "application/json, multipart/form-data or image/*")
 
@@ -119,34 +145,48 @@ async def ensure_connected(request: Request) -> None:
 INLINE_DECODE_PIXELS = 128 * 128
 
 
+def open_all(raws: list[bytes], names: list[str], settings: Settings) -> list[Image.Image]:
+    """Every header checked (400 / 413 naming the item), then the request's decode budget."""
+    limits = (settings.max_image_pixels, settings.max_image_aspect, settings.max_decode_mb)
+    imgs = [named(n, open_checked, raw, *limits) for raw, n in zip(raws, names, strict=True)]
+    pixels = sum(i.width * i.height for i in imgs)
+    if pixels > settings.max_request_pixels:
+        raise PayloadTooLarge(f"the request's {len(imgs)} images hold {pixels} pixels, over "
+                              f"the {settings.max_request_pixels}-pixel decode budget of one "
+                              "request: send fewer or smaller images")
+    return imgs
+
+
 async def decode_all(request: Request, engine: Engine, settings: Settings,
-                     raws: list[bytes]) -> np.ndarray:
+                     raws: list[bytes], names: list[str] | None = None) -> np.ndarray:
     """Headers are checked here (400 / 413 before any pixel work); thumbnails decode on the
     event loop while no decode is queued, anything larger in the pool, one slot per decode
-    thread. A request whose client has gone is dropped when its turn for a slot comes, before
-    it costs a decode, and again before it costs a place in a model batch."""
+    thread. A request whose client
+    has gone is dropped when its turn for a slot comes, before it costs a decode, and again
+    before it costs a place in a model batch. Errors name the item (`names`)."""
     if not raws:
         raise InvalidInput("no images in the request")
     if len(raws) > settings.max_images_per_request:
         raise InvalidInput(f"{len(raws)} images in one request; the limit is "
                            f"{settings.max_images_per_request}")
+    names = names or [f"images[{n}]" for n in range(len(raws))]
     engine.admit(len(raws))
     loop = asyncio.get_running_loop()
-    limits = (settings.max_image_pixels, settings.max_image_aspect, settings.max_decode_mb)
-    imgs = [open_checked(raw, *limits) for raw in raws]
+    imgs = open_all(raws, names, settings)
     waited = False
 
-    async def one(img: Image.Image) -> np.ndarray:
+    async def one(img: Image.Image, name: str) -> np.ndarray:
         nonlocal waited
         if img.width * img.height <= INLINE_DECODE_PIXELS and not engine.decode_slots.locked():
-            return finish_decode(img, engine.size)
+            return named(name, finish_decode, img, engine.size)
         async with engine.decode_slots:
             waited = True
             await ensure_connected(request)
-            return await loop.run_in_executor(engine.decode_pool, finish_decode, img,
-                                              engine.size)
+            return await loop.run_in_executor(engine.decode_pool, named, name, finish_decode,
+                                              img, engine.size)
 
-    arrays = [await one(imgs[0])] if len(imgs) == 1 else await asyncio.gather(*map(one, imgs))
+    arrays = [await one(imgs[0], names[0])] if len(imgs) == 1 else \
+        await asyncio.gather(*map(one, imgs, names))
     if waited:  # a client that sent its body microseconds ago has not gone: no check then
         await ensure_connected(request)
     return np.stack(arrays)

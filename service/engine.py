@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from simclr_embed.service.admission import Inflight
 from simclr_embed.service.bundle import Bundle, load_bundle, model_id
-from simclr_embed.service.errors import Overloaded
+from simclr_embed.service.errors import ModelFailure, Overloaded
 from simclr_embed.service.gallery import Gallery, Space
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.runtime import make_session
@@ -32,14 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Inflight:
-    """Admitted POSTs not yet answered and their declared body bytes: counted by the Gate,
-    read by the engine to tell a lone request from one among many."""
-
-    requests: int = 0
-    bytes: int = 0
+CRASH_LIMIT, CRASH_WINDOW_S = 5, 10.0  # batch-loop crashes that mean it cannot recover
 
 
 @dataclass
@@ -64,7 +58,8 @@ def open_gallery(settings: Settings, space: Space) -> Gallery | PgGallery:
         log.warning("%s is the old JSON-lines journal and is no longer read: re-add its items "
                     "through the API, then remove it", old)
     return Gallery(space, settings.data_dir / f"gallery-{space.precision}.sqlite3",
-                   settings.index, settings.hnsw_m, settings.hnsw_ef_search)
+                   settings.index, settings.hnsw_m, settings.hnsw_ef_search,
+                   settings.accept_gallery_loss)
 
 
 class Engine:
@@ -83,6 +78,7 @@ class Engine:
         self.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="dec")
         self.decode_slots = asyncio.Semaphore(settings.decode_threads)
         self._worker: asyncio.Task | None = None
+        self._taken: list[_Job] = []  # the batch being run
 
     # --- lifecycle -------------------------------------------------------------------------
     def load(self) -> None:
@@ -122,7 +118,7 @@ class Engine:
 
     async def start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.load)
-        self._worker = asyncio.create_task(self._batch_loop())
+        self._worker = asyncio.create_task(self._supervise())
         self.ready = True
 
     async def stop(self) -> None:
@@ -131,6 +127,8 @@ class Engine:
             self._worker.cancel()
         self._model_pool.shutdown(wait=True)
         self.decode_pool.shutdown(wait=False)
+        if self.gallery is not None:
+            self.gallery.close()
 
     # --- inference -------------------------------------------------------------------------
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -163,7 +161,12 @@ class Engine:
         self._pending += n
         self.metrics.queue_images.set(self._pending)
         self._wake.set()
-        return await job.future
+        try:  # shield: a timed-out job stays queued and runs, for nobody, rather than vanish
+            return await asyncio.wait_for(asyncio.shield(job.future),
+                                          self.settings.model_timeout_s)
+        except TimeoutError:
+            raise Overloaded(f"the model did not answer within {self.settings.model_timeout_s:g}"
+                             " s; retry shortly", headers={"Retry-After": "1"}) from None
 
     def _idle(self) -> bool:
         """No other request admitted, queued or in the model. A request still in a socket buffer
@@ -184,7 +187,9 @@ class Engine:
         return out
 
     def _take_batch(self) -> list[_Job]:
-        jobs = [self._jobs.popleft()]
+        """Moves the next batch from the queue into self._taken (job by job, so that a crash
+        midway loses none of them to the supervisor)."""
+        jobs = self._taken = [self._jobs.popleft()]
         count = len(jobs[0].images)
         while self._jobs and count + len(self._jobs[0].images) <= self.settings.max_batch_size:
             jobs.append(self._jobs.popleft())
@@ -192,6 +197,35 @@ class Engine:
         self._pending -= count
         self.metrics.queue_images.set(self._pending)
         return jobs
+
+    async def _supervise(self) -> None:
+        """Runs the batch loop; when it dies of an unexpected error, that batch's and every
+        queued caller get a 500, the crash is counted and logged, and the loop starts again.
+        Crashing CRASH_LIMIT times within CRASH_WINDOW_S means it cannot recover: the engine
+        reports not ready (/readyz 503) for the orchestrator to replace it."""
+        crashes: deque[float] = deque(maxlen=CRASH_LIMIT)
+        while True:
+            try:
+                await self._batch_loop()
+            except Exception as e:
+                log.exception("the model's batch loop crashed; failing its requests")
+                self.metrics.model_crashes.inc()
+                self._fail_all(self._taken + list(self._jobs), e)
+                crashes.append(time.monotonic())
+                if len(crashes) == CRASH_LIMIT and crashes[-1] - crashes[0] < CRASH_WINDOW_S:
+                    log.error("the batch loop crashed %d times in %g s: not ready",
+                              CRASH_LIMIT, CRASH_WINDOW_S)
+                    self.ready = False
+                    return
+
+    def _fail_all(self, jobs: list[_Job], e: Exception) -> None:
+        self._jobs.clear()
+        self._taken = []
+        self._pending, self._running = 0, False
+        self.metrics.queue_images.set(0)
+        for j in jobs:
+            if not j.future.done():
+                j.future.set_exception(ModelFailure(f"the model failed: {type(e).__name__}"))
 
     async def _batch_loop(self) -> None:
         wait = self.settings.max_wait_ms / 1000
@@ -202,10 +236,8 @@ class Engine:
             if wait and self._pending < self.settings.max_batch_size:
                 await asyncio.sleep(wait)
             self._running = True
-            try:
-                await self._run_batch(self._take_batch())
-            finally:
-                self._running = False
+            await self._run_batch(self._take_batch())
+            self._taken, self._running = [], False
 
     async def _run_batch(self, jobs: list[_Job]) -> None:
         start = time.perf_counter()
@@ -220,7 +252,7 @@ class Engine:
             log.exception("inference failed")
             for j in jobs:
                 if not j.future.done():
-                    j.future.set_exception(e)
+                    j.future.set_exception(ModelFailure(f"inference failed: {e}"))
             return
         self.metrics.inference.observe(time.perf_counter() - start)
         offset = 0

@@ -8,9 +8,14 @@ class ServiceError(Exception):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, headers: dict[str, str] | None = None,
+                 param: str | None = None) -> None:
         super().__init__(message)
-        self.message, self.headers = message, headers
+        self.message, self.headers, self.param = message, headers, param
+
+    def about(self, item: str) -> ServiceError:
+        """The same error, naming the item of a request it concerns ('images[3]')."""
+        return type(self)(f"{item}: {self.message}", self.headers, item)
 
 
 class BadImage(ServiceError):
@@ -52,3 +57,15 @@ class Overloaded(ServiceError):
 class RequestTimeout(ServiceError):
     status, code = 408, "request_timeout"
 
+
+
+class StorageFull(ServiceError):
+    status, code = 507, "insufficient_storage"
+
+
+class StorageError(ServiceError):
+    status, code = 503, "storage_unavailable"
+
+
+class ModelFailure(ServiceError):
+    status, code = 500, "model_failure"

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from simclr_embed.service.errors import StorageError, StorageFull
+
 # faiss's loader logs a harmless "ModuleNotFoundError" for each CPU flavour it tries first.
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 import faiss  # noqa: E402
@@ -56,22 +58,92 @@ class Neighbor:
     score: float
 
 
-class SQLiteStore:
-    """The durable part: meta (space, sequence) and items (id, label, vector or tombstone)."""
+class GalleryDamaged(RuntimeError):
+    """The stored gallery is damaged or has lost acknowledged changes: refused at start."""
 
-    def __init__(self, path: Path, space: Space) -> None:
+
+class SQLiteStore:
+    """The durable part: meta (space, sequence) and items (id, label, vector or tombstone).
+
+    Beside the database, `<db>.seq` keeps the last sequence number committed (written after
+    each commit): a database found behind it lost acknowledged changes (an older copy put back,
+    a deleted or cut -wal file, which SQLite would silently ignore) and is refused unless the
+    loss is accepted. The mark may lag the database (it is not fsynced; several workers write
+    it), never lead it, so it never refuses a whole gallery."""
+
+    def __init__(self, path: Path, space: Space, accept_loss: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")  # the commit is on disk before the answer
-        self.db.execute("PRAGMA busy_timeout=10000")  # other workers write too
-        self.db.executescript(
-            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-            "CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY, label TEXT, embedding BLOB,"
-            " seq INTEGER NOT NULL, thumb BLOB);"
-            "CREATE INDEX IF NOT EXISTS items_seq ON items (seq);")
-        self._claim(space)
+        self.path, self.mark_path = path, path.with_name(path.name + ".seq")
+        existed = path.exists() and path.stat().st_size > 0
+        try:
+            self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")  # the commit is on disk before the answer
+            self.db.execute("PRAGMA busy_timeout=10000")  # other workers write too
+            if existed:
+                self._check()
+            self.db.executescript(
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+                "CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY, label TEXT, embedding "
+                "BLOB, seq INTEGER NOT NULL, thumb BLOB);"
+                "CREATE INDEX IF NOT EXISTS items_seq ON items (seq);")
+            self._claim(space)
+        except sqlite3.DatabaseError as e:
+            raise GalleryDamaged(f"the gallery database {path} cannot be read ({e}): restore "
+                                 "it from a backup (README, \"Backup\") or move it away to "
+                                 "start an empty gallery") from e
+        self._check_mark(accept_loss)
+
+    def _check(self) -> None:
+        problems = [r[0] for r in self.db.execute("PRAGMA quick_check(5)").fetchall()]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError("quick_check: " + "; ".join(problems))
+
+    def _check_mark(self, accept_loss: bool) -> None:
+        try:
+            mark = int(self.mark_path.read_text())
+        except (FileNotFoundError, ValueError):  # a new gallery, or a mark torn by a crash
+            return
+        have = self.seq()
+        if mark <= have:
+            return
+        lost = (f"the gallery database {self.path} holds changes up to number {have}, but "
+                f"{mark - have} more were acknowledged (up to {mark}, {self.mark_path.name}): "
+                "the database or its -wal file lost committed changes")
+        if not accept_loss:
+            raise GalleryDamaged(lost + ". Restore the newest backup, or start once with "
+                                 "SIMCLR_EMBED_ACCEPT_GALLERY_LOSS=true to accept the loss")
+        log.warning("%s; starting anyway (SIMCLR_EMBED_ACCEPT_GALLERY_LOSS)", lost)
+        self.write_mark(have)
+
+    def write_mark(self, seq: int | None = None) -> None:
+        """After a commit; a failure (a full disk) only lets the mark lag."""
+        tmp = self.mark_path.with_name(f"{self.mark_path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(str(self.seq() if seq is None else seq))
+            os.replace(tmp, self.mark_path)
+        except OSError as e:
+            log.warning("could not write %s: %s", self.mark_path, e)
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the database, so the .sqlite3 file alone is whole."""
+        with contextlib.suppress(sqlite3.Error):
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.db.close()
+
+    def backup(self, dest: Path) -> int:
+        """SQLite's online backup into dest (consistent while the server writes); the number
+        of the last change it holds."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".tmp")
+        out = sqlite3.connect(tmp)
+        try:
+            self.db.backup(out)
+            seq = int(out.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
+        finally:
+            out.close()
+        os.replace(tmp, dest)
+        return seq
 
     def _claim(self, space: Space) -> None:
         want = {"model_id": space.model_id, "precision": space.precision, "dim": str(space.dim)}
@@ -89,7 +161,8 @@ class SQLiteStore:
                 "(or move this one away) to start an empty gallery for this model.")
 
     def _write(self):
-        """BEGIN IMMEDIATE ... COMMIT: one writer at a time across processes."""
+        """BEGIN IMMEDIATE ... COMMIT: one writer at a time across processes. A failed COMMIT
+        (a full disk) rolls back, so the next write starts clean."""
         store = self
 
         class Tx:
@@ -97,7 +170,15 @@ class SQLiteStore:
                 store.db.execute("BEGIN IMMEDIATE")
 
             def __exit__(self, exc_type, *_) -> None:
-                store.db.execute("ROLLBACK" if exc_type else "COMMIT")
+                if exc_type:
+                    store.db.execute("ROLLBACK")
+                    return
+                try:
+                    store.db.execute("COMMIT")
+                except sqlite3.Error:
+                    with contextlib.suppress(sqlite3.Error):
+                        store.db.execute("ROLLBACK")
+                    raise
 
         return Tx()
 
@@ -123,6 +204,7 @@ class SQLiteStore:
                                                            strict=True))]
             self.db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?)", rows)
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (seq + len(rows),))
+        self.write_mark(seq + len(rows))
 
     def delete(self, ids: list[str], present: set[str]) -> list[str]:
         """Tombstones for the ids of `present` that no other worker deleted first."""
@@ -141,6 +223,7 @@ class SQLiteStore:
                                 (i, seq))
                 done.append(i)
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (seq,))
+        self.write_mark(seq)
         return done
 
 
@@ -175,10 +258,26 @@ class RWLock:
                 self.cond.notify_all()
 
 
+@contextlib.contextmanager
+def storage_errors(path: Path) -> Iterator[None]:
+    """SQLite's failures to write, as the service's errors: a full disk is a 507, an I/O error
+    or a database other workers hold too long a 503; the change was rolled back either way."""
+    try:
+        yield
+    except sqlite3.OperationalError as e:
+        name = getattr(e, "sqlite_errorname", "")
+        if name == "SQLITE_FULL" or "full" in str(e):
+            raise StorageFull(f"the gallery's disk is full ({path.parent}): nothing was "
+                              "changed; free space there and retry") from e
+        raise StorageError(f"the gallery store could not write ({e}): nothing was changed; "
+                           "retry shortly", headers={"Retry-After": "1"}) from e
+
+
 class Gallery:
     def __init__(self, space: Space, db_path: Path, index: str = "auto", hnsw_m: int = 32,
-                 ef_search: int = 64) -> None:
+                 ef_search: int = 64, accept_loss: bool = False) -> None:
         self.space, self.db_path, self.requested = space, db_path, index
+        self.accept_loss = accept_loss
         self.hnsw_m, self.ef_search = hnsw_m, ef_search
         self.kind = index
         self.index: faiss.Index | None = None
@@ -270,7 +369,7 @@ class Gallery:
     # --- the API the routes use -------------------------------------------------------------
     def load(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
         """The bundle's gallery, then every stored change over it."""
-        self.store = SQLiteStore(self.db_path, self.space)
+        self.store = SQLiteStore(self.db_path, self.space, self.accept_loss)
         self.index = self._bundle_index(np.ascontiguousarray(emb, np.float32))  # ids 0..n-1
         self._register(ids, labels)
         with self.lock.write():
@@ -286,10 +385,15 @@ class Gallery:
             with self.lock.write():
                 self._catch_up()
 
+    def close(self) -> None:
+        with self.db_lock:
+            if self.store is not None:
+                self.store.close()
+
     def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray,
             thumbs: list[bytes | None] | None = None) -> None:
         with self.lock.write():
-            with self.db_lock:
+            with self.db_lock, storage_errors(self.db_path):
                 self.store.add(ids, labels, emb, thumbs or [None] * len(ids))
             self._catch_up()
 
@@ -302,7 +406,7 @@ class Gallery:
         """Deletes those of `ids` that exist; returns them."""
         with self.lock.write():
             self._catch_up()
-            with self.db_lock:
+            with self.db_lock, storage_errors(self.db_path):
                 done = self.store.delete(ids, set(self.by_id) & set(ids))
             self._catch_up()
             return done

@@ -26,17 +26,19 @@ def validation_message(errors: Sequence[dict]) -> str:
 OPENAI_PATHS = ("/v1/embeddings", "/v1/models")  # errors there take OpenAI's shape
 
 
-def openai_body(status: int, code: str, message: str) -> dict:
+def openai_body(status: int, code: str, message: str, param: str | None = None) -> dict:
     kind = {401: "authentication_error", 403: "permission_error",
             429: "rate_limit_error"}.get(status, "invalid_request_error" if status < 500
                                           else "api_error")
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def error_response(status: int, code: str, message: str,
-                   headers: dict[str, str] | None = None, path: str = "") -> JSONResponse:
-    body = openai_body(status, code, message) if path in OPENAI_PATHS else {
-        "error": {"code": code, "message": message}}
+                   headers: dict[str, str] | None = None, path: str = "",
+                   param: str | None = None) -> JSONResponse:
+    """Every error answer of the service: OpenAI's shape on its routes, ours elsewhere."""
+    body = openai_body(status, code, message, param) if path in OPENAI_PATHS else {
+        "error": {"code": code, "message": message, **({"item": param} if param else {})}}
     return JSONResponse(body, status, headers)
 
 
@@ -65,7 +67,7 @@ def allowed_methods(request: Request) -> list[str]:
 
 
 async def service_error(request: Request, e: ServiceError) -> JSONResponse:
-    return error_response(e.status, e.code, e.message, e.headers, request.url.path)
+    return error_response(e.status, e.code, e.message, e.headers, request.url.path, e.param)
 
 
 async def invalid_request(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -78,19 +80,21 @@ async def http_error(request: Request, e: HTTPException) -> JSONResponse:
     if e.status_code == 405:  # Starlette names only the first route's methods
         headers["Allow"] = ", ".join(allowed_methods(request))
     return error_response(e.status_code, _HTTP_CODES.get(e.status_code, "http_error"),
-                          str(e.detail), headers)
+                          str(e.detail), headers, request.url.path)
 
 
 async def client_gone(request: Request, _: ClientDisconnect) -> JSONResponse:
-    """The client left (while its body was read, or before its decode or model batch):
-    counted, answered with nginx's 499, not logged as a crash."""
+    """The client left (before its decode or model batch): counted, answered with nginx's
+    499, not logged as a crash."""
     request.app.state.metrics.client_gone.inc()
-    return error_response(499, "client_closed_request", "client closed the connection")
+    return error_response(499, "client_closed_request", "client closed the connection", None,
+                          request.url.path)
 
 
-async def internal(_: Request, e: Exception) -> JSONResponse:
+async def internal(request: Request, e: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=e)
-    return error_response(500, "internal", f"internal error: {type(e).__name__}")
+    return error_response(500, "internal", f"internal error: {type(e).__name__}", None,
+                          request.url.path)
 
 
 HANDLERS = ((ServiceError, service_error), (RequestValidationError, invalid_request),

@@ -37,6 +37,11 @@ class Metrics:
                                 registry=r)
         self.client_gone = Counter(PREFIX + "client_gone", "requests dropped because the "
                                    "client had closed the connection", registry=r)
+        self.model_crashes = Counter(PREFIX + "model_loop_crashes", "times the batch loop "
+                                     "died of an unexpected error and was restarted",
+                                     registry=r)
+        self.storage_errors = Counter(PREFIX + "storage_errors", "gallery writes refused by "
+                                      "the store (disk full, I/O error)", ["kind"], registry=r)
         self.gallery_size = Gauge(PREFIX + "gallery_size", "vectors in the search index",
                                   registry=r, multiprocess_mode="max")
         self.model = Gauge(PREFIX + "model_info", "the loaded model (value 1)",

@@ -10,10 +10,17 @@ from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from simclr_embed.service import schemas
-from simclr_embed.service.deps import EngineDep, NumpyJSON, SettingsDep, decode_all
+from simclr_embed.service.deps import (
+    EngineDep,
+    NumpyJSON,
+    SettingsDep,
+    decode_all,
+    named,
+    read_json,
+)
 from simclr_embed.service.errors import BadImage, InvalidInput, NotFound
 from simclr_embed.service.preprocess import decode_base64
 
@@ -22,7 +29,7 @@ ALIASES = ("simclr-embed", "simclr-resnet18")
 router = APIRouter(tags=["openai"])
 
 
-class EmbeddingsRequest(BaseModel):
+class EmbeddingsRequest(schemas.Strict):
     input: str | Annotated[list[str], Field(min_length=1)] = Field(
         ..., description="images as data URLs (data:image/png;base64,...) or plain base64")
     model: str = Field(..., description="the served model id (GET /v1/models) or "
@@ -45,16 +52,20 @@ def encode(vec: np.ndarray, fmt: str) -> list[float] | str:
     return vec
 
 
-@router.post("/v1/embeddings", responses=schemas.ERRORS)
-async def embeddings(request: Request, body: EmbeddingsRequest, engine: EngineDep,
-                     settings: SettingsDep) -> NumpyJSON:
+@router.post("/v1/embeddings", responses=schemas.ERRORS,
+             openapi_extra=schemas.json_body(EmbeddingsRequest))
+async def embeddings(request: Request, engine: EngineDep, settings: SettingsDep) -> NumpyJSON:
+    body = await read_json(request, EmbeddingsRequest)
     if body.model not in (engine.model_id, *ALIASES):
         raise NotFound(f"model {body.model!r} is not served here; GET /v1/models lists "
                        f"{engine.model_id!r}")
     if body.dimensions is not None and body.dimensions != engine.dim:
         raise InvalidInput(f"dimensions must be {engine.dim} for this model")
     items = [body.input] if isinstance(body.input, str) else body.input
-    images = await decode_all(request, engine, settings, [image_bytes(i) for i in items])
+    names = ["input"] if isinstance(body.input, str) else [f"input[{n}]"
+                                                           for n in range(len(items))]
+    raws = [named(n, image_bytes, i) for i, n in zip(items, names, strict=True)]
+    images = await decode_all(request, engine, settings, raws, names)
     emb, _ = await engine.infer(images)
     data = [{"object": "embedding", "index": n, "embedding": encode(e, body.encoding_format)}
             for n, e in enumerate(emb)]

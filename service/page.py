@@ -12,7 +12,8 @@ from fastapi.responses import HTMLResponse, Response
 from PIL import Image
 
 from simclr_embed.service import schemas
-from simclr_embed.service.deps import EngineDep
+from simclr_embed.service.auth import COOKIE, SESSION_S, session_cookie
+from simclr_embed.service.deps import EngineDep, SettingsDep
 from simclr_embed.service.errors import NotFound
 
 PAGE = Path(__file__).with_name("static") / "index.html"
@@ -40,3 +41,14 @@ async def thumbnail(item_id: str, engine: EngineDep) -> Response:
         raise NotFound(f"no thumbnail for gallery item {item_id!r}")
     data = found if isinstance(found, bytes) else png_bytes(found)
     return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=300"})
+
+
+@router.post("/v1/session", tags=["gallery"], status_code=204, response_class=Response,
+             responses=schemas.ERRORS)
+async def session(settings: SettingsDep) -> Response:
+    """Trades the key in the headers (the API key or the read key) for a read-only session
+    cookie, so that the page's <img> tags can load thumbnails when reads need a key."""
+    response = Response(status_code=204)
+    response.set_cookie(COOKIE, session_cookie(settings), max_age=SESSION_S, httponly=True,
+                        samesite="strict", path="/")
+    return response

@@ -77,6 +77,10 @@ class PgGallery:
             for i, lab, e in zip(ids, labels, emb, strict=True):
                 cp.write_row((i, lab, e.astype(np.float32)))
 
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
     def __len__(self) -> int:
         return self.size()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 # A 1x1 red PNG: small enough to paste into the docs, real enough to embed.
 EXAMPLE_IMAGE = (
@@ -13,15 +13,21 @@ EXAMPLE_IMAGE = (
 )
 
 
+class Strict(BaseModel):
+    """A request body: a field the server does not know is a 422 naming it, never dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 Base64Image = Annotated[str, Field(min_length=1, description="base64 image or data URL")]
 
 
-class ImagesRequest(BaseModel):
+class ImagesRequest(Strict):
     images: list[Base64Image] = Field(..., min_length=1, description="base64 images or data URLs",
                                       examples=[[EXAMPLE_IMAGE]])
 
 
-class SearchRequest(BaseModel):
+class SearchRequest(Strict):
     images: Annotated[list[Base64Image], Field(min_length=1)] | None = Field(
         None, description="query images (base64 / data URLs)", examples=[[EXAMPLE_IMAGE]])
     embeddings: list[list[float]] | None = Field(
@@ -30,21 +36,22 @@ class SearchRequest(BaseModel):
 
 
 class ClassifyRequest(ImagesRequest):
-    k: int = Field(5, ge=1, description="top classes per image")
+    k: int | None = Field(None, ge=1, description="top classes per image (default: 5, or "
+                          "every class of a model with fewer)")
 
 
-class GalleryItem(BaseModel):
+class GalleryItem(Strict):
     id: str = Field(..., min_length=1, max_length=256, description="may contain '/'")
     label: str | None = Field(None, max_length=256)
     image: str | None = Field(None, description="base64 image or data URL")
     embedding: list[float] | None = None
 
 
-class GalleryAddRequest(BaseModel):
+class GalleryAddRequest(Strict):
     items: list[GalleryItem] = Field(..., min_length=1)
 
 
-class GalleryDeleteRequest(BaseModel):
+class GalleryDeleteRequest(Strict):
     ids: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(..., min_length=1)
 
 
@@ -82,6 +89,8 @@ class ClassifyResponse(BaseModel):
 class ErrorBody(BaseModel):
     code: str
     message: str
+    item: str | None = Field(None, description="the request's item it concerns: images[3], "
+                             "files[0] ('cat.png'), items[2] (id 'x')")
 
 
 class ErrorResponse(BaseModel):
@@ -89,13 +98,35 @@ class ErrorResponse(BaseModel):
 
 
 ERRORS = {code: {"model": ErrorResponse}
-          for code in (400, 401, 403, 404, 408, 413, 415, 422, 499, 503)}
+          for code in (400, 401, 403, 404, 408, 413, 415, 422, 499, 500, 503, 507)}
+
+
+def inline_schema(model: type[BaseModel]) -> dict:
+    """model's JSON schema with its $defs written in place: a $ref would be read against the
+    whole OpenAPI document, where "#/$defs" does not exist."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[1]])
+            return {k: resolve(v) for k, v in node.items()}
+        return [resolve(v) for v in node] if isinstance(node, list) else node
+
+    return resolve(schema)
+
+
+def json_body(json_model: type[BaseModel]) -> dict:
+    """OpenAPI for routes that read their JSON through deps.read_json."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": inline_schema(json_model)}}}}
 
 
 def image_body(json_model: type[BaseModel]) -> dict:
     """OpenAPI for routes that take JSON, multipart files or one raw image body."""
     return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": json_model.model_json_schema()},
+        "application/json": {"schema": inline_schema(json_model)},
         "multipart/form-data": {"schema": {"type": "object", "properties": {
             "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
         "image/*": {"schema": {"type": "string", "format": "binary"}},

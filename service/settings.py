@@ -33,9 +33,17 @@ class Settings(BaseSettings):
     max_queue_images: int = Field(512, ge=1, description="beyond this, 503 + Retry-After")
     # Admission at arrival, before the body is read (service/admission.py).
     max_inflight_requests: int = Field(64, ge=1, description="POSTs being read, decoded or run")
-    max_inflight_bytes: int = Field(32 * 2**20, ge=1024, description="their declared bytes")
+    max_inflight_bytes: int = Field(32 * 2**20, ge=1024, description="body bytes held at "
+                                    "once, by requests being received or served")
     body_timeout_s: float = Field(10.0, gt=0, description="to receive a whole body, else 408")
+    min_upload_bytes_per_s: int = Field(32 * 1024, ge=1, description="a body slower than "
+                                        "this on average after upload_grace_s gets 408")
+    upload_grace_s: float = Field(2.0, ge=0, description="before min_upload_bytes_per_s")
     max_images_per_request: int = Field(64, ge=1)
+    max_request_pixels: int = Field(
+        50_000_000, ge=1, description="decode budget of one request: its images' pixels")
+    model_timeout_s: float = Field(30.0, gt=0, description="longest wait for the model, "
+                                   "else 503")
     max_body_bytes: int = Field(16 * 2**20, ge=1024)
     max_image_pixels: int = Field(25_000_000, ge=1, description="decompression-bomb guard")
     max_image_aspect: float = Field(64.0, ge=1, description="longer / shorter side, at most")
@@ -47,8 +55,12 @@ class Settings(BaseSettings):
     hnsw_m: int = 32
     hnsw_ef_search: int = 64
     api_key: SecretStr | None = None  # gallery management is disabled without one
+    read_key: SecretStr | None = Field(None, description="closes gallery listings, vectors "
+                                       "and thumbnails to all but this key or the API key")
     require_api_key: bool = Field(False, description="the key on every route but the probes")
     data_dir: Path = Path("service-data")  # the embedded gallery's SQLite database
+    accept_gallery_loss: bool = Field(False, description="start although the gallery holds "
+                                      "fewer changes than were acknowledged (README)")
     gallery_url: SecretStr | None = Field(None, description="postgresql://... puts the "
                                           "gallery in PostgreSQL + pgvector (README)")
     max_label_chars: int = Field(256, ge=1)
@@ -65,7 +77,7 @@ class Settings(BaseSettings):
         old = {"true": "always", "1": "always", "false": "off", "0": "off"}
         return old.get(str(v).strip().lower(), v) if isinstance(v, str | bool) else v
 
-    @field_validator("api_key", "gallery_url", mode="before")
+    @field_validator("api_key", "read_key", "gallery_url", mode="before")
     @classmethod
     def _empty_key_is_none(cls, v: object) -> object:
         """An empty variable (SIMCLR_EMBED_API_KEY=) means unset, not the empty string."""

@@ -18,7 +18,8 @@ def check_before_workers(settings: Settings) -> None:
     space = Space(model_id(bundle.manifest), settings.precision,
                   int(bundle.manifest["embedding_dim"]))
     if settings.gallery_url is None:  # raises GalleryMismatch for another model's database
-        store = SQLiteStore(settings.data_dir / f"gallery-{space.precision}.sqlite3", space)
+        store = SQLiteStore(settings.data_dir / f"gallery-{space.precision}.sqlite3", space,
+                            settings.accept_gallery_loss)  # and GalleryDamaged, lost changes
         store.db.close()
     if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         metrics_dir = settings.data_dir / "prometheus-multiproc"

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 log = logging.getLogger("simclr_embed")
 
 # Errors whose message already says what went wrong and what to do: no traceback for them.
+# ValidationError: pydantic's, for a bad SIMCLR_EMBED_* variable.
 EXPECTED_ERRORS = {"DataError", "CheckpointError", "ExportError", "BundleError", "ValueError",
-                   "ValidationError", "GalleryMismatch"}  # pydantic: bad SIMCLR_EMBED_*
+                   "ValidationError", "GalleryMismatch", "GalleryDamaged"}
 
 _TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float,
           "str | None": str}
@@ -195,6 +196,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                    "extra)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="uvicorn worker processes")
+    p.add_argument("--api-key", default=None, help="the key for gallery changes "
+                   "($SIMCLR_EMBED_API_KEY); without one, the gallery is read-only")
     p.add_argument("--build-if-missing", action="store_true",
                    help="no bundle yet: export the released weights in models/ first (a few "
                    "minutes on a CPU); with --train-own, train one here instead")
@@ -212,7 +215,7 @@ def _run_serve(args: argparse.Namespace) -> None:
 
     overrides = {"bundle": args.bundle, "host": args.host, "port": args.port,
                  "precision": args.precision, "provider": args.provider, "threads": args.threads,
-                 "workers": args.workers}
+                 "workers": args.workers, "api_key": args.api_key}
     for key, value in overrides.items():
         if value is not None:  # the app factory reads the environment, in every worker
             os.environ[f"SIMCLR_EMBED_{key.upper()}"] = str(value)
@@ -229,6 +232,40 @@ def _run_serve(args: argparse.Namespace) -> None:
     uvicorn.run("simclr_embed.service.app:app_from_env", factory=True, host=settings.host,
                 port=settings.port, workers=settings.workers, timeout_graceful_shutdown=20,
                 access_log=False)
+
+
+def _gallery_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("gallery", help="the embedded gallery's database: backup",
+                       description="Works beside a running server, with its settings "
+                       "(SIMCLR_EMBED_DATA_DIR, SIMCLR_EMBED_BUNDLE, SIMCLR_EMBED_PRECISION).")
+    ops = p.add_subparsers(dest="op", required=True, metavar="OP")
+    b = ops.add_parser("backup", help="a consistent copy of the gallery (SQLite's online backup"
+                       " API), safe while the server writes")
+    b.add_argument("dest", help="file to write, e.g. backups/gallery-int8.sqlite3")
+    p.set_defaults(func=_run_gallery)
+
+
+def _run_gallery(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from simclr_embed.service.bundle import load_bundle, model_id
+    from simclr_embed.service.gallery import Space, SQLiteStore
+    from simclr_embed.service.settings import Settings
+
+    s = Settings()
+    if s.gallery_url is not None:
+        raise ValueError("SIMCLR_EMBED_GALLERY_URL is set: back PostgreSQL up with pg_dump")
+    manifest = load_bundle(s.bundle).manifest
+    path = s.data_dir / f"gallery-{s.precision}.sqlite3"
+    if not path.exists():
+        raise ValueError(f"no gallery database at {path}: check SIMCLR_EMBED_DATA_DIR")
+    store = SQLiteStore(path, Space(model_id(manifest), s.precision,
+                                    int(manifest["embedding_dim"])))
+    try:
+        seq = store.backup(Path(args.dest))
+    finally:
+        store.db.close()
+    log.info("backed up %s to %s (changes up to number %d)", path, args.dest, seq)
 
 
 def _unavailable(sub: argparse._SubParsersAction, name: str, err: ImportError) -> None:
@@ -267,6 +304,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         except ImportError as e:  # a serving-only install has no torch
             _unavailable(sub, name, e)
     _serve_parser(sub)
+    _gallery_parser(sub)
     return parser
 
 

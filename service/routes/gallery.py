@@ -10,17 +10,17 @@ from fastapi import APIRouter, Query, Request
 
 from simclr_embed.service import schemas
 from simclr_embed.service.deps import (
-    AuthDep,
     EngineDep,
     NumpyJSON,
     SettingsDep,
     check_vectors,
     decode_all,
+    decode_strings,
+    read_json,
 )
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.errors import InvalidInput, NotFound
 from simclr_embed.service.page import png_bytes
-from simclr_embed.service.preprocess import decode_base64
 
 router = APIRouter()
 
@@ -49,10 +49,11 @@ async def gallery_get(item_id: str, engine: EngineDep) -> NumpyJSON:
     return NumpyJSON({"id": item_id, "label": found[0], "embedding": found[1]})
 
 
-@router.post("/v1/gallery", tags=["gallery"], responses=schemas.ERRORS)
-async def gallery_add(request: Request, body: schemas.GalleryAddRequest, engine: EngineDep,
-                      settings: SettingsDep, _: AuthDep) -> dict:
-    items = body.items
+@router.post("/v1/gallery", tags=["gallery"], responses=schemas.ERRORS,
+             openapi_extra=schemas.json_body(schemas.GalleryAddRequest))
+async def gallery_add(request: Request, engine: EngineDep, settings: SettingsDep) -> dict:
+    """Items with an image (base64 or a data URL) or an embedding; needs the API key."""
+    items = (await read_json(request, schemas.GalleryAddRequest)).items
     if len(items) > settings.max_images_per_request:
         raise InvalidInput(f"at most {settings.max_images_per_request} items per request")
     if len({i.id for i in items}) != len(items):
@@ -65,8 +66,10 @@ async def gallery_add(request: Request, body: schemas.GalleryAddRequest, engine:
     thumbs: list[bytes | None] = [None] * len(items)
     with_image = [n for n, i in enumerate(items) if i.image is not None]
     if with_image:
-        raws = [decode_base64(items[n].image) for n in with_image]
-        pixels = await decode_all(request, engine, settings, raws)  # (n, S, S, 3)
+        names = [f"items[{n}] (id {items[n].id!r})" for n in with_image]
+        raws = await asyncio.to_thread(decode_strings, [items[n].image for n in with_image],
+                                       names)
+        pixels = await decode_all(request, engine, settings, raws, names)  # (n, S, S, 3)
         emb[with_image], _ = await engine.infer(pixels)
         for n, px in zip(with_image, pixels, strict=True):
             thumbs[n] = png_bytes(px)  # what the page shows for this item
@@ -88,17 +91,19 @@ async def delete_ids(engine: Engine, ids: list[str]) -> tuple[list[str], int]:
 
 
 @router.delete("/v1/gallery/{item_id:path}", tags=["gallery"], responses=schemas.ERRORS)
-async def gallery_delete(item_id: str, engine: EngineDep, _: AuthDep) -> dict:
+async def gallery_delete(item_id: str, engine: EngineDep) -> dict:
     deleted, size = await delete_ids(engine, [item_id])
     if not deleted:
         raise NotFound(f"no gallery item with id {item_id!r}")
     return {"deleted": item_id, "size": size}
 
 
-@router.post("/v1/gallery/delete", tags=["gallery"], responses=schemas.ERRORS)
-async def gallery_bulk_delete(body: schemas.GalleryDeleteRequest, engine: EngineDep,
-                              settings: SettingsDep, _: AuthDep) -> dict:
+@router.post("/v1/gallery/delete", tags=["gallery"], responses=schemas.ERRORS,
+             openapi_extra=schemas.json_body(schemas.GalleryDeleteRequest))
+async def gallery_bulk_delete(request: Request, engine: EngineDep,
+                              settings: SettingsDep) -> dict:
     """Several ids at once; those that do not exist are listed as missing, not an error."""
+    body = await read_json(request, schemas.GalleryDeleteRequest)
     if len(body.ids) > settings.max_list_items:
         raise InvalidInput(f"at most {settings.max_list_items} ids per request")
     deleted, size = await delete_ids(engine, list(dict.fromkeys(body.ids)))

@@ -41,8 +41,8 @@ async def embed(request: Request, engine: EngineDep, settings: SettingsDep) -> N
 
 async def embed_response(request: Request, engine: Engine, settings: Settings) -> NumpyJSON:
     """The body of /v1/embed, shared by the route and the hot path (service/hot_path.py)."""
-    _, raws = await read_body(request, schemas.ImagesRequest)
-    emb, _ = await engine.infer(await decode_all(request, engine, settings, raws))
+    _, raws, names = await read_body(request, schemas.ImagesRequest)
+    emb, _ = await engine.infer(await decode_all(request, engine, settings, raws, names))
     return NumpyJSON({"model": engine.model_id, "precision": settings.precision,
                       "dimension": engine.dim, "embeddings": emb})
 
@@ -52,7 +52,7 @@ async def embed_response(request: Request, engine: Engine, settings: Settings) -
 async def search(request: Request, engine: EngineDep, settings: SettingsDep,
                  k: Annotated[int, Query(description="for multipart / image bodies")] = 10,
                  ) -> NumpyJSON:
-    body, raws = await read_body(request, schemas.SearchRequest)
+    body, raws, names = await read_body(request, schemas.SearchRequest)
     if body is not None:
         k = body.k
         if (body.images is None) == (body.embeddings is None):
@@ -63,7 +63,8 @@ async def search(request: Request, engine: EngineDep, settings: SettingsDep,
             raise InvalidInput(f"at most {settings.max_images_per_request} query vectors")
         queries = check_vectors(body.embeddings, engine.dim)
     else:
-        queries, _ = await engine.infer(await decode_all(request, engine, settings, raws))
+        queries, _ = await engine.infer(await decode_all(request, engine, settings, raws,
+                                                         names))
     hits = await asyncio.to_thread(engine.gallery.search, queries, k)
     return NumpyJSON({"model": engine.model_id, "precision": settings.precision,
                            "results": [[h.__dict__ for h in row] for row in hits]})
@@ -72,10 +73,13 @@ async def search(request: Request, engine: EngineDep, settings: SettingsDep,
 @router.post("/v1/classify", tags=["inference"], response_model=schemas.ClassifyResponse,
              responses=schemas.ERRORS, openapi_extra=schemas.image_body(schemas.ClassifyRequest))
 async def classify(request: Request, engine: EngineDep, settings: SettingsDep,
-                   k: Annotated[int, Query(description="for multipart / image bodies")] = 5,
+                   k: Annotated[int | None, Query(description="for multipart / image bodies; "
+                                                  "default min(5, classes)")] = None,
                    ) -> NumpyJSON:
-    body, raws = await read_body(request, schemas.ClassifyRequest)
-    k = check_k(body.k if body is not None else k, len(engine.bundle.classes))
-    _, logits = await engine.infer(await decode_all(request, engine, settings, raws))
+    body, raws, names = await read_body(request, schemas.ClassifyRequest)
+    k = body.k if body is not None else k
+    classes = len(engine.bundle.classes)
+    k = check_k(min(5, classes) if k is None else k, classes)
+    _, logits = await engine.infer(await decode_all(request, engine, settings, raws, names))
     return NumpyJSON({"model": engine.model_id, "precision": settings.precision,
                            "results": softmax_top(logits, engine.bundle.classes, k)})

@@ -15,8 +15,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from simclr_embed.service.admission import Gate
-from simclr_embed.service.engine import Inflight
+from simclr_embed.service.admission import Gate, Inflight
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.settings import Settings
 from tests.service.conftest import API_KEY, Server, png
@@ -59,26 +58,38 @@ def test_slow_bodies_time_out_with_408_and_the_server_keeps_serving(bundle_dir, 
         srv.stop()
 
 
-def test_admission_refuses_at_arrival_when_slots_are_taken(bundle_dir, tmp_path):
-    srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_MAX_INFLIGHT_REQUESTS="2",
+def test_slow_bodies_hold_no_slot_and_full_slots_refuse_with_a_whole_503(bundle_dir, tmp_path):
+    """Slots are taken once a body has arrived: two bodies that never end leave the only slot
+    free; five heavy requests at once fill it, and the refused ones get a complete 503 on a
+    connection that stays open (their bodies were read)."""
+    srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_MAX_INFLIGHT_REQUESTS="1",
                  SIMCLR_EMBED_BODY_TIMEOUT_S="30").start()
-    held = [open_body(srv.port, 5000) for _ in range(2)]  # admitted, their bodies never end
+    held = [open_body(srv.port, 5000) for _ in range(2)]
     try:
-        time.sleep(0.3)
-        t0 = time.perf_counter()
-        r = httpx.post(srv.url + "/v1/embed", content=IMG, headers={"content-type": "image/png"})
-        assert r.status_code == 503 and r.headers["retry-after"] == "1"
-        assert r.headers["connection"] == "close"  # its body is never read: no keep-alive
-        assert r.json()["error"]["code"] == "overloaded" and time.perf_counter() - t0 < 1
-        assert httpx.get(srv.url + "/healthz").status_code == 200  # GETs are not admitted
-        for s in held:
-            s.close()
-        time.sleep(0.5)  # the held slots free once their connections are gone
         r = httpx.post(srv.url + "/v1/embed", content=IMG, headers={"content-type": "image/png"})
         assert r.status_code == 200
+        heavy, answers = big_png(), []
+
+        def post() -> None:
+            answers.append(httpx.post(srv.url + "/v1/embed", content=heavy, timeout=60,
+                                      headers={"content-type": "image/png"}))
+
+        threads = [threading.Thread(target=post) for _ in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        refused = [a for a in answers if a.status_code == 503]
+        assert refused and all(a.status_code in (200, 503) for a in answers)
+        for a in refused:
+            assert a.headers["retry-after"] == "1" and a.json()["error"]["code"] == "overloaded"
+            assert a.headers.get("connection") != "close"
+        assert httpx.get(srv.url + "/healthz").status_code == 200  # GETs are not admitted
         m = httpx.get(srv.url + "/metrics").text
-        assert metric(m, "simclr_embed_rejected_overload_total") >= 1
+        assert metric(m, "simclr_embed_rejected_overload_total") == len(refused)
     finally:
+        for s in held:
+            s.close()
         srv.stop()
 
 

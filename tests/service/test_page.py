@@ -89,3 +89,34 @@ def test_thumbnails_of_bundle_and_added_items(client, cifar10) -> None:
     assert client.delete("/v1/gallery/thumb/1", headers=KEY).status_code == 200
     assert client.get("/v1/thumbnails/thumb/1").status_code == 404
     assert client.get("/v1/thumbnails/nope").status_code == 404
+
+
+def test_page_loads_thumbnails_when_keys_are_required(browser, bundle_dir, cifar10,
+                                                      tmp_path) -> None:
+    """With REQUIRE_API_KEY the page trades the typed key for a session cookie, so its <img>
+    tags load; an id is one encoded path segment, so '../..' cannot lead elsewhere."""
+    from tests.service.conftest import API_KEY, Server
+
+    srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_REQUIRE_API_KEY="true").start()
+    try:
+        image = tmp_path / "query.png"
+        image.write_bytes(png(cifar10[1].images[12]))
+        browser.get(srv.url + "/")
+        browser.find_element(By.ID, "key").send_keys(API_KEY)
+        browser.find_element(By.ID, "file").send_keys(str(image))
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state"))
+        assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done"
+        imgs = browser.find_elements(By.CSS_SELECTOR, "#hits img")
+        assert imgs
+        wait.until(lambda d: all(d.execute_script("return arguments[0].complete", i)
+                                 for i in imgs))
+        assert all(browser.execute_script("return arguments[0].naturalWidth", i) > 0
+                   for i in imgs)
+        for hostile in ("../../../metrics", "a/../../x", "%2e%2e/metrics"):
+            path = browser.execute_script(
+                "return new URL(thumbnail(arguments[0]), location.href).pathname", hostile)
+            assert path.startswith("/v1/thumbnails/") and path.count("/") == 3, path
+    finally:
+        browser.execute_script("localStorage.clear()")
+        srv.stop()

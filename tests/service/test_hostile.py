@@ -1,0 +1,245 @@
+"""Hostile clients over real HTTP against a real server: slow uploads from the same address as
+the legitimate clients, chunked bodies, costly images, floods of large bodies, and the one error
+path every POST shares (key before body; 413 / 408 / 499 alike on every route; the item named)."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.service.conftest import API_KEY, Server, png
+from tests.service.test_admission import metric
+
+IMG = png(np.random.default_rng(1).integers(0, 256, (32, 32, 3), np.uint8))
+PNG = {"content-type": "image/png"}
+KEY = {"x-api-key": API_KEY}
+
+
+def slow_socket(port: int, stop: threading.Event, path: str = "/v1/embed") -> None:
+    """Slowloris: promise 100,000 bytes, send one a second, reconnect whenever cut off."""
+    while not stop.is_set():
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\ncontent-type: image/png\r\n"
+                  "content-length: 100000\r\n\r\n".encode())
+        try:
+            while not stop.is_set():
+                s.sendall(b"x")
+                stop.wait(1.0)
+        except OSError:
+            pass  # cut off (408): open another
+        finally:
+            s.close()
+
+
+def test_slowloris_from_the_same_address_leaves_legitimate_requests_served(bundle_dir,
+                                                                           tmp_path):
+    """64 slow sockets (as many as there are request slots) for 8 s beside 4 clients in a
+    closed loop: the slow ones never take a slot, so >= 95 % of the legitimate embeds succeed
+    (0 of 293 did before slots were taken only once a body had arrived)."""
+    srv = Server(bundle_dir, tmp_path / "data").start()
+    stop, counts = threading.Event(), {"ok": 0, "other": 0}
+    slow = [threading.Thread(target=slow_socket, args=(srv.port, stop)) for _ in range(64)]
+
+    def legit() -> None:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            while not stop.is_set():
+                r = c.post("/v1/embed", content=IMG, headers=PNG)
+                counts["ok" if r.status_code == 200 else "other"] += 1
+
+    try:
+        for t in slow:
+            t.start()
+        time.sleep(1.0)  # every slow socket is connected and dribbling
+        clients = [threading.Thread(target=legit) for _ in range(4)]
+        for t in clients:
+            t.start()
+        time.sleep(8)
+        stop.set()
+        for t in clients + slow:
+            t.join()
+        total = counts["ok"] + counts["other"]
+        assert total > 50 and counts["ok"] / total >= 0.95, counts
+        text = httpx.get(srv.url + "/metrics").text
+        assert metric(text, "simclr_embed_requests_total", 'route="unmatched",status="408"') \
+            >= 64  # every slow socket was cut at the end of its grace period, at least once
+    finally:
+        stop.set()
+        srv.stop()
+
+
+def chunked(size: int, pause: threading.Event | None = None):
+    """A chunked body of `size` bytes in 64 KiB chunks; with `pause`, all but the last chunk,
+    then it waits for the event."""
+    step = 64 * 1024
+    for start in range(0, size, step):
+        if pause is not None and start + step >= size:
+            pause.wait(30)
+        yield b"0" * min(step, size - start)
+
+
+def test_chunked_bodies_count_against_the_byte_budget(bundle_dir, tmp_path):
+    """A chunked body holds the bytes that arrived: with 1 MiB in flight at most, one chunked
+    body holding 900 KiB leaves no room for another of 500 KiB (503, a whole answer), though
+    neither declares a length."""
+    srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_MAX_INFLIGHT_BYTES=str(2**20),
+                 SIMCLR_EMBED_BODY_TIMEOUT_S="30").start()
+    release, first = threading.Event(), {}
+    holder = threading.Thread(target=lambda: first.setdefault("r", httpx.post(
+        srv.url + "/v1/search", content=chunked(960 * 1024, release),
+        headers={"content-type": "application/json"}, timeout=60)))
+    try:
+        holder.start()
+        time.sleep(1.0)  # 896 KiB of it arrived; it waits before its last chunk
+        r = httpx.post(srv.url + "/v1/search", content=chunked(500 * 1024),
+                       headers={"content-type": "application/json"}, timeout=30)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert "body bytes in progress" in r.json()["error"]["message"]
+        release.set()
+        holder.join()
+        assert first["r"].status_code == 400  # it was read whole: zeros are not JSON
+    finally:
+        release.set()
+        srv.stop()
+
+
+def raw_status(port: int, path: str, headers: str, body: bytes = b"",
+               timeout: float = 15) -> int:
+    """POST the headers and `body` (no more, whatever the headers promise) over a bare
+    socket, and read the status: refusals that close the connection, seen as they are."""
+    s = socket.create_connection(("127.0.0.1", port))
+    try:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode() + body)
+        s.settimeout(timeout)
+        return int(s.recv(4096).split()[1])
+    finally:
+        s.close()
+
+
+def chunk_frames(size: int) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunked(size))
+
+
+def test_each_route_limits_its_body_to_what_it_can_use(server):
+    """/v1/gallery/delete takes ids only (about 1.5 MB at most): 2 MB is refused as soon as it
+    is declared, a chunked body as soon as it passes the limit; image routes keep the
+    server's limit (2 MiB here)."""
+    json_key = f"content-type: application/json\r\nx-api-key: {API_KEY}\r\n"
+    assert raw_status(server.port, "/v1/gallery/delete",
+                      json_key + "content-length: 2000000\r\n") == 413
+    assert raw_status(server.port, "/v1/gallery/delete",
+                      json_key + "transfer-encoding: chunked\r\n",
+                      chunk_frames(24 * 65536)) == 413
+    assert raw_status(server.port, "/v1/embed", json_key + "content-length: 3000000\r\n") \
+        == 413
+
+
+def test_a_requests_decode_budget_is_counted_before_any_pixel_work(bundle_dir, tmp_path):
+    srv = Server(bundle_dir, tmp_path / "data",
+                 SIMCLR_EMBED_MAX_REQUEST_PIXELS=str(2_000_000)).start()
+    big = png(np.zeros((1000, 1000, 3), np.uint8))
+    try:
+        files = [("files", (f"{n}.png", big, "image/png")) for n in range(3)]
+        r = httpx.post(srv.url + "/v1/embed", files=files, timeout=30)
+        assert r.status_code == 413 and "3000000 pixels" in r.json()["error"]["message"]
+        assert httpx.post(srv.url + "/v1/embed", files=files[:2], timeout=30).status_code == 200
+    finally:
+        srv.stop()
+
+
+def test_a_flood_of_large_bodies_gets_whole_503s_never_resets(bundle_dir, tmp_path):
+    """32 clients keep sending 1 MB bodies at a server that holds 4 MiB of bodies at most:
+    every refusal is a complete 503 with Retry-After, read to its end first (no connection
+    reset, no half answer), and /healthz answers throughout."""
+    srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_MAX_INFLIGHT_BYTES=str(4 * 2**20),
+                 SIMCLR_EMBED_MAX_BODY_BYTES=str(2 * 2**20)).start()
+    body = png(np.random.default_rng(3).integers(0, 256, (600, 600, 3), np.uint8))
+    assert len(body) > 2**20
+    stop, seen, errors = threading.Event(), {}, []
+
+    def client() -> None:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            while not stop.is_set():
+                try:
+                    r = c.post("/v1/embed", content=body, headers=PNG)
+                except httpx.TransportError as e:
+                    errors.append(repr(e))
+                    continue
+                key = (r.status_code, r.headers.get("retry-after"))
+                seen[key] = seen.get(key, 0) + 1
+
+    threads = [threading.Thread(target=client) for _ in range(32)]
+    try:
+        for t in threads:
+            t.start()
+        health = [httpx.get(srv.url + "/healthz", timeout=10).status_code
+                  for _ in range(20) if not time.sleep(0.25)]
+        stop.set()
+        for t in threads:
+            t.join()
+        assert errors == [], errors[:3]
+        assert set(seen) <= {(200, None), (503, "1")} and seen.get((503, "1"), 0) > 0, seen
+        assert health == [200] * 20
+    finally:
+        stop.set()
+        srv.stop()
+
+
+def test_the_key_is_checked_before_the_body_is_read(server):
+    """A body that never comes still gets its 401 at once, on FastAPI-parsed routes too."""
+    for path in ("/v1/gallery", "/v1/gallery/delete"):
+        status = raw_status(server.port, path, "content-type: application/json\r\n"
+                            "content-length: 100000\r\n", timeout=1.5)
+        assert status == 401, path
+
+
+@pytest.mark.parametrize("path", ["/v1/gallery", "/v1/embeddings", "/v1/embed"])
+def test_errors_of_the_body_mean_the_same_on_every_route(path, server):
+    """Over the limit (2 MiB on the session server) is a 413 on every route, chunked too,
+    never FastAPI's 400 'error parsing the body'; a body that stops coming is a 408."""
+    json_key = f"content-type: application/json\r\nx-api-key: {API_KEY}\r\n"
+    assert raw_status(server.port, path, json_key + "content-length: 3000000\r\n") == 413
+    assert raw_status(server.port, path, json_key + "transfer-encoding: chunked\r\n",
+                      chunk_frames(2 * 2**20 + 1)) == 413
+    assert raw_status(server.port, path, json_key + "content-length: 1000\r\n", b"{") == 408
+
+
+def test_openai_routes_answer_in_openais_shape_whatever_fails(client):
+    for r in (client.get("/v1/embeddings"),  # 405
+              client.post("/v1/embeddings", content=b"{", headers={
+                  "content-type": "application/json"}),  # 400
+              client.post("/v1/embeddings", json={"model": "x", "input": "a", "bogus": 1})):
+        err = r.json()["error"]
+        assert set(err) == {"message", "type", "param", "code"}, (r.status_code, err)
+
+
+def test_unknown_fields_are_a_422_naming_the_field(client):
+    r = client.post("/v1/search", json={"embeddings": [[1.0] * 512], "filter": {"label": "x"}})
+    assert r.status_code == 422 and "filter" in r.json()["error"]["message"]
+    r = client.post("/v1/gallery", headers=KEY,
+                    json={"items": [{"id": "a", "embedding": [1.0] * 512, "labels": "x"}]})
+    assert r.status_code == 422 and "labels" in r.json()["error"]["message"]
+
+
+def test_one_bad_image_among_good_ones_is_named(client):
+    good = base64.b64encode(IMG).decode()
+    bad = base64.b64encode(IMG[: len(IMG) // 2]).decode()  # truncated PNG
+    r = client.post("/v1/embed", json={"images": [good, bad, good]})
+    assert r.status_code == 400 and r.json()["error"]["item"] == "images[1]"
+    assert r.json()["error"]["message"].startswith("images[1]: ")
+    files = [("files", ("ok.png", IMG, "image/png")), ("files", ("broken.png", IMG[:60],
+                                                                  "image/png"))]
+    r = client.post("/v1/embed", files=files)
+    assert r.status_code == 400 and "'broken.png'" in r.json()["error"]["message"]
+    r = client.post("/v1/gallery", headers=KEY, json={"items": [
+        {"id": "fine", "image": good}, {"id": "bad-one", "image": bad}]})
+    assert r.status_code == 400 and "'bad-one'" in r.json()["error"]["message"]
+    assert client.get("/v1/gallery/fine").status_code == 404  # nothing of it was added
+    model = client.get("/v1/models").json()["data"][0]["id"]
+    r = client.post("/v1/embeddings", json={"model": model, "input": [good, bad]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input[1]"
