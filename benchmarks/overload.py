@@ -1,7 +1,10 @@
 """Overload: 200 clients send 1 MB PNGs to one server for a fixed time (hey, from Debian), while
-a second hey probes /healthz at a fixed rate. Reports, for answered (200) and refused (503)
-requests apart, n and p50/p95/p99; the /healthz latency during the burst; the server's peak RSS
-(VmHWM); and the load generators' own CPU time.
+a third hey probes /healthz at a fixed rate. hey's CSV lists each answered request but leaves out
+the failed ones (a connection reset), and its summary counts those but gives no latency by
+status: so the 200 clients are two hey processes of half each, one writing CSV and one its
+summary, side by side under the same load. Reports, for answered (200) and refused (503)
+requests apart, n and p50/p95/p99; failed requests by error; the /healthz latency during the
+burst; the server's peak RSS (VmHWM); and the load generators' own CPU time.
 
     python -m benchmarks.overload --bundle bundles/default --data ../shared/data/cifar10
 """
@@ -46,11 +49,34 @@ def megabyte_png(data: str, target: int = 2**20) -> bytes:
     raise RuntimeError("could not reach the target size")
 
 
-def hey(args: list[str]) -> subprocess.Popen:
+def hey(args: list[str], csv_out: bool = True) -> subprocess.Popen:
     exe = shutil.which("hey")
     if exe is None:
         raise SystemExit("hey is not installed: apt-get install hey (Debian)")
-    return subprocess.Popen([exe, "-o", "csv", *args], stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen([exe, *(["-o", "csv"] if csv_out else []), *args],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def hey_summary(out: str) -> dict:
+    """From hey's summary: responses by status, and failed requests by error (a reset, ...)."""
+    found: dict[str, dict[str, int]] = {"status_counts": {}, "errors": {}}
+    section = None
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("Status code distribution"):
+            section = "status_counts"
+        elif line.startswith("Error distribution"):
+            section = "errors"
+        elif section and line.startswith("["):  # "[200] 129 responses", "[3] Post ...: err"
+            inside, _, rest = line[1:].partition("]")
+            if section == "status_counts":
+                key, count = inside, int(rest.split()[0])
+            else:  # one line per socket address: keep the kind of error only
+                key, count = rest.strip().rsplit(": ", 1)[-1], int(inside)
+            found[section][key] = found[section].get(key, 0) + count
+        elif not line:
+            section = None
+    return found
 
 
 def rows(out: str) -> list[tuple[float, int]]:
@@ -100,10 +126,12 @@ def run(bundle: Path, body: bytes, clients: int, seconds: int, threads: int,
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             paced = ["-q", f"{rate:g}"] if rate else []
-            burst = hey(["-z", f"{seconds}s", "-c", str(clients), *paced, "-m", "POST", "-T",
-                         "image/png", "-D", str(img), srv.url + "/v1/embed"])
+            args = ["-z", f"{seconds}s", "-c", str(clients // 2), *paced, "-m", "POST", "-T",
+                    "image/png", "-D", str(img), srv.url + "/v1/embed"]
+            burst, counted = hey(args), hey(args, csv_out=False)
             probe = hey(["-z", f"{seconds}s", "-c", "1", "-q", "20", srv.url + "/healthz"])
             burst_out, probe_out = burst.communicate()[0], probe.communicate()[0]
+            failures = hey_summary(counted.communicate()[0])
             wall = time.perf_counter() - t0
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             peak = vm_hwm_mb(srv.pid)
@@ -121,6 +149,7 @@ def run(bundle: Path, body: bytes, clients: int, seconds: int, threads: int,
         else "closed loop (no pause between requests)",
         "clients": clients, "seconds": seconds, "body_bytes": len(body), "ort_threads": threads,
         "requests": len(results), "status_counts": {str(k): len(v) for k, v in by_status.items()},
+        "other_half": failures, "failed": sum(failures["errors"].values()),
         "answered": summary(by_status.get(200, [])),
         "refused": summary(by_status.get(503, [])),
         "healthz": summary([lat for lat, _ in rows(probe_out)]),
@@ -142,14 +171,17 @@ def markdown(runs: list[dict]) -> str:
                 lines.append(f"| {r['mode']} | {label} | {s['n']} | {s['p50_ms']:.1f} | "
                              f"{s['p95_ms']:.1f} | {s['p99_ms']:.1f} |")
     lines += ["", "| load | refusals within 1 / 10 ms, server side | server RSS start / peak (MB) "
-              "| statuses | hey CPU (share of 2 cores) |", "| --- | --- | --- | --- | --- |"]
+              "| statuses | failed (resets), other half | hey CPU (share of 2 cores) |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for r in runs:
         b = r["server_side_refusal_seconds_cumulative"]
         total = b.get("+Inf", 0) or 1
         lines.append(f"| {r['mode']} | {100 * b.get('0.001', 0) / total:.1f} % / "
                      f"{100 * b.get('0.01', 0) / total:.1f} % | "
                      f"{r['server_rss_mb']['start']:.0f} / {r['server_rss_mb']['peak']:.0f} | "
-                     f"{r['status_counts']} | {100 * r['load_generator_cpu_share']:.0f} % |")
+                     f"{r['status_counts']} | {r['failed']} of "
+                     f"{r['failed'] + sum(r['other_half']['status_counts'].values())} | "
+                     f"{100 * r['load_generator_cpu_share']:.0f} % |")
     return "\n".join(lines) + "\n"
 
 
