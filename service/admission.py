@@ -12,8 +12,9 @@ request passes it in this order, so each refusal means the same on every route:
    holds a slot that a whole request could use;
 4. the request metrics, in a `finally`, so that 500s are counted too.
 
-A body refused for want of budget or a slot is read to its end first (and dropped), so that
-the client gets the whole 503 instead of a connection reset.
+A 503 leaves the connection open: uvicorn reads the rest of a refused body and drops it, so the
+client gets the whole answer at once, not a connection reset (closing with unread bytes in the
+socket sends a reset); only a 413 or 408, whose body will not be read, closes it.
 """
 
 from __future__ import annotations
@@ -116,18 +117,16 @@ class Gate:
 
     async def _receive_body(self, receive, headers: dict[str, str],
                             limit: int) -> tuple[bytes, int]:
-        """(the whole body, the bytes of it now held in the budget). On Overloaded the body
-        has been read to its end and dropped; on other errors part of it may be unread."""
+        """(the whole body, the bytes of it now held in the budget)."""
         s, now = self.settings, self.inflight
         raw = headers.get("content-length")
         declared = int(raw) if raw is not None and raw.isdigit() else 0
         if declared > limit:
             raise PayloadTooLarge(f"request body is {declared} bytes, over this route's "
                                   f"{limit}-byte limit")
-        clock = _Clock(s)
         if now.bytes and now.bytes + declared > s.max_inflight_bytes:
-            await self._drain(receive, clock, 0, limit)
             raise self._overloaded()
+        clock = _Clock(s)
         chunks: list[bytes] = []
         held = 0
         try:
@@ -139,10 +138,8 @@ class Gate:
                 if held + len(chunk) > limit:
                     raise PayloadTooLarge(f"request body is over this route's {limit}-byte "
                                           "limit")
+                # A lone body may exceed the budget; one among others may not.
                 if now.bytes - held and now.bytes + len(chunk) > s.max_inflight_bytes:
-                    more = msg.get("more_body", False)
-                    if more:  # a lone body may exceed the budget; one among others may not
-                        await self._drain(receive, clock, held + len(chunk), limit)
                     raise self._overloaded()
                 now.bytes += len(chunk)
                 held += len(chunk)
@@ -152,18 +149,6 @@ class Gate:
         except BaseException:
             now.bytes -= held
             raise
-
-    async def _drain(self, receive, clock: _Clock, received: int, limit: int) -> None:
-        """Read the rest of a refused body and drop it, at the same pace rules."""
-        while True:
-            msg = await clock.receive(receive, received)
-            if msg["type"] == "http.disconnect":
-                raise ClientDisconnect()
-            received += len(msg.get("body", b""))
-            if received > limit:
-                raise PayloadTooLarge(f"request body is over this route's {limit}-byte limit")
-            if not msg.get("more_body", False):
-                return
 
     def _overloaded(self) -> Overloaded:
         self.metrics.rejected.inc()

@@ -154,9 +154,9 @@ def test_a_requests_decode_budget_is_counted_before_any_pixel_work(bundle_dir, t
 
 def test_a_flood_of_large_bodies_gets_whole_503s_never_resets(bundle_dir, tmp_path):
     """100 clients (hey, Go's HTTP client) keep sending 1 MB bodies for 6 s: every refusal is
-    a complete 503 with Retry-After, read to its end first, so no request fails with a
-    connection reset (1,574 did at 200 clients when refusals closed the connection unread),
-    and /healthz answers throughout."""
+    a complete 503 with Retry-After on a connection left open (the rest of the body is read
+    and dropped), so no request fails with a connection reset (1,574 did at 200 clients when
+    refusals closed the connection unread), and /healthz answers throughout."""
     from simclr_embed.benchmarks.overload import hey, hey_summary
 
     srv = Server(bundle_dir, tmp_path / "data").start()
