@@ -35,6 +35,7 @@ from simclr_embed.service.errors import (
 )
 from simclr_embed.service.handlers import error_response
 from simclr_embed.service.metrics import Metrics
+from simclr_embed.service.protocol import EXTENSION as PROTOCOL_EXTENSION
 from simclr_embed.service.settings import Settings
 
 # /v1/gallery/delete takes ids only: max_list_items of them, 256 characters each, every one
@@ -92,14 +93,17 @@ class Gate:
                 return await self.app(scope, receive, send)
             body, held = await self._receive_body(receive, headers, body_limit(self.settings,
                                                                                path))
-            self._admit()
         except ClientDisconnect:  # counted and labelled as the route's handler does it
             self.metrics.client_gone.inc()
             return await error_response(499, "client_closed_request", "client closed the "
                                         "connection", None, path)(scope, receive, send)
         except ServiceError as e:
-            self.inflight.bytes -= held  # held is set only once the body is whole
             return await self._refuse(e, path, scope, receive, send)
+        try:
+            self._admit()
+        except ServiceError as e:  # the body is read: the connection may stay open
+            self.inflight.bytes -= held
+            return await self._refuse(e, path, scope, receive, send, body_read=True)
         self.inflight.requests += 1
         try:
             await self.app(scope, _replay(body, receive), send)
@@ -107,11 +111,13 @@ class Gate:
             self.inflight.requests -= 1
             self.inflight.bytes -= held
 
-    async def _refuse(self, e: ServiceError, path: str, scope, receive, send) -> None:
+    async def _refuse(self, e: ServiceError, path: str, scope, receive, send,
+                      body_read: bool = False) -> None:
         headers = dict(e.headers or {})
-        if isinstance(e, PayloadTooLarge | RequestTimeout):
-            # Part of the body is still on its way and will not be read: close the connection
-            # with the answer, or the server would read and discard all of it.
+        if not body_read and (PROTOCOL_EXTENSION in scope.get("extensions", {})
+                              or isinstance(e, PayloadTooLarge | RequestTimeout)):
+            # The rest of the body will not be read: close, lingering where the protocol can
+            # (service/protocol.py), or uvicorn would read and drop all of it.
             headers["Connection"] = "close"
         await error_response(e.status, e.code, e.message, headers, path)(scope, receive, send)
 

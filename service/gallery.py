@@ -19,21 +19,25 @@ from __future__ import annotations
 import bisect
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from simclr_embed.service.errors import StorageError, StorageFull
-
-# faiss's loader logs a harmless "ModuleNotFoundError" for each CPU flavour it tries first.
-logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-import faiss  # noqa: E402
+from simclr_embed.service.index import (
+    Filter,
+    MemoryIndex,
+    Neighbor,
+    Space,
+    changes_in_bulk,
+    faiss,  # imported there with its loader quietened
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +46,6 @@ AUTO_HNSW_FROM = 20_000  # below it exact search takes under 2 ms here (README, 
 
 class GalleryMismatch(RuntimeError):
     """The stored gallery belongs to another embedding space than the served model."""
-
-
-@dataclass(frozen=True)
-class Space:
-    model_id: str
-    precision: str
-    dim: int
-
-
-@dataclass
-class Neighbor:
-    id: str
-    label: str | None
-    score: float
 
 
 class GalleryDamaged(RuntimeError):
@@ -87,6 +77,9 @@ class SQLiteStore:
                 "CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY, label TEXT, embedding "
                 "BLOB, seq INTEGER NOT NULL, thumb BLOB);"
                 "CREATE INDEX IF NOT EXISTS items_seq ON items (seq);")
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(items)")}
+            if "metadata" not in columns:  # galleries made before items had metadata
+                self.db.execute("ALTER TABLE items ADD COLUMN metadata TEXT")
             self._claim(space)
         except sqlite3.DatabaseError as e:
             raise GalleryDamaged(f"the gallery database {path} cannot be read ({e}): restore "
@@ -190,19 +183,22 @@ class SQLiteStore:
                               (id_,)).fetchone()
         return None if row is None else row[0]
 
-    def changes_since(self, seq: int) -> list[tuple[str, str | None, bytes | None, int]]:
-        """(id, label, vector bytes or None for a deletion, seq), in commit order."""
-        return self.db.execute("SELECT id, label, embedding, seq FROM items WHERE seq > ? "
-                               "ORDER BY seq", (seq,)).fetchall()
+    def changes_since(self, seq: int) -> list[tuple]:
+        """(id, label, vector bytes or None for a deletion, seq, metadata JSON), in commit
+        order."""
+        return self.db.execute("SELECT id, label, embedding, seq, metadata FROM items WHERE "
+                               "seq > ? ORDER BY seq", (seq,)).fetchall()
 
     def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray,
-            thumbs: list[bytes | None]) -> None:
+            thumbs: list[bytes | None], metas: list[dict | None]) -> None:
         with self._write():
             seq = self.seq()
-            rows = [(i, lab, e.astype(np.float32).tobytes(), seq + n + 1, t)
-                    for n, (i, lab, e, t) in enumerate(zip(ids, labels, emb, thumbs,
-                                                           strict=True))]
-            self.db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?)", rows)
+            rows = [(i, lab, e.astype(np.float32).tobytes(), seq + n + 1, t,
+                     json.dumps(m) if m else None)
+                    for n, (i, lab, e, t, m) in enumerate(zip(ids, labels, emb, thumbs, metas,
+                                                              strict=True))]
+            self.db.executemany("INSERT OR REPLACE INTO items (id, label, embedding, seq, "
+                                "thumb, metadata) VALUES (?, ?, ?, ?, ?, ?)", rows)
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (seq + len(rows),))
         self.write_mark(seq + len(rows))
 
@@ -219,7 +215,7 @@ class SQLiteStore:
                 if row is not None and row[0]:
                     continue  # deleted by another worker since our last catch-up
                 seq += 1
-                self.db.execute("INSERT OR REPLACE INTO items VALUES (?, NULL, NULL, ?, NULL)",
+                self.db.execute("INSERT OR REPLACE INTO items (id, seq) VALUES (?, ?)",
                                 (i, seq))
                 done.append(i)
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (seq,))
@@ -280,11 +276,9 @@ class Gallery:
         self.accept_loss = accept_loss
         self.hnsw_m, self.ef_search = hnsw_m, ef_search
         self.kind = index
-        self.index: faiss.Index | None = None
-        self.ids: dict[int, tuple[str, str | None]] = {}  # internal -> (id, label)
-        self.by_id: dict[str, int] = {}
+        self.mem: MemoryIndex | None = None
         self.sorted_ids: list[str] | None = None  # for listings, rebuilt after changes
-        self.next, self.applied = 0, 0
+        self.applied = 0
         self.lock = RWLock()
         self.db_lock = threading.Lock()  # one SQLite connection, used from several threads
         self.store: SQLiteStore | None = None
@@ -298,7 +292,6 @@ class Gallery:
             base.hnsw.efSearch = self.ef_search
         else:
             base = faiss.IndexFlatIP(self.space.dim)
-        self.removable = self.kind == "flat"  # HNSW cannot remove: deleted rows are tombstones
         return faiss.IndexIDMap2(base)
 
     def _bundle_index(self, emb: np.ndarray) -> faiss.Index:
@@ -325,53 +318,27 @@ class Gallery:
         return index
 
     def __len__(self) -> int:
-        return len(self.by_id)
-
-    # --- the in-memory index ---------------------------------------------------------------
-    def _insert(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
-        for i in ids:
-            if i in self.by_id:
-                self._remove(i)
-        internal = np.arange(self.next, self.next + len(ids), dtype=np.int64)
-        self.index.add_with_ids(np.ascontiguousarray(emb, np.float32), internal)
-        self._register(ids, labels)
-
-    def _register(self, ids: list[str], labels: list[str | None]) -> None:
-        """Name the next len(ids) internal ids, which the index holds already."""
-        for n, i, lab in zip(range(self.next, self.next + len(ids)), ids, labels, strict=True):
-            self.ids[n] = (i, lab)
-            self.by_id[i] = n
-        self.next += len(ids)
-        self.sorted_ids = None
-
-    def _remove(self, id_: str) -> None:
-        n = self.by_id.pop(id_)
-        if self.removable:
-            self.index.remove_ids(np.array([n], dtype=np.int64))
-        self.ids.pop(n)  # a tombstone in HNSW: search skips internal ids it no longer knows
-        self.sorted_ids = None
+        return len(self.mem)
 
     def _catch_up(self) -> None:
-        """Apply what any worker committed since this one last looked (caller holds the lock)."""
-        assert self.store is not None
+        """Apply, in bulk, what any worker committed since this one last looked (caller holds
+        the write lock)."""
         with self.db_lock:
             if self.store.seq() == self.applied:
                 return
             changes = self.store.changes_since(self.applied)
-        for id_, label, blob, seq in changes:
-            if blob is None:
-                if id_ in self.by_id:
-                    self._remove(id_)
-            else:
-                self._insert([id_], [label], np.frombuffer(blob, np.float32)[None])
-            self.applied = seq
+        if changes:
+            changes_in_bulk(changes, self.mem)
+            self.applied = changes[-1][3]
+            self.sorted_ids = None
 
     # --- the API the routes use -------------------------------------------------------------
     def load(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
         """The bundle's gallery, then every stored change over it."""
         self.store = SQLiteStore(self.db_path, self.space, self.accept_loss)
-        self.index = self._bundle_index(np.ascontiguousarray(emb, np.float32))  # ids 0..n-1
-        self._register(ids, labels)
+        emb = np.ascontiguousarray(emb, np.float32)
+        self.mem = MemoryIndex(self._bundle_index(emb), self.kind)  # ids 0..n-1
+        self.mem.add(ids, labels, emb, in_index=True)
         with self.lock.write():
             self._catch_up()
         log.info("gallery: %d vectors (%d stored changes applied, %s)", len(self), self.applied,
@@ -385,16 +352,23 @@ class Gallery:
             with self.lock.write():
                 self._catch_up()
 
+    def healthy(self) -> bool:
+        return True  # a local file: its faults surface as the errors of each write
+
     def close(self) -> None:
         with self.db_lock:
             if self.store is not None:
                 self.store.close()
 
     def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray,
-            thumbs: list[bytes | None] | None = None) -> None:
+            thumbs: list[bytes | None] | None = None,
+            metas: list[dict | None] | None = None) -> None:
+        # The commit (and its busy wait on other workers) runs outside the in-memory lock, so
+        # searches go on meanwhile; the catch-up applies it in commit order.
+        with self.db_lock, storage_errors(self.db_path):
+            self.store.add(ids, labels, emb, thumbs or [None] * len(ids),
+                           metas or [None] * len(ids))
         with self.lock.write():
-            with self.db_lock, storage_errors(self.db_path):
-                self.store.add(ids, labels, emb, thumbs or [None] * len(ids))
             self._catch_up()
 
     def thumbnail(self, id_: str) -> bytes | None:
@@ -404,46 +378,39 @@ class Gallery:
 
     def delete(self, ids: list[str]) -> list[str]:
         """Deletes those of `ids` that exist; returns them."""
-        with self.lock.write():
-            self._catch_up()
-            with self.db_lock, storage_errors(self.db_path):
-                done = self.store.delete(ids, set(self.by_id) & set(ids))
-            self._catch_up()
-            return done
-
-    def get(self, id_: str) -> tuple[str | None, np.ndarray] | None:
-        """(label, vector) of one item, or None."""
         self._fresh()
         with self.lock.read():
-            if id_ not in self.by_id:
-                return None
-            n = self.by_id[id_]
-            return self.ids[n][1], self.index.reconstruct(n)
+            present = set(self.mem.by_id) & set(ids)
+        with self.db_lock, storage_errors(self.db_path):
+            done = self.store.delete(ids, present)  # skips what another worker deleted first
+        with self.lock.write():
+            self._catch_up()
+        return done
+
+    def get(self, id_: str) -> tuple[str | None, np.ndarray, dict | None] | None:
+        """(label, vector, metadata) of one item, or None."""
+        self._fresh()
+        with self.lock.read():
+            return self.mem.vector(id_)
 
     def listing(self, after: str | None, limit: int) -> list[tuple[str, str | None]]:
         """(id, label) in id order, starting after `after`."""
         self._fresh()
         with self.lock.write():  # the sorted list is built lazily: a write
             if self.sorted_ids is None:
-                self.sorted_ids = sorted(self.by_id)
+                self.sorted_ids = sorted(self.mem.by_id)
             start = bisect.bisect_right(self.sorted_ids, after) if after is not None else 0
             page = self.sorted_ids[start : start + limit]
-            return [(i, self.ids[self.by_id[i]][1]) for i in page]
+            return [(i, self.mem.rows[self.mem.by_id[i]][1]) for i in page]
 
     def size(self) -> int:
         self._fresh()
-        return len(self.by_id)
+        return len(self.mem)
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[Neighbor]]:
-        """queries (Q, D) unit-norm -> k best neighbours each, best first."""
+    def search(self, queries: np.ndarray, k: int,
+               f: Filter | None = None) -> list[list[Neighbor]]:
+        """queries (Q, D) unit-norm -> k best neighbours each (among those `f` lets through),
+        best first."""
         self._fresh()
         with self.lock.read():
-            extra = 0 if self.removable else self.index.ntotal - len(self.ids)
-            scores, internal = self.index.search(np.ascontiguousarray(queries, np.float32),
-                                                 min(k + extra, max(1, self.index.ntotal)))
-            out = []
-            for row_s, row_i in zip(scores, internal, strict=True):
-                hits = [Neighbor(*self.ids[n], float(s))
-                        for s, n in zip(row_s, row_i, strict=True) if n in self.ids]
-                out.append(hits[:k])
-            return out
+            return self.mem.search(queries, k, f, self.ef_search)

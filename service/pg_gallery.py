@@ -5,19 +5,29 @@ before the answer) is seen by every replica's next search and survives any repli
 One table per embedding space, named from the model id and precision, with an HNSW index over
 inner product (vectors are unit-norm: inner product = cosine). The bundle's gallery is loaded
 into it once, under an advisory lock, however many replicas start together.
+
+Connections come from a pool (psycopg_pool) that checks each before lending it, so a database
+that restarted is reconnected to on the next request; while it is unreachable every call is a
+503 `storage_unavailable` and `healthy()` (which /readyz asks) is false.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-import threading
+from collections.abc import Iterator
 
 import numpy as np
 
-from simclr_embed.service.gallery import Neighbor, Space
+from simclr_embed.service.errors import StorageError
+from simclr_embed.service.index import Filter, Neighbor, Space
 
 log = logging.getLogger(__name__)
+
+
+POOL_SIZE = 4  # the route threads that may wait on the database at once
+POOL_WAIT_S = 5.0  # for a connection, before the caller gets a 503
 
 
 def table_name(space: Space) -> str:
@@ -31,108 +41,165 @@ class PgGallery:
     def __init__(self, space: Space, url: str, hnsw_m: int = 32, ef_search: int = 64) -> None:
         import psycopg
         from pgvector.psycopg import register_vector
+        from psycopg_pool import ConnectionPool
 
         self.space, self.table, self.ef_search = space, table_name(space), ef_search
         self.hnsw_m = hnsw_m
-        self.db = psycopg.connect(url, autocommit=True)
-        self.lock = threading.Lock()  # one connection, one statement at a time
-        with self.db.transaction():  # replicas starting together would race on the DDL
-            self.db.execute("SELECT pg_advisory_xact_lock(hashtext('simclr_embed_schema'))")
-            self.db.execute("CREATE EXTENSION IF NOT EXISTS vector")
-            self.db.execute(
+        with psycopg.connect(url, autocommit=True) as db:  # the extension, before any vector
+            self._schema(db)
+        self.pool = ConnectionPool(url, min_size=1, max_size=POOL_SIZE, timeout=POOL_WAIT_S,
+                                   kwargs={"autocommit": True}, configure=register_vector,
+                                   check=ConnectionPool.check_connection, open=True)
+
+    @contextlib.contextmanager
+    def db(self) -> Iterator:
+        """A pooled connection; the database unreachable is a 503, not a 500."""
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        try:
+            with self.pool.connection() as db:
+                yield db
+        except (psycopg.OperationalError, PoolTimeout) as e:
+            raise StorageError(f"the gallery database is unreachable ({type(e).__name__}); "
+                               "retry shortly", headers={"Retry-After": "2"}) from e
+
+    def healthy(self) -> bool:
+        try:
+            with self.db() as db:
+                db.execute("SELECT 1")
+            return True
+        except StorageError:
+            return False
+
+    def _schema(self, db) -> None:
+        from pgvector.psycopg import register_vector
+
+        with db.transaction():  # replicas starting together would race on the DDL
+            db.execute("SELECT pg_advisory_xact_lock(hashtext('simclr_embed_schema'))")
+            db.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            db.execute(
                 "CREATE TABLE IF NOT EXISTS gallery_spaces (name TEXT PRIMARY KEY, model_id "
                 "TEXT, precision TEXT, dim INT, loaded BOOLEAN NOT NULL DEFAULT FALSE)")
-        register_vector(self.db)
-        with self.db.transaction():
-            self.db.execute("SELECT pg_advisory_xact_lock(hashtext('simclr_embed_schema'))")
-            self.db.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (id TEXT PRIMARY KEY, "
-                            f"label TEXT, embedding vector({space.dim}) NOT NULL, thumb BYTEA)")
+        register_vector(db)
+        with db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(hashtext('simclr_embed_schema'))")
+            db.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (id TEXT PRIMARY KEY, "
+                       f"label TEXT, embedding vector({self.space.dim}) NOT NULL, thumb BYTEA)")
+            db.execute(f"ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS metadata JSONB")
 
     def load(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
         """The bundle's gallery, once per space: the first replica copies it in, others wait on
         the advisory lock and find it loaded."""
-        with self.lock, self.db.transaction():
-            self.db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.table,))
-            row = self.db.execute("SELECT loaded FROM gallery_spaces WHERE name = %s",
-                                  (self.table,)).fetchone()
+        with self.db() as db, db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.table,))
+            row = db.execute("SELECT loaded FROM gallery_spaces WHERE name = %s",
+                             (self.table,)).fetchone()
             if row is None or not row[0]:
                 # The HNSW build is ~10x slower once its graph spills out of this memory.
-                self.db.execute("SET LOCAL maintenance_work_mem = '2GB'")
-                self.db.execute("SET LOCAL max_parallel_maintenance_workers = 2")
-                self._copy(ids, labels, emb)
-                self.db.execute(
+                db.execute("SET LOCAL maintenance_work_mem = '2GB'")
+                db.execute("SET LOCAL max_parallel_maintenance_workers = 2")
+                self._copy(db, ids, labels, emb)
+                db.execute(
                     f"CREATE INDEX IF NOT EXISTS {self.table}_hnsw ON {self.table} USING hnsw "
                     f"(embedding vector_ip_ops) WITH (m = {self.hnsw_m})")
-                self.db.execute(
+                db.execute(
                     "INSERT INTO gallery_spaces VALUES (%s, %s, %s, %s, TRUE) ON CONFLICT (name) "
                     "DO UPDATE SET loaded = TRUE",
                     (self.table, self.space.model_id, self.space.precision, self.space.dim))
                 log.info("gallery: loaded %d bundle vectors into %s", len(ids), self.table)
         log.info("gallery: %d vectors in PostgreSQL table %s", self.size(), self.table)
 
-    def _copy(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
-        with self.db.cursor().copy(
+    def _copy(self, db, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
+        with db.cursor().copy(
                 f"COPY {self.table} (id, label, embedding) FROM STDIN WITH (FORMAT BINARY)") as cp:
             cp.set_types(["text", "text", "vector"])
             for i, lab, e in zip(ids, labels, emb, strict=True):
                 cp.write_row((i, lab, e.astype(np.float32)))
 
     def close(self) -> None:
-        with self.lock:
-            self.db.close()
+        self.pool.close()
 
     def __len__(self) -> int:
         return self.size()
 
     def size(self) -> int:
-        with self.lock:
-            return self.db.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0]
+        with self.db() as db:
+            return db.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0]
 
     def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray,
-            thumbs: list[bytes | None] | None = None) -> None:
-        thumbs = thumbs or [None] * len(ids)
-        with self.lock, self.db.transaction():
-            self.db.cursor().executemany(
-                f"INSERT INTO {self.table} VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO UPDATE "
-                "SET label = EXCLUDED.label, embedding = EXCLUDED.embedding, "
-                "thumb = EXCLUDED.thumb",
-                [(i, lab, e.astype(np.float32), t)
-                 for i, lab, e, t in zip(ids, labels, emb, thumbs, strict=True)])
+            thumbs: list[bytes | None] | None = None,
+            metas: list[dict | None] | None = None) -> None:
+        from psycopg.types.json import Jsonb
+
+        thumbs, metas = thumbs or [None] * len(ids), metas or [None] * len(ids)
+        with self.db() as db, db.transaction():
+            db.cursor().executemany(
+                f"INSERT INTO {self.table} (id, label, embedding, thumb, metadata) VALUES "
+                "(%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET label = EXCLUDED.label, "
+                "embedding = EXCLUDED.embedding, thumb = EXCLUDED.thumb, "
+                "metadata = EXCLUDED.metadata",
+                [(i, lab, e.astype(np.float32), t, Jsonb(m) if m else None)
+                 for i, lab, e, t, m in zip(ids, labels, emb, thumbs, metas, strict=True)])
 
     def thumbnail(self, id_: str) -> bytes | None:
-        with self.lock:
-            row = self.db.execute(f"SELECT thumb FROM {self.table} WHERE id = %s",
-                                  (id_,)).fetchone()
+        with self.db() as db:
+            row = db.execute(f"SELECT thumb FROM {self.table} WHERE id = %s",
+                             (id_,)).fetchone()
         return None if row is None else row[0]
 
     def delete(self, ids: list[str]) -> list[str]:
-        with self.lock:
-            rows = self.db.execute(f"DELETE FROM {self.table} WHERE id = ANY(%s) RETURNING id",
-                                   (ids,)).fetchall()
+        with self.db() as db:
+            rows = db.execute(f"DELETE FROM {self.table} WHERE id = ANY(%s) RETURNING id",
+                              (ids,)).fetchall()
         return [r[0] for r in rows]
 
-    def get(self, id_: str) -> tuple[str | None, np.ndarray] | None:
-        with self.lock:
-            row = self.db.execute(f"SELECT label, embedding FROM {self.table} WHERE id = %s",
-                                  (id_,)).fetchone()
+    def get(self, id_: str) -> tuple[str | None, np.ndarray, dict | None] | None:
+        with self.db() as db:
+            row = db.execute(f"SELECT label, embedding, metadata FROM {self.table} "
+                             "WHERE id = %s", (id_,)).fetchone()
         if row is None:
             return None
         vec = row[1].to_numpy() if hasattr(row[1], "to_numpy") else row[1]  # pgvector's Vector
-        return row[0], np.asarray(vec, np.float32)
+        return row[0], np.asarray(vec, np.float32), row[2]
 
     def listing(self, after: str | None, limit: int) -> list[tuple[str, str | None]]:
-        with self.lock:
-            return self.db.execute(
+        with self.db() as db:
+            return db.execute(
                 f"SELECT id, label FROM {self.table} WHERE %s::text IS NULL OR id > %s "
                 "ORDER BY id LIMIT %s", (after, after, limit)).fetchall()
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[Neighbor]]:
+    def search(self, queries: np.ndarray, k: int,
+               f: Filter | None = None) -> list[list[Neighbor]]:
+        """A filtered search is exact (a sequential scan): an HNSW scan filters after it has
+        found ef_search candidates, and so returns fewer than k when the filter is selective,
+        as pgvector's users report."""
+        where, params = _where(f)
         out = []
-        with self.lock, self.db.transaction():
-            self.db.execute(f"SET LOCAL hnsw.ef_search = {max(self.ef_search, k)}")
+        with self.db() as db, db.transaction():
+            db.execute(f"SET LOCAL hnsw.ef_search = {max(self.ef_search, k)}")
+            if f is not None:
+                db.execute("SET LOCAL enable_indexscan = off")
             for q in np.asarray(queries, np.float32):
-                rows = self.db.execute(
-                    f"SELECT id, label, -(embedding <#> %s) FROM {self.table} "
-                    "ORDER BY embedding <#> %s LIMIT %s", (q, q, k)).fetchall()
-                out.append([Neighbor(i, lab, float(s)) for i, lab, s in rows])
+                rows = db.execute(
+                    f"SELECT id, label, -(embedding <#> %s), metadata FROM {self.table} {where} "
+                    "ORDER BY embedding <#> %s LIMIT %s", (q, *params, q, k)).fetchall()
+                out.append([Neighbor(i, lab, float(s), m) for i, lab, s, m in rows])
         return out
+
+
+def _where(f: Filter | None) -> tuple[str, list]:
+    """The WHERE clause of a filter and its parameters: labels any of, and for each metadata
+    key any of its values (JSON containment)."""
+    from psycopg.types.json import Jsonb
+
+    if f is None:
+        return "", []
+    conds, params = [], []
+    if f.labels is not None:
+        conds.append("label = ANY(%s)")
+        params.append(list(f.labels))
+    for name, values in f.metadata or ():
+        conds.append("(" + " OR ".join(["metadata @> %s"] * len(values)) + ")")
+        params += [Jsonb({name: v}) for v in values]
+    return "WHERE " + " AND ".join(conds), params

@@ -27,12 +27,26 @@ class ImagesRequest(Strict):
                                       examples=[[EXAMPLE_IMAGE]])
 
 
+Scalar = str | int | float | bool | None
+
+
+class SearchFilter(Strict):
+    label: str | Annotated[list[str], Field(min_length=1, max_length=100)] | None = Field(
+        None, description="a label, or a list of labels (any of them)")
+    metadata: dict[str, Scalar | Annotated[list[Scalar], Field(min_length=1, max_length=100)]
+                   ] | None = Field(None, max_length=16, description="key -> value (exact "
+                                    "match) or a list of values (any of them); all keys must "
+                                    "match")
+
+
 class SearchRequest(Strict):
     images: Annotated[list[Base64Image], Field(min_length=1)] | None = Field(
         None, description="query images (base64 / data URLs)", examples=[[EXAMPLE_IMAGE]])
     embeddings: list[list[float]] | None = Field(
         None, description="query vectors of the model's dimension (normalized here)")
     k: int = Field(10, ge=1, description="neighbours per query (at most the server's max_k)")
+    filter: SearchFilter | None = Field(None, description="only items that match it",
+                                        examples=[{"label": "cat"}])
 
 
 class ClassifyRequest(ImagesRequest):
@@ -45,6 +59,9 @@ class GalleryItem(Strict):
     label: str | None = Field(None, max_length=256)
     image: str | None = Field(None, description="base64 image or data URL")
     embedding: list[float] | None = None
+    metadata: dict[str, Scalar] | None = Field(
+        None, max_length=32, description="flat JSON object: what search filters match on",
+        examples=[{"sku": "A-113", "in_stock": True}])
 
 
 class GalleryAddRequest(Strict):
@@ -66,6 +83,7 @@ class NeighborOut(BaseModel):
     id: str
     label: str | None
     score: float
+    metadata: dict | None = None
 
 
 class SearchResponse(BaseModel):

@@ -229,9 +229,11 @@ def _run_serve(args: argparse.Namespace) -> None:
     from simclr_embed.service.startup import check_before_workers
 
     check_before_workers(settings)
+    from simclr_embed.service.protocol import LingeringHttp
+
     uvicorn.run("simclr_embed.service.app:app_from_env", factory=True, host=settings.host,
                 port=settings.port, workers=settings.workers, timeout_graceful_shutdown=20,
-                access_log=False)
+                access_log=False, http=LingeringHttp)
 
 
 def _gallery_parser(sub: argparse._SubParsersAction) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Annotated
 
 import numpy as np
@@ -23,6 +24,8 @@ from simclr_embed.service.errors import InvalidInput, NotFound
 from simclr_embed.service.page import png_bytes
 
 router = APIRouter()
+
+MAX_METADATA_BYTES = 4096
 
 
 @router.get("/v1/gallery", tags=["gallery"], responses=schemas.ERRORS)
@@ -46,7 +49,8 @@ async def gallery_get(item_id: str, engine: EngineDep) -> NumpyJSON:
     found = await asyncio.to_thread(engine.gallery.get, item_id)
     if found is None:
         raise NotFound(f"no gallery item with id {item_id!r}")
-    return NumpyJSON({"id": item_id, "label": found[0], "embedding": found[1]})
+    return NumpyJSON({"id": item_id, "label": found[0], "embedding": found[1],
+                      "metadata": found[2]})
 
 
 @router.post("/v1/gallery", tags=["gallery"], responses=schemas.ERRORS,
@@ -62,6 +66,8 @@ async def gallery_add(request: Request, engine: EngineDep, settings: SettingsDep
         raise InvalidInput("each item needs exactly one of 'image' or 'embedding'")
     if any(len(i.label or "") > settings.max_label_chars for i in items):
         raise InvalidInput(f"labels are at most {settings.max_label_chars} characters")
+    if any(len(json.dumps(i.metadata)) > MAX_METADATA_BYTES for i in items if i.metadata):
+        raise InvalidInput(f"an item's metadata is at most {MAX_METADATA_BYTES} bytes of JSON")
     emb = np.zeros((len(items), engine.dim), np.float32)
     thumbs: list[bytes | None] = [None] * len(items)
     with_image = [n for n, i in enumerate(items) if i.image is not None]
@@ -77,7 +83,7 @@ async def gallery_add(request: Request, engine: EngineDep, settings: SettingsDep
     if with_vec:
         emb[with_vec] = check_vectors([items[n].embedding for n in with_vec], engine.dim)
     await asyncio.to_thread(engine.gallery.add, [i.id for i in items],
-                            [i.label for i in items], emb, thumbs)
+                            [i.label for i in items], emb, thumbs, [i.metadata for i in items])
     size = await asyncio.to_thread(engine.gallery.size)
     engine.metrics.gallery_size.set(size)
     return {"added": [i.id for i in items], "size": size}

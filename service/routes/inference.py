@@ -20,6 +20,7 @@ from simclr_embed.service.deps import (
 )
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.errors import InvalidInput
+from simclr_embed.service.index import Filter
 from simclr_embed.service.settings import Settings
 
 router = APIRouter()
@@ -65,7 +66,9 @@ async def search(request: Request, engine: EngineDep, settings: SettingsDep,
     else:
         queries, _ = await engine.infer(await decode_all(request, engine, settings, raws,
                                                          names))
-    hits = await asyncio.to_thread(engine.gallery.search, queries, k)
+    f = body.filter if body is not None else None
+    hits = await asyncio.to_thread(engine.gallery.search, queries, k,
+                                   f and Filter.of(f.label, f.metadata))
     return NumpyJSON({"model": engine.model_id, "precision": settings.precision,
                            "results": [[h.__dict__ for h in row] for row in hits]})
 

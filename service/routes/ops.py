@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from simclr_embed.service import schemas
 from simclr_embed.service.deps import EngineDep, SettingsDep
+from simclr_embed.service.errors import StorageError
 
 router = APIRouter()
 
@@ -19,6 +22,9 @@ async def healthz() -> dict:
 
 @router.get("/readyz", tags=["ops"], responses=schemas.ERRORS)
 async def readyz(engine: EngineDep) -> dict:
+    """Ready: the model loaded and warmed, and the gallery's store reachable."""
+    if not await asyncio.to_thread(engine.gallery.healthy):
+        raise StorageError("the gallery database is unreachable", headers={"Retry-After": "2"})
     return {"status": "ready", "model": engine.model_id}
 
 

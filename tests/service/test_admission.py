@@ -60,8 +60,7 @@ def test_slow_bodies_time_out_with_408_and_the_server_keeps_serving(bundle_dir, 
 
 def test_slow_bodies_hold_no_slot_and_full_slots_refuse_with_a_whole_503(bundle_dir, tmp_path):
     """Slots are taken once a body has arrived: two bodies that never end leave the only slot
-    free; five heavy requests at once fill it, and the refused ones get a complete 503 on a
-    connection that stays open (their bodies were read)."""
+    free; five heavy requests at once fill it, and the refused ones get a complete 503."""
     srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_MAX_INFLIGHT_REQUESTS="1",
                  SIMCLR_EMBED_BODY_TIMEOUT_S="30").start()
     held = [open_body(srv.port, 5000) for _ in range(2)]
@@ -83,7 +82,6 @@ def test_slow_bodies_hold_no_slot_and_full_slots_refuse_with_a_whole_503(bundle_
         assert refused and all(a.status_code in (200, 503) for a in answers)
         for a in refused:
             assert a.headers["retry-after"] == "1" and a.json()["error"]["code"] == "overloaded"
-            assert a.headers.get("connection") != "close"
         assert httpx.get(srv.url + "/healthz").status_code == 200  # GETs are not admitted
         m = httpx.get(srv.url + "/metrics").text
         assert metric(m, "simclr_embed_rejected_overload_total") == len(refused)

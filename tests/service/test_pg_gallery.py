@@ -98,3 +98,34 @@ def test_search_matches_exact_inner_product(pg_url) -> None:
                       for e, row in zip(exact, got, strict=True)])
     assert recall >= 0.95
     assert got[0][0].score == pytest.approx(float(queries[0] @ emb[exact[0][0]]), abs=1e-5)
+
+
+def test_a_replica_reconnects_after_the_database_restarts(bundle_dir, tmp_path) -> None:
+    """A PostgreSQL of its own, stopped under a running replica: /readyz and every gallery
+    call say 503 (not 500, not a silent 200) while it is down, and once it is back the same
+    replica serves again without a restart, with what was acknowledged before."""
+    pgdata = tmp_path / "pg"
+    pg = pgserver.get_server(pgdata, cleanup_mode="stop")
+    (srv,) = replicas(bundle_dir, tmp_path, pg.get_uri(), n=1)
+    v = unit(2, seed=11)
+    item = {"items": [{"id": "before", "embedding": v[0].tolist()}]}
+    query = {"embeddings": [v[0].tolist()], "k": 1}
+    try:
+        assert httpx.post(srv.url + "/v1/gallery", json=item, headers=KEY).status_code == 200
+        pgserver.pg_ctl(["-D", str(pgdata), "stop", "-m", "fast"])
+        ready = httpx.get(srv.url + "/readyz", timeout=30)
+        assert ready.status_code == 503, ready.text
+        r = httpx.post(srv.url + "/v1/search", json=query, timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "storage_unavailable"
+        pg.ensure_postgres_running()
+        for _ in range(150):  # poll: the pool reconnects on the next request
+            if httpx.get(srv.url + "/readyz", timeout=30).status_code == 200:
+                break
+        r = httpx.post(srv.url + "/v1/search", json=query, timeout=30)
+        assert r.status_code == 200 and r.json()["results"][0][0]["id"] == "before"
+        item["items"][0].update(id="after", embedding=v[1].tolist())
+        assert httpx.post(srv.url + "/v1/gallery", json=item, headers=KEY).status_code == 200
+        assert "Traceback" not in srv.log_path.read_text()
+    finally:
+        srv.stop()
+        pg.cleanup()

@@ -1,0 +1,201 @@
+"""The embedded gallery's in-memory side: a FAISS index over unit vectors (inner product =
+cosine), the names of its rows, and what filters match. Not thread-safe: service/gallery.py
+holds the locks.
+
+Rows are internal ids (0..n-1 for the bundle, then one per stored change). A deleted row is a
+tombstone, left out of every search by a FAISS id selector, so a delete costs a set insertion,
+not a pass over the index; the tombstones of an exact index are compacted in one `remove_ids`
+pass once they reach COMPACT_FRACTION of it (HNSW cannot remove: its tombstones stay excluded).
+
+A filter (labels, metadata values; a list means any of) is answered exactly over the matching
+rows when they are few (at most EXACT_FILTER_ROWS), else by the index restricted to them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+# faiss's loader logs a harmless "ModuleNotFoundError" for each CPU flavour it tries first.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+import faiss  # noqa: E402
+
+COMPACT_FRACTION = 0.125
+EXACT_FILTER_ROWS = 20_000  # reconstructing them costs less than a restricted graph walk
+
+
+@dataclass(frozen=True)
+class Space:
+    model_id: str
+    precision: str
+    dim: int
+
+
+@dataclass
+class Neighbor:
+    id: str
+    label: str | None
+    score: float
+    metadata: dict | None = None
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Items whose label is one of `labels` and, for each key of `metadata`, whose value is
+    one of the listed values (exact JSON equality)."""
+
+    labels: tuple[str, ...] | None = None
+    metadata: tuple[tuple[str, tuple], ...] | None = None
+
+    @classmethod
+    def of(cls, label: str | list[str] | None, metadata: dict | None) -> Filter | None:
+        if label is None and not metadata:
+            return None
+        labels = None if label is None else tuple([label] if isinstance(label, str) else label)
+        meta = None if not metadata else tuple(
+            (k, tuple(v if isinstance(v, list) else [v])) for k, v in sorted(metadata.items()))
+        return cls(labels, meta)
+
+
+def _key(name: str, value: object) -> tuple[str, str]:
+    return name, json.dumps(value, sort_keys=True)
+
+
+class MemoryIndex:
+    def __init__(self, index: faiss.Index, kind: str) -> None:
+        self.index, self.kind = index, kind  # an IndexIDMap2 over flat or HNSW
+        self.rows: dict[int, tuple[str, str | None]] = {}  # internal -> (id, label)
+        self.meta: dict[int, dict] = {}
+        self.by_id: dict[str, int] = {}
+        self.by_label: dict[str | None, set[int]] = {}
+        self.by_value: dict[tuple[str, str], set[int]] = {}
+        self.dead: set[int] = set()
+        self._selector: faiss.IDSelector | None = None
+        self.next = 0
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    # --- changes -----------------------------------------------------------------------------
+    def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray,
+            metas: list[dict | None] | None = None, in_index: bool = False) -> None:
+        """Rows for ids (replacing those that exist), in one FAISS call."""
+        for i in ids:
+            if i in self.by_id:
+                self.remove(i)
+        start = self.next
+        if not in_index:
+            internal = np.arange(start, start + len(ids), dtype=np.int64)
+            self.index.add_with_ids(np.ascontiguousarray(emb, np.float32), internal)
+        for n, (i, lab, meta) in enumerate(zip(ids, labels, metas or [None] * len(ids),
+                                               strict=True), start):
+            self.rows[n], self.by_id[i] = (i, lab), n
+            self.by_label.setdefault(lab, set()).add(n)
+            if meta:
+                self.meta[n] = meta
+                for k, v in meta.items():
+                    self.by_value.setdefault(_key(k, v), set()).add(n)
+        self.next += len(ids)
+
+    def remove(self, id_: str) -> None:
+        n = self.by_id.pop(id_)
+        _, label = self.rows.pop(n)
+        self.by_label[label].discard(n)
+        for k, v in (self.meta.pop(n, None) or {}).items():
+            self.by_value[_key(k, v)].discard(n)
+        self.dead.add(n)
+        self._selector = None
+
+    def compact(self) -> None:
+        """One remove_ids pass for the tombstones of an exact index, once they are many."""
+        if self.kind == "flat" and len(self.dead) > COMPACT_FRACTION * self.index.ntotal:
+            self.index.remove_ids(np.fromiter(self.dead, np.int64, len(self.dead)))
+            self.dead.clear()
+            self._selector = None
+
+    # --- reads -------------------------------------------------------------------------------
+    def vector(self, id_: str) -> tuple[str | None, np.ndarray, dict | None] | None:
+        n = self.by_id.get(id_)
+        if n is None:
+            return None
+        return self.rows[n][1], self.index.reconstruct(n), self.meta.get(n)
+
+    def matching(self, f: Filter) -> np.ndarray:
+        """Internal ids of the live rows the filter lets through."""
+        sets: list[set[int]] = []
+        if f.labels is not None:
+            sets.append(set().union(*(self.by_label.get(lab, ()) for lab in f.labels)))
+        for name, values in f.metadata or ():
+            sets.append(set().union(*(self.by_value.get(_key(name, v), ()) for v in values)))
+        rows = set.intersection(*sets) if sets else set()
+        return np.fromiter(rows, np.int64, len(rows))
+
+    def search(self, queries: np.ndarray, k: int, f: Filter | None = None,
+               ef_search: int = 64) -> list[list[Neighbor]]:
+        """queries (Q, D) unit-norm -> k best neighbours each, best first."""
+        queries = np.ascontiguousarray(queries, np.float32)
+        if f is None:
+            scores, internal = self._search(queries, k, self._live(), ef_search)
+        else:
+            allowed = self.matching(f)
+            if len(allowed) == 0:
+                return [[] for _ in queries]
+            if len(allowed) <= EXACT_FILTER_ROWS:
+                scores, internal = self._exact(queries, k, allowed)
+            else:
+                ef = int(min(1024, ef_search * self.index.ntotal / len(allowed)))
+                scores, internal = self._search(queries, k, faiss.IDSelectorBatch(allowed), ef)
+        return [[Neighbor(*self.rows[n], float(s), self.meta.get(n))
+                 for s, n in zip(row_s, row_i, strict=True) if n in self.rows]
+                for row_s, row_i in zip(scores, internal, strict=True)]
+
+    def _live(self) -> faiss.IDSelector | None:
+        if not self.dead:
+            return None
+        if self._selector is None:
+            dead = np.fromiter(self.dead, np.int64, len(self.dead))
+            self._selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(dead))
+            self._selector.batch = dead  # the C++ selector holds a pointer into it
+        return self._selector
+
+    def _search(self, queries: np.ndarray, k: int, sel: faiss.IDSelector | None,
+                ef: int) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, max(1, len(self)))
+        if self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(ef, k))
+        else:
+            params = faiss.SearchParameters(sel=sel) if sel is not None else None
+        return self.index.search(queries, k, params=params)
+
+    def _exact(self, queries: np.ndarray, k: int,
+               allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        vecs = self.index.reconstruct_batch(allowed)  # (A, D)
+        sims = queries @ vecs.T  # (Q, A)
+        k = min(k, len(allowed))
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        order = np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, 1), 1), 1)
+        return np.take_along_axis(sims, order, 1), allowed[order]
+
+
+def changes_in_bulk(changes: Iterable[tuple], index: MemoryIndex) -> None:
+    """Stored changes (id, label, vector bytes or None, seq, metadata JSON) applied to the
+    index: deletions at once, the adds that follow them gathered into one FAISS call; only the
+    last change of each id counts, as in the store."""
+    pending: dict[str, tuple[str | None, bytes, str | None]] = {}
+    for id_, label, blob, _, meta in changes:
+        pending.pop(id_, None)
+        if blob is None:
+            if id_ in index.by_id:
+                index.remove(id_)
+        else:
+            pending[id_] = (label, blob, meta)
+    if pending:
+        ids = list(pending)
+        emb = np.frombuffer(b"".join(v[1] for v in pending.values()), np.float32)
+        index.add(ids, [v[0] for v in pending.values()], emb.reshape(len(ids), -1),
+                  [json.loads(v[2]) if v[2] else None for v in pending.values()])
+    index.compact()

@@ -1,0 +1,55 @@
+"""uvicorn's HTTP protocol with a lingering close, as nginx does it (`lingering_close`).
+
+Refusing a body that is still arriving means closing the connection, or the server reads the
+whole body to keep the connection usable. But closing a socket with unread bytes in it sends a
+reset, and a reset makes the client's kernel drop the answer it had not yet read: the client
+sees "connection reset by peer" instead of the 503. So a close first sends the answer and a FIN
+(`write_eof`), then reads and drops what still arrives until the client closes its side (it
+does, having read the answer with `Connection: close`) or LINGER_S pass.
+
+`simclr-embed serve` runs uvicorn with this protocol; the Gate closes only on connections that
+run it (the `simclr_embed.linger` scope extension), and leaves other connections open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+LINGER_S = 2.0
+EXTENSION = "simclr_embed.linger"
+
+
+class _LingeringTransport:
+    """The transport uvicorn's cycle sees: close() lingers, everything else is the socket's."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._t, self._loop, self._closing = transport, loop, False
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        t = self._t
+        if t.is_closing() or not t.can_write_eof():
+            t.close()
+            return
+        t.write_eof()  # the answer goes out, then a FIN
+        t.resume_reading()  # uvicorn pauses reading when a body outruns the app
+        self._loop.call_later(LINGER_S, t.close)
+
+    def is_closing(self) -> bool:
+        return self._closing or self._t.is_closing()
+
+    def __getattr__(self, name: str):
+        return getattr(self._t, name)
+
+
+class LingeringHttp(HttpToolsProtocol):
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(_LingeringTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()  # a fresh scope per request
+        self.scope.setdefault("extensions", {})[EXTENSION] = {}  # the Gate may close
