@@ -7,11 +7,16 @@ worker keeps the number it has applied and, before it answers a search, a listin
 applies whatever other workers committed since. The database belongs to one embedding space
 (model id, precision, dimension): opening it with another is refused.
 
-FAISS inner product over unit vectors (cosine): exact (IndexFlatIP) for small galleries, HNSW
-from AUTO_HNSW_FROM vectors on (index="auto", the default), its graph of the bundle's vectors
-cached on disk so that a restart reads it instead of rebuilding it. Searches run side by side
-under a shared lock; applying changes takes it exclusively. PostgreSQL + pgvector
-(service/pg_gallery.py) replaces all of this when one machine is not enough.
+FAISS inner product over unit vectors (cosine; service/index.py): exact (IndexFlatIP) for small
+galleries, HNSW from AUTO_HNSW_FROM vectors of the whole gallery on (index="auto", the default),
+back to exact below AUTO_FLAT_BELOW. When the size crosses one of them, or HNSW holds too many
+tombstones, the new index is built in a background thread while the old one serves, then takes
+the changes made meanwhile and is swapped in. A snapshot of the whole index (`<db>.index`) is
+written after a rebuild, every SNAPSHOT_EVERY changes and at SIGTERM, so that a restart reads it
+and applies only the changes since, in bulk. Searches run side by side under a shared lock;
+applying changes takes it exclusively (writer-preferring); SQLite commits happen outside it.
+PostgreSQL + pgvector (service/pg_gallery.py) replaces all of this when one machine is not
+enough.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simclr_embed.service import index as snapshots
 from simclr_embed.service.errors import StorageError, StorageFull
 from simclr_embed.service.index import (
     Filter,
@@ -42,6 +48,9 @@ from simclr_embed.service.index import (
 log = logging.getLogger(__name__)
 
 AUTO_HNSW_FROM = 20_000  # below it exact search takes under 2 ms here (README, "Gallery")
+AUTO_FLAT_BELOW = 10_000  # back to exact search: apart from the above, so no flapping
+HNSW_DEAD_FRACTION = 0.25  # tombstones that make a rebuilt graph worth its cost
+SNAPSHOT_EVERY = 20_000  # changes applied since the last snapshot that call for a new one
 
 
 class GalleryMismatch(RuntimeError):
@@ -224,15 +233,17 @@ class SQLiteStore:
 
 
 class RWLock:
-    """Many readers or one writer (FAISS searches may run concurrently; changes may not)."""
+    """Many readers or one writer (FAISS searches may run concurrently; changes may not).
+    Writer-preferring: once a writer waits, new readers wait behind it, so sustained search
+    load cannot starve a change."""
 
     def __init__(self) -> None:
-        self.cond, self.readers, self.writing = threading.Condition(), 0, False
+        self.cond, self.readers, self.writing, self.waiting = threading.Condition(), 0, False, 0
 
     @contextlib.contextmanager
     def read(self) -> Iterator[None]:
         with self.cond:
-            self.cond.wait_for(lambda: not self.writing)
+            self.cond.wait_for(lambda: not self.writing and not self.waiting)
             self.readers += 1
         try:
             yield
@@ -244,7 +255,9 @@ class RWLock:
     @contextlib.contextmanager
     def write(self) -> Iterator[None]:
         with self.cond:
+            self.waiting += 1
             self.cond.wait_for(lambda: not self.writing and self.readers == 0)
+            self.waiting -= 1
             self.writing = True
         try:
             yield
@@ -278,15 +291,24 @@ class Gallery:
         self.kind = index
         self.mem: MemoryIndex | None = None
         self.sorted_ids: list[str] | None = None  # for listings, rebuilt after changes
-        self.applied = 0
+        self.applied, self.saved = 0, 0
+        self.bundle_key = ""
+        self.snapshot = db_path.with_name(db_path.stem + ".index")
+        self.rebuilding: threading.Thread | None = None
         self.lock = RWLock()
         self.db_lock = threading.Lock()  # one SQLite connection, used from several threads
         self.store: SQLiteStore | None = None
 
-    def _new_index(self, n: int) -> faiss.Index:
-        self.kind = self.requested
-        if self.kind == "auto":
-            self.kind = "hnsw" if n >= AUTO_HNSW_FROM else "flat"
+    def _want(self, n: int, now: str | None = None) -> str:
+        """The index kind for n vectors: the setting, or by size with some hysteresis."""
+        if self.requested != "auto":
+            return self.requested
+        if now == "hnsw":
+            return "flat" if n < AUTO_FLAT_BELOW else "hnsw"
+        return "hnsw" if n >= AUTO_HNSW_FROM else "flat"
+
+    def _new_index(self, n: int, kind: str | None = None) -> faiss.Index:
+        self.kind = kind or self._want(n)
         if self.kind == "hnsw":
             base = faiss.IndexHNSWFlat(self.space.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             base.hnsw.efSearch = self.ef_search
@@ -331,18 +353,79 @@ class Gallery:
             changes_in_bulk(changes, self.mem)
             self.applied = changes[-1][3]
             self.sorted_ids = None
+            self._maybe_rebuild()
 
     # --- the API the routes use -------------------------------------------------------------
     def load(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
-        """The bundle's gallery, then every stored change over it."""
+        """The snapshot of the whole index if there is a sound one, else the bundle's gallery;
+        then every stored change since, in bulk. An index of the wrong kind for the size is
+        rebuilt in the background while this one serves."""
         self.store = SQLiteStore(self.db_path, self.space, self.accept_loss)
         emb = np.ascontiguousarray(emb, np.float32)
-        self.mem = MemoryIndex(self._bundle_index(emb), self.kind)  # ids 0..n-1
-        self.mem.add(ids, labels, emb, in_index=True)
+        self.bundle_key = hashlib.sha256(emb.tobytes() + "\0".join(ids).encode()).hexdigest()
+        # After an accepted loss the history the snapshot saw may not be the database's.
+        found = None if self.accept_loss else snapshots.load(self.snapshot, self.space.dim,
+                                                             self.bundle_key)
+        if found is not None and found[1] <= self.store.seq():
+            (self.mem, self.applied), self.kind = found, found[0].kind
+            self._tune()
+            log.info("gallery: index snapshot read (%s, %d changes)", self.kind, self.applied)
+        else:
+            self.mem = MemoryIndex(self._bundle_index(emb), self.kind)  # ids 0..n-1
+            self.mem.add(ids, labels, emb, in_index=True)
+        self.saved = self.applied
         with self.lock.write():
             self._catch_up()
         log.info("gallery: %d vectors (%d stored changes applied, %s)", len(self), self.applied,
                  self.db_path.name)
+
+    def _tune(self) -> None:
+        if self.kind == "hnsw":
+            faiss.downcast_index(self.mem.index.index).hnsw.efSearch = self.ef_search
+
+    def _maybe_rebuild(self) -> None:
+        """After a catch-up (write lock held): start a background rebuild when the kind no
+        longer fits the size or HNSW holds too many tombstones."""
+        mem = self.mem
+        want = self._want(len(mem), mem.kind)
+        stale = mem.kind == "hnsw" and len(mem.dead) > HNSW_DEAD_FRACTION * mem.index.ntotal
+        if self.rebuilding is None and (want != mem.kind or stale):
+            self.rebuilding = threading.Thread(target=self._rebuild, args=(want,),
+                                               name="gallery-rebuild", daemon=True)
+            self.rebuilding.start()
+        elif self.rebuilding is None and self.applied - self.saved >= SNAPSHOT_EVERY:
+            self.saved = self.applied
+            threading.Thread(target=self.save, name="gallery-snapshot", daemon=True).start()
+
+    def _rebuild(self, kind: str) -> None:
+        """Builds the new index with no lock held (searches and writes go on over the old one),
+        then, under the write lock, applies the changes made meanwhile and swaps it in."""
+        try:
+            with self.lock.read():  # the live rows copied out, then built with no lock held
+                seq, rows, vecs = self.applied, *self.mem.live()
+            fresh = MemoryIndex(self._new_index(0, kind), kind)
+            fresh.add([r[0] for r in rows], [r[1] for r in rows], vecs, [r[2] for r in rows])
+            with self.lock.write():
+                with self.db_lock:
+                    changes = self.store.changes_since(seq)
+                changes_in_bulk(changes, fresh)
+                self.mem, self.kind = fresh, kind
+                self._tune()
+                self.sorted_ids = None
+            log.info("gallery: index rebuilt as %s over %d vectors", kind, len(fresh))
+            self.save()
+        except Exception:
+            log.exception("gallery: index rebuild failed; the old index goes on serving")
+        finally:
+            self.rebuilding = None
+
+    def save(self) -> None:
+        """Write the index snapshot (the read lock keeps changes out while it is copied)."""
+        try:
+            with self.lock.read():
+                snapshots.save(self.mem, self.applied, self.bundle_key, self.snapshot)
+        except (OSError, RuntimeError) as e:  # a full disk: the next start rebuilds
+            log.warning("gallery: index snapshot not written: %s", e)
 
     def _fresh(self) -> None:
         """Apply other workers' changes, if there are any, before reading."""
@@ -356,6 +439,9 @@ class Gallery:
         return True  # a local file: its faults surface as the errors of each write
 
     def close(self) -> None:
+        """At SIGTERM: the index snapshot (a fast next start), then the WAL checkpoint."""
+        if self.mem is not None and self.rebuilding is None and self.applied != self.saved:
+            self.save()
         with self.db_lock:
             if self.store is not None:
                 self.store.close()

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -93,13 +96,17 @@ class MemoryIndex:
             self.index.add_with_ids(np.ascontiguousarray(emb, np.float32), internal)
         for n, (i, lab, meta) in enumerate(zip(ids, labels, metas or [None] * len(ids),
                                                strict=True), start):
-            self.rows[n], self.by_id[i] = (i, lab), n
-            self.by_label.setdefault(lab, set()).add(n)
-            if meta:
-                self.meta[n] = meta
-                for k, v in meta.items():
-                    self.by_value.setdefault(_key(k, v), set()).add(n)
+            self.name(n, i, lab, meta)
         self.next += len(ids)
+
+    def name(self, n: int, id_: str, label: str | None, meta: dict | None) -> None:
+        """Row n (in the FAISS index already) is item id_."""
+        self.rows[n], self.by_id[id_] = (id_, label), n
+        self.by_label.setdefault(label, set()).add(n)
+        if meta:
+            self.meta[n] = meta
+            for k, v in meta.items():
+                self.by_value.setdefault(_key(k, v), set()).add(n)
 
     def remove(self, id_: str) -> None:
         n = self.by_id.pop(id_)
@@ -118,6 +125,13 @@ class MemoryIndex:
             self._selector = None
 
     # --- reads -------------------------------------------------------------------------------
+    def live(self) -> tuple[list[tuple[str, str | None, dict | None]], np.ndarray]:
+        """(id, label, metadata) of every live row, and their vectors (n, D)."""
+        rows = np.fromiter(self.rows, np.int64, len(self.rows))
+        vecs = self.index.reconstruct_batch(rows) if len(rows) else \
+            np.zeros((0, self.index.d), np.float32)
+        return [(*self.rows[n], self.meta.get(n)) for n in rows.tolist()], vecs
+
     def vector(self, id_: str) -> tuple[str | None, np.ndarray, dict | None] | None:
         n = self.by_id.get(id_)
         if n is None:
@@ -199,3 +213,48 @@ def changes_in_bulk(changes: Iterable[tuple], index: MemoryIndex) -> None:
         index.add(ids, [v[0] for v in pending.values()], emb.reshape(len(ids), -1),
                   [json.loads(v[2]) if v[2] else None for v in pending.values()])
     index.compact()
+
+
+def save(mem: MemoryIndex, seq: int, bundle: str, path: Path) -> None:
+    """The whole index and its rows, as of change `seq`, in one file written whole and renamed
+    into place (workers may write it at once: their internal ids differ, so index and rows must
+    never come from two of them): 8 bytes of JSON length, the JSON (rows, tombstones, CRC-32 of
+    the rest), the FAISS index."""
+    data = faiss.serialize_index(mem.index).tobytes()
+    info = {"seq": seq, "bundle": bundle, "kind": mem.kind, "next": mem.next,
+            "dead": sorted(mem.dead), "crc32": zlib.crc32(data),
+            "rows": [[n, i, lab, mem.meta.get(n)] for n, (i, lab) in mem.rows.items()]}
+    head = json.dumps(info).encode()
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as f:
+        f.write(len(head).to_bytes(8, "little") + head + data)
+    os.replace(tmp, path)
+
+
+def load(path: Path, dim: int, bundle: str) -> tuple[MemoryIndex, int] | None:
+    """(index, the seq it holds) from a snapshot, or None when there is none, it belongs to
+    another bundle, or it does not check out (CRC, dimension, rows): a damaged snapshot is
+    rebuilt, never trusted."""
+    try:
+        raw = path.read_bytes()
+        size = int.from_bytes(raw[:8], "little")
+        info = json.loads(raw[8 : 8 + size])
+        data = raw[8 + size :]
+        if info["bundle"] != bundle:
+            return None
+        if zlib.crc32(data) != info["crc32"]:
+            raise ValueError("CRC-32 differs")
+        index = faiss.deserialize_index(np.frombuffer(data, np.uint8))
+        if index.d != dim or index.ntotal != len(info["rows"]) + len(info["dead"]):
+            raise ValueError("its shape does not match its rows")
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError, RuntimeError, UnicodeDecodeError) as e:
+        logging.getLogger(__name__).warning("index snapshot %s is unusable (%s): rebuilding",
+                                            path.name, e)
+        return None
+    mem = MemoryIndex(index, info["kind"])
+    for n, i, lab, meta in info["rows"]:
+        mem.name(n, i, lab, meta)
+    mem.dead, mem.next = set(info["dead"]), info["next"]
+    return mem, info["seq"]

@@ -42,8 +42,10 @@ class Metrics:
                                      registry=r)
         self.storage_errors = Counter(PREFIX + "storage_errors", "gallery writes refused by "
                                       "the store (disk full, I/O error)", ["kind"], registry=r)
+        # Set by the worker that made the last change, after it: the most recent value is
+        # right for every worker ("max" kept a size from before a delete).
         self.gallery_size = Gauge(PREFIX + "gallery_size", "vectors in the search index",
-                                  registry=r, multiprocess_mode="max")
+                                  registry=r, multiprocess_mode="mostrecent")
         self.model = Gauge(PREFIX + "model_info", "the loaded model (value 1)",
                            ["model_id", "precision", "provider", "bundle"], registry=r,
                            multiprocess_mode="max")

@@ -41,3 +41,22 @@ def png(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, "PNG")  # lossless: the server sees the exact pixels
     return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory) -> Iterator[str]:
+    pgserver = pytest.importorskip("pgserver")
+    srv = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield srv.get_uri()
+    srv.cleanup()
+
+
+@pytest.fixture
+def pg_url(pg_server: str, request) -> str:
+    """A fresh database per test on the session's server."""
+    name = "t_" + request.node.name.lower().replace("[", "_").replace("]", "")[:40]
+    psycopg = pytest.importorskip("psycopg")
+    with psycopg.connect(pg_server, autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name}")
+        c.execute(f"CREATE DATABASE {name}")
+    return pg_server.replace("/postgres?", f"/{name}?")

@@ -208,8 +208,8 @@ def test_openai_routes_answer_in_openais_shape_whatever_fails(client):
 
 
 def test_unknown_fields_are_a_422_naming_the_field(client):
-    r = client.post("/v1/search", json={"embeddings": [[1.0] * 512], "filter": {"label": "x"}})
-    assert r.status_code == 422 and "filter" in r.json()["error"]["message"]
+    r = client.post("/v1/search", json={"embeddings": [[1.0] * 512], "filters": {"label": "x"}})
+    assert r.status_code == 422 and "filters" in r.json()["error"]["message"]
     r = client.post("/v1/gallery", headers=KEY,
                     json={"items": [{"id": "a", "embedding": [1.0] * 512, "labels": "x"}]})
     assert r.status_code == 422 and "labels" in r.json()["error"]["message"]

@@ -6,7 +6,6 @@ acknowledged and bring back nothing deleted."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,23 +19,6 @@ from tests.service.gallery_chaos import KEY, chaos_rounds, check_ledger, unit
 
 pgserver = pytest.importorskip("pgserver")
 psycopg = pytest.importorskip("psycopg")
-
-
-@pytest.fixture(scope="session")
-def pg_server(tmp_path_factory) -> Iterator[str]:
-    srv = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
-    yield srv.get_uri()
-    srv.cleanup()
-
-
-@pytest.fixture
-def pg_url(pg_server: str, request) -> str:
-    """A fresh database per test on the session's server."""
-    name = "t_" + request.node.name.lower().replace("[", "_").replace("]", "")[:40]
-    with psycopg.connect(pg_server, autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {name}")
-        c.execute(f"CREATE DATABASE {name}")
-    return pg_server.replace("/postgres?", f"/{name}?")
 
 
 def replicas(bundle_dir: Path, tmp_path: Path, url: str, n: int = 2) -> list:
@@ -112,7 +94,7 @@ def test_a_replica_reconnects_after_the_database_restarts(bundle_dir, tmp_path) 
     query = {"embeddings": [v[0].tolist()], "k": 1}
     try:
         assert httpx.post(srv.url + "/v1/gallery", json=item, headers=KEY).status_code == 200
-        pgserver.pg_ctl(["-D", str(pgdata), "stop", "-m", "fast"])
+        pgserver.pg_ctl(["-w", "stop", "-m", "fast"], pgdata=pgdata, user=pg.system_user)
         ready = httpx.get(srv.url + "/readyz", timeout=30)
         assert ready.status_code == 503, ready.text
         r = httpx.post(srv.url + "/v1/search", json=query, timeout=30)

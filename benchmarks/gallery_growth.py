@@ -1,0 +1,212 @@
+"""A gallery that grows through the API, as a user grows one: a real server (default settings)
+on the bundle's 50,000-vector gallery, 150,000 more vectors added through `POST /v1/gallery`
+(64 a request, 4 clients), then 20,000 deleted in batches of 1,000 while searches go on, then a
+restart. At each step: the index kind and size (`/v1/model`), search by embedding p50/p95/p99
+over HTTP beside `/healthz` (the difference is what search costs), recall@10 against exact
+search over the same vectors, a filter matching ~1 % of the gallery, RSS, and the restart time
+from process start to `/readyz`.
+
+Added vectors are the bundle's own embeddings with noise (sigma 0.05, renormalized), so they
+keep its cluster structure; queries are stored vectors with a little noise (sigma 0.01).
+
+    python -m benchmarks.gallery_growth --bundle bundles/default
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+
+from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.benchmarks.process import ServiceProcess
+from simclr_embed.service.bundle import load_bundle
+
+log = logging.getLogger("gallery_growth")
+KEY = "bench-key"
+
+
+def pct(ms: list[float]) -> dict:
+    a = np.asarray(ms)
+    return {"n": len(a), "p50_ms": float(np.percentile(a, 50)),
+            "p95_ms": float(np.percentile(a, 95)), "p99_ms": float(np.percentile(a, 99))}
+
+
+def post(c: httpx.Client, path: str, body: dict) -> httpx.Response:
+    return c.post(path, content=orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+                  headers={"content-type": "application/json", "x-api-key": KEY})
+
+
+def add_all(url: str, ids: list[str], labels: list[str], emb: np.ndarray) -> float:
+    """Adds in requests of 64 from 4 clients; returns vectors/s."""
+    chunks = list(range(0, len(ids), 64))
+    t0 = time.perf_counter()
+
+    def worker(part: list[int]) -> None:
+        with httpx.Client(base_url=url, timeout=120) as c:
+            for s in part:
+                items = [{"id": i, "label": lab, "embedding": v}
+                         for i, lab, v in zip(ids[s:s + 64], labels[s:s + 64], emb[s:s + 64],
+                                              strict=True)]
+                r = post(c, "/v1/gallery", {"items": items})
+                r.raise_for_status()
+
+    threads = [threading.Thread(target=worker, args=(chunks[w::4],)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(ids) / (time.perf_counter() - t0)
+
+
+def searches(c: httpx.Client, queries: np.ndarray, k: int = 10, filt: dict | None = None
+             ) -> tuple[list[float], list[list[str]]]:
+    times, ids = [], []
+    for q in queries:
+        body = {"embeddings": [q], "k": k, **({"filter": filt} if filt else {})}
+        t0 = time.perf_counter()
+        r = post(c, "/v1/search", body)
+        times.append((time.perf_counter() - t0) * 1000)
+        ids.append([h["id"] for h in r.json()["results"][0]])
+    return times, ids
+
+
+def healthz(c: httpx.Client, n: int = 200) -> list[float]:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        c.get("/healthz")
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def exact(all_ids: np.ndarray, emb: np.ndarray, live: np.ndarray, queries: np.ndarray,
+          k: int = 10) -> list[set[str]]:
+    sims = queries @ emb.T
+    sims[:, ~live] = -np.inf
+    return [set(all_ids[np.argsort(-row)[:k]]) for row in sims]
+
+
+def recall(got: list[list[str]], want: list[set[str]]) -> float:
+    return float(np.mean([len(set(g) & w) / len(w) for g, w in zip(got, want, strict=True)]))
+
+
+def step(name: str, srv: ServiceProcess, c: httpx.Client, all_ids, emb, live, labels,
+         queries) -> dict:
+    model = c.get("/v1/model").json()
+    times, got = searches(c, queries)
+    want = exact(all_ids, emb, live, queries)
+    rare = live & (labels == "c7")
+    f_times, f_got = searches(c, queries[:50], filt={"label": "c7"})
+    f_want = exact(all_ids, emb, rare, queries[:50])
+    base = pct(healthz(c))
+    out = {"step": name, "index": model["gallery_index"], "size": model["gallery_size"],
+           "search": pct(times), "healthz": base,
+           "search_over_healthz_p50_ms": pct(times)["p50_ms"] - base["p50_ms"],
+           "recall_at_10": recall(got, want),
+           "filter_fraction": float(rare.sum() / live.sum()), "filtered_search": pct(f_times),
+           "filtered_recall_at_10": recall(f_got, f_want),
+           "filtered_all_match": all(i in set(all_ids[rare]) for row in f_got for i in row),
+           "rss_mb": srv.rss_mb()}
+    log.info("%s: %s", name, {k: v for k, v in out.items() if not isinstance(v, dict)})
+    return out
+
+
+def wait_index(c: httpx.Client, kind: str, timeout: float = 1800) -> float:
+    t0 = time.perf_counter()
+    while c.get("/v1/model").json()["gallery_index"] != kind:
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError(f"index never became {kind}")
+        time.sleep(1)
+    return time.perf_counter() - t0
+
+
+def run(bundle_dir: Path, added: int, deleted: int) -> dict:
+    bundle = load_bundle(bundle_dir)
+    b_ids, b_labels, b_emb = bundle.gallery("int8")
+    classes = bundle.classes
+    rng = np.random.default_rng(0)
+    src = b_emb[rng.integers(0, len(b_emb), added)]
+    new = src + rng.normal(0, 0.05, src.shape).astype(np.float32)
+    new /= np.linalg.norm(new, axis=1, keepdims=True)
+    new_ids = [f"added/{n}" for n in range(added)]
+    new_labels = [f"c{n % 100}" for n in range(added)]  # each label ~1 % of what is added
+    all_ids = np.array([*b_ids.tolist(), *new_ids])
+    labels = np.array([*(classes[y] for y in b_labels.tolist()), *new_labels])
+    emb = np.concatenate([b_emb, new]).astype(np.float32)
+    live = np.ones(len(all_ids), bool)
+    pick = rng.integers(0, len(emb), 300)
+    queries = emb[pick] + rng.normal(0, 0.01, (300, emb.shape[1])).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    steps, events = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"SIMCLR_EMBED_API_KEY": KEY}
+        srv = ServiceProcess(bundle_dir, Path(tmp) / "data", Path(tmp) / "server.log",
+                             **env).start()
+        with httpx.Client(base_url=srv.url, timeout=120) as c:
+            live[len(b_ids):] = False
+            steps.append(step("bundle", srv, c, all_ids, emb, live, labels, queries))
+            events["add_vectors_per_s"] = add_all(srv.url, new_ids, new_labels, new)
+            live[:] = True
+            events["hnsw_ready_after_adds_s"] = wait_index(c, "hnsw")
+            steps.append(step(f"+{added} added", srv, c, all_ids, emb, live, labels, queries))
+            gone = rng.choice(np.arange(len(b_ids), len(all_ids)), deleted, replace=False)
+            events.update(delete_under_searches(c, all_ids[gone].tolist(), queries))
+            live[gone] = False
+            steps.append(step(f"-{deleted} deleted", srv, c, all_ids, emb, live, labels,
+                              queries))
+            returned = {i for row in searches(c, queries)[1] for i in row}
+            events["deleted_ids_returned"] = len(returned & set(all_ids[gone].tolist()))
+        srv.stop()
+        t0 = time.perf_counter()
+        srv.start()
+        events["restart_to_readyz_s"] = time.perf_counter() - t0
+        with httpx.Client(base_url=srv.url, timeout=120) as c:
+            steps.append(step("after restart", srv, c, all_ids, emb, live, labels, queries))
+        srv.stop()
+    return {"steps": steps, "events": events}
+
+
+def delete_under_searches(c: httpx.Client, ids: list[str], queries: np.ndarray) -> dict:
+    stop, lat = threading.Event(), []
+
+    def searcher() -> None:
+        with httpx.Client(base_url=str(c.base_url), timeout=120) as s:
+            while not stop.is_set():
+                lat.extend(searches(s, queries[:20])[0])
+
+    t = threading.Thread(target=searcher)
+    t.start()
+    batch_s = []
+    for s in range(0, len(ids), 1000):
+        t0 = time.perf_counter()
+        post(c, "/v1/gallery/delete", {"ids": ids[s:s + 1000]}).raise_for_status()
+        batch_s.append(time.perf_counter() - t0)
+    stop.set()
+    t.join()
+    return {"delete_1000_ids_s": pct([x * 1000 for x in batch_s]),
+            "search_during_deletes": pct(lat)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bundle", type=Path, default=Path("bundles/default"))
+    p.add_argument("--added", type=int, default=150_000)
+    p.add_argument("--deleted", type=int, default=20_000)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/gallery_growth.json"))
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    result = run(args.bundle, args.added, args.deleted)
+    write_result(args.out, {"benchmark": "gallery_growth", "hardware": hardware(),
+                            "bundle": args.bundle.name, **result})
+
+
+if __name__ == "__main__":
+    main()
