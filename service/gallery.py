@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 AUTO_HNSW_FROM = 20_000  # below it exact search takes under 2 ms here (README, "Gallery")
 AUTO_FLAT_BELOW = 10_000  # back to exact search: apart from the above, so no flapping
 HNSW_DEAD_FRACTION = 0.25  # tombstones that make a rebuilt graph worth its cost
+CHECKED_ENV = "SIMCLR_EMBED_GALLERY_CHECKED"  # set by service/startup.py for its workers
 SNAPSHOT_EVERY = 20_000  # changes applied since the last snapshot that call for a new one
 
 
@@ -70,7 +71,8 @@ class SQLiteStore:
     loss is accepted. The mark may lag the database (it is not fsynced; several workers write
     it), never lead it, so it never refuses a whole gallery."""
 
-    def __init__(self, path: Path, space: Space, accept_loss: bool = False) -> None:
+    def __init__(self, path: Path, space: Space, accept_loss: bool = False,
+                 check: bool = True) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.mark_path = path, path.with_name(path.name + ".seq")
         existed = path.exists() and path.stat().st_size > 0
@@ -79,7 +81,7 @@ class SQLiteStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")  # the commit is on disk before the answer
             self.db.execute("PRAGMA busy_timeout=10000")  # other workers write too
-            if existed:
+            if existed and check:
                 self._check()
             self.db.executescript(
                 "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
@@ -90,6 +92,10 @@ class SQLiteStore:
             if "metadata" not in columns:  # galleries made before items had metadata
                 self.db.execute("ALTER TABLE items ADD COLUMN metadata TEXT")
             self._claim(space)
+            # Reads (the sequence, changes, thumbnails) on a connection of their own: in WAL
+            # mode they never wait for a commit in progress, so searches do not either.
+            self.reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self.read_lock = threading.Lock()
         except sqlite3.DatabaseError as e:
             raise GalleryDamaged(f"the gallery database {path} cannot be read ({e}): restore "
                                  "it from a backup (README, \"Backup\") or move it away to "
@@ -106,7 +112,7 @@ class SQLiteStore:
             mark = int(self.mark_path.read_text())
         except (FileNotFoundError, ValueError):  # a new gallery, or a mark torn by a crash
             return
-        have = self.seq()
+        have = self._seq(self.db)
         if mark <= have:
             return
         lost = (f"the gallery database {self.path} holds changes up to number {have}, but "
@@ -122,7 +128,7 @@ class SQLiteStore:
         """After a commit; a failure (a full disk) only lets the mark lag."""
         tmp = self.mark_path.with_name(f"{self.mark_path.name}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(str(self.seq() if seq is None else seq))
+            tmp.write_text(str(self._seq(self.db) if seq is None else seq))
             os.replace(tmp, self.mark_path)
         except OSError as e:
             log.warning("could not write %s: %s", self.mark_path, e)
@@ -131,6 +137,7 @@ class SQLiteStore:
         """Checkpoint the WAL into the database, so the .sqlite3 file alone is whole."""
         with contextlib.suppress(sqlite3.Error):
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.reader.close()
         self.db.close()
 
     def backup(self, dest: Path) -> int:
@@ -184,24 +191,32 @@ class SQLiteStore:
 
         return Tx()
 
+    @staticmethod
+    def _seq(db: sqlite3.Connection) -> int:
+        return int(db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
+
     def seq(self) -> int:
-        return int(self.db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
+        """The last change committed, by any worker."""
+        with self.read_lock:
+            return self._seq(self.reader)
 
     def thumbnail(self, id_: str) -> bytes | None:
-        row = self.db.execute("SELECT thumb FROM items WHERE id = ? AND embedding IS NOT NULL",
-                              (id_,)).fetchone()
+        with self.read_lock:
+            row = self.reader.execute("SELECT thumb FROM items WHERE id = ? AND embedding IS "
+                                      "NOT NULL", (id_,)).fetchone()
         return None if row is None else row[0]
 
     def changes_since(self, seq: int) -> list[tuple]:
         """(id, label, vector bytes or None for a deletion, seq, metadata JSON), in commit
         order."""
-        return self.db.execute("SELECT id, label, embedding, seq, metadata FROM items WHERE "
-                               "seq > ? ORDER BY seq", (seq,)).fetchall()
+        with self.read_lock:
+            return self.reader.execute("SELECT id, label, embedding, seq, metadata FROM items "
+                                       "WHERE seq > ? ORDER BY seq", (seq,)).fetchall()
 
     def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray,
             thumbs: list[bytes | None], metas: list[dict | None]) -> None:
         with self._write():
-            seq = self.seq()
+            seq = self._seq(self.db)
             rows = [(i, lab, e.astype(np.float32).tobytes(), seq + n + 1, t,
                      json.dumps(m) if m else None)
                     for n, (i, lab, e, t, m) in enumerate(zip(ids, labels, emb, thumbs, metas,
@@ -215,7 +230,7 @@ class SQLiteStore:
         """Tombstones for the ids of `present` that no other worker deleted first."""
         done = []
         with self._write():
-            seq = self.seq()
+            seq = self._seq(self.db)
             for i in ids:
                 if i not in present:
                     continue
@@ -296,7 +311,7 @@ class Gallery:
         self.snapshot = db_path.with_name(db_path.stem + ".index")
         self.rebuilding: threading.Thread | None = None
         self.lock = RWLock()
-        self.db_lock = threading.Lock()  # one SQLite connection, used from several threads
+        self.db_lock = threading.Lock()  # the writing connection, used from several threads
         self.store: SQLiteStore | None = None
 
     def _want(self, n: int, now: str | None = None) -> str:
@@ -345,10 +360,9 @@ class Gallery:
     def _catch_up(self) -> None:
         """Apply, in bulk, what any worker committed since this one last looked (caller holds
         the write lock)."""
-        with self.db_lock:
-            if self.store.seq() == self.applied:
-                return
-            changes = self.store.changes_since(self.applied)
+        if self.store.seq() == self.applied:
+            return
+        changes = self.store.changes_since(self.applied)
         if changes:
             changes_in_bulk(changes, self.mem)
             self.applied = changes[-1][3]
@@ -360,7 +374,9 @@ class Gallery:
         """The snapshot of the whole index if there is a sound one, else the bundle's gallery;
         then every stored change since, in bulk. An index of the wrong kind for the size is
         rebuilt in the background while this one serves."""
-        self.store = SQLiteStore(self.db_path, self.space, self.accept_loss)
+        # `simclr-embed serve` ran quick_check (a read of the whole file) before the workers.
+        checked = os.environ.get(CHECKED_ENV) == str(self.db_path)
+        self.store = SQLiteStore(self.db_path, self.space, self.accept_loss, not checked)
         emb = np.ascontiguousarray(emb, np.float32)
         self.bundle_key = hashlib.sha256(emb.tobytes() + "\0".join(ids).encode()).hexdigest()
         # After an accepted loss the history the snapshot saw may not be the database's.
@@ -406,9 +422,7 @@ class Gallery:
             fresh = MemoryIndex(self._new_index(0, kind), kind)
             fresh.add([r[0] for r in rows], [r[1] for r in rows], vecs, [r[2] for r in rows])
             with self.lock.write():
-                with self.db_lock:
-                    changes = self.store.changes_since(seq)
-                changes_in_bulk(changes, fresh)
+                changes_in_bulk(self.store.changes_since(seq), fresh)
                 self.mem, self.kind = fresh, kind
                 self._tune()
                 self.sorted_ids = None
@@ -420,18 +434,18 @@ class Gallery:
             self.rebuilding = None
 
     def save(self) -> None:
-        """Write the index snapshot (the read lock keeps changes out while it is copied)."""
+        """Write the index snapshot: copied under the read lock (a memory copy, so writers,
+        and the readers a waiting writer holds back, wait for that only), written without."""
         try:
             with self.lock.read():
-                snapshots.save(self.mem, self.applied, self.bundle_key, self.snapshot)
+                mem, seq = self.mem.frozen(), self.applied
+            snapshots.save(mem, seq, self.bundle_key, self.snapshot)
         except (OSError, RuntimeError) as e:  # a full disk: the next start rebuilds
             log.warning("gallery: index snapshot not written: %s", e)
 
     def _fresh(self) -> None:
         """Apply other workers' changes, if there are any, before reading."""
-        with self.db_lock:
-            behind = self.store.seq() != self.applied
-        if behind:
+        if self.store.seq() != self.applied:
             with self.lock.write():
                 self._catch_up()
 
@@ -459,8 +473,7 @@ class Gallery:
 
     def thumbnail(self, id_: str) -> bytes | None:
         """The PNG stored with an added item, if it came with an image."""
-        with self.db_lock:
-            return self.store.thumbnail(id_)
+        return self.store.thumbnail(id_)
 
     def delete(self, ids: list[str]) -> list[str]:
         """Deletes those of `ids` that exist; returns them."""

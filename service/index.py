@@ -125,6 +125,13 @@ class MemoryIndex:
             self._selector = None
 
     # --- reads -------------------------------------------------------------------------------
+    def frozen(self) -> MemoryIndex:
+        """A copy to write a snapshot from with no lock held (a memory copy of the index)."""
+        out = MemoryIndex(faiss.clone_index(self.index), self.kind)
+        out.rows, out.meta, out.dead, out.next = dict(self.rows), dict(self.meta), \
+            set(self.dead), self.next
+        return out
+
     def live(self) -> tuple[list[tuple[str, str | None, dict | None]], np.ndarray]:
         """(id, label, metadata) of every live row, and their vectors (n, D)."""
         rows = np.fromiter(self.rows, np.int64, len(self.rows))

@@ -9,7 +9,7 @@ import os
 import shutil
 
 from simclr_embed.service.bundle import load_bundle, model_id
-from simclr_embed.service.gallery import Space, SQLiteStore
+from simclr_embed.service.gallery import CHECKED_ENV, Space, SQLiteStore
 from simclr_embed.service.settings import Settings
 
 
@@ -18,9 +18,10 @@ def check_before_workers(settings: Settings) -> None:
     space = Space(model_id(bundle.manifest), settings.precision,
                   int(bundle.manifest["embedding_dim"]))
     if settings.gallery_url is None:  # raises GalleryMismatch for another model's database
-        store = SQLiteStore(settings.data_dir / f"gallery-{space.precision}.sqlite3", space,
-                            settings.accept_gallery_loss)  # and GalleryDamaged, lost changes
-        store.db.close()
+        path = settings.data_dir / f"gallery-{space.precision}.sqlite3"
+        store = SQLiteStore(path, space, settings.accept_gallery_loss)  # GalleryDamaged too
+        store.close()
+        os.environ[CHECKED_ENV] = str(path)  # the workers need not read the file again
     if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         metrics_dir = settings.data_dir / "prometheus-multiproc"
         shutil.rmtree(metrics_dir, ignore_errors=True)  # counters start at zero with the server

@@ -266,7 +266,7 @@ def _run_gallery(args: argparse.Namespace) -> None:
     try:
         seq = store.backup(Path(args.dest))
     finally:
-        store.db.close()
+        store.close()
     log.info("backed up %s to %s (changes up to number %d)", path, args.dest, seq)
 
 
