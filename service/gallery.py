@@ -310,6 +310,7 @@ class Gallery:
         self.bundle_key = ""
         self.snapshot = db_path.with_name(db_path.stem + ".index")
         self.rebuilding: threading.Thread | None = None
+        self.closing = False
         self.lock = RWLock()
         self.db_lock = threading.Lock()  # the writing connection, used from several threads
         self.store: SQLiteStore | None = None
@@ -322,9 +323,8 @@ class Gallery:
             return "flat" if n < AUTO_FLAT_BELOW else "hnsw"
         return "hnsw" if n >= AUTO_HNSW_FROM else "flat"
 
-    def _new_index(self, n: int, kind: str | None = None) -> faiss.Index:
-        self.kind = kind or self._want(n)
-        if self.kind == "hnsw":
+    def _new_index(self, kind: str) -> faiss.Index:
+        if kind == "hnsw":
             base = faiss.IndexHNSWFlat(self.space.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             base.hnsw.efSearch = self.ef_search
         else:
@@ -334,7 +334,8 @@ class Gallery:
     def _bundle_index(self, emb: np.ndarray) -> faiss.Index:
         """The index over the bundle's vectors (internal ids 0..n-1); an HNSW graph is read from
         its cache file when one was built for these very vectors and parameters."""
-        index = self._new_index(len(emb))
+        self.kind = self._want(len(emb))
+        index = self._new_index(self.kind)
         if self.kind != "hnsw" or len(emb) == 0:
             index.add_with_ids(emb, np.arange(len(emb), dtype=np.int64))
             return index
@@ -419,13 +420,16 @@ class Gallery:
         try:
             with self.lock.read():  # the live rows copied out, then built with no lock held
                 seq, rows, vecs = self.applied, *self.mem.live()
-            fresh = MemoryIndex(self._new_index(0, kind), kind)
+            fresh = MemoryIndex(self._new_index(kind), kind)
             fresh.add([r[0] for r in rows], [r[1] for r in rows], vecs, [r[2] for r in rows])
             with self.lock.write():
+                if self.closing:
+                    return
                 changes_in_bulk(self.store.changes_since(seq), fresh)
                 self.mem, self.kind = fresh, kind
                 self._tune()
                 self.sorted_ids = None
+                self.saved = self.applied
             log.info("gallery: index rebuilt as %s over %d vectors", kind, len(fresh))
             self.save()
         except Exception:
@@ -453,8 +457,10 @@ class Gallery:
         return True  # a local file: its faults surface as the errors of each write
 
     def close(self) -> None:
-        """At SIGTERM: the index snapshot (a fast next start), then the WAL checkpoint."""
-        if self.mem is not None and self.rebuilding is None and self.applied != self.saved:
+        """At SIGTERM: the index snapshot (a fast next start), then the WAL checkpoint. A
+        rebuild still running is abandoned: it finds the gallery closed and stops."""
+        self.closing = True
+        if self.mem is not None and self.applied != self.saved:
             self.save()
         with self.db_lock:
             if self.store is not None:

@@ -225,16 +225,18 @@ def changes_in_bulk(changes: Iterable[tuple], index: MemoryIndex) -> None:
 def save(mem: MemoryIndex, seq: int, bundle: str, path: Path) -> None:
     """The whole index and its rows, as of change `seq`, in one file written whole and renamed
     into place (workers may write it at once: their internal ids differ, so index and rows must
-    never come from two of them): 8 bytes of JSON length, the JSON (rows, tombstones, CRC-32 of
-    the rest), the FAISS index."""
-    data = faiss.serialize_index(mem.index).tobytes()
+    never come from two of them): the FAISS index as FAISS writes it (so that FAISS reads it
+    straight from the file), then the JSON (rows, tombstones, CRC-32 of the index part), then
+    the JSON's length in 8 bytes."""
+    data = faiss.serialize_index(mem.index)
     info = {"seq": seq, "bundle": bundle, "kind": mem.kind, "next": mem.next,
-            "dead": sorted(mem.dead), "crc32": zlib.crc32(data),
+            "dead": sorted(mem.dead), "crc32": zlib.crc32(data), "index_bytes": len(data),
             "rows": [[n, i, lab, mem.meta.get(n)] for n, (i, lab) in mem.rows.items()]}
-    head = json.dumps(info).encode()
+    tail = json.dumps(info).encode()
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with tmp.open("wb") as f:
-        f.write(len(head).to_bytes(8, "little") + head + data)
+        f.write(memoryview(data))
+        f.write(tail + len(tail).to_bytes(8, "little"))
     os.replace(tmp, path)
 
 
@@ -244,14 +246,14 @@ def load(path: Path, dim: int, bundle: str) -> tuple[MemoryIndex, int] | None:
     rebuilt, never trusted."""
     try:
         raw = path.read_bytes()
-        size = int.from_bytes(raw[:8], "little")
-        info = json.loads(raw[8 : 8 + size])
-        data = raw[8 + size :]
+        size = int.from_bytes(raw[-8:], "little")
+        info = json.loads(raw[-8 - size : -8])
         if info["bundle"] != bundle:
             return None
-        if zlib.crc32(data) != info["crc32"]:
+        if zlib.crc32(memoryview(raw)[: info["index_bytes"]]) != info["crc32"]:
             raise ValueError("CRC-32 differs")
-        index = faiss.deserialize_index(np.frombuffer(data, np.uint8))
+        del raw
+        index = faiss.read_index(str(path))  # from the page cache: no copy through Python
         if index.d != dim or index.ntotal != len(info["rows"]) + len(info["dead"]):
             raise ValueError("its shape does not match its rows")
     except FileNotFoundError:
