@@ -12,9 +12,10 @@ request passes it in this order, so each refusal means the same on every route:
    holds a slot that a whole request could use;
 4. the request metrics, in a `finally`, so that 500s are counted too.
 
-A 503 leaves the connection open: uvicorn reads the rest of a refused body and drops it, so the
-client gets the whole answer at once, not a connection reset (closing with unread bytes in the
-socket sends a reset); only a 413 or 408, whose body will not be read, closes it.
+A refusal never resets the connection: closing with unread bytes in the socket sends a reset
+that makes the client drop the answer. Under `simclr-embed serve` a refusal before the body is
+read closes with a lingering close (service/protocol.py); elsewhere a 503 leaves the connection
+open (uvicorn reads the rest of the body and drops it) and only a 413 or 408 closes it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from simclr_embed.service.errors import (
     RequestTimeout,
     ServiceError,
 )
-from simclr_embed.service.handlers import error_response
+from simclr_embed.service.handlers import client_gone_response, error_response
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.protocol import EXTENSION as PROTOCOL_EXTENSION
 from simclr_embed.service.settings import Settings
@@ -93,10 +94,8 @@ class Gate:
                 return await self.app(scope, receive, send)
             body, held = await self._receive_body(receive, headers, body_limit(self.settings,
                                                                                path))
-        except ClientDisconnect:  # counted and labelled as the route's handler does it
-            self.metrics.client_gone.inc()
-            return await error_response(499, "client_closed_request", "client closed the "
-                                        "connection", None, path)(scope, receive, send)
+        except ClientDisconnect:
+            return await client_gone_response(self.metrics, path)(scope, receive, send)
         except ServiceError as e:
             return await self._refuse(e, path, scope, receive, send)
         try:

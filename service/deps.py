@@ -83,10 +83,14 @@ def parse_json(raw: bytes, model: type[BaseModel]) -> Any:
         raise InvalidInput(validation_message(e.errors())) from e
 
 
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
 async def read_json(request: Request, model: type[BaseModel]) -> Any:
     """The one JSON reader of every route: the body the Gate received, validated against
     `model` (a 422 naming each field that is wrong, unknown fields included)."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    ctype = media_type(request)
     if ctype != "application/json":
         raise UnsupportedMedia(f"unsupported content type {ctype or '(none)'!r}; send "
                                "application/json")
@@ -108,18 +112,23 @@ def decode_strings(items: list[str], names: list[str]) -> list[bytes]:
     return [named(n, decode_base64, i) for i, n in zip(items, names, strict=True)]
 
 
+async def decode_base64_images(items: list[str], names: list[str]) -> list[bytes]:
+    """base64 images -> bytes, in a thread when there is much of it."""
+    if len(items) > 1 and sum(map(len, items)) > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(decode_strings, items, names)
+    return decode_strings(items, names)
+
+
 async def read_body(request: Request, model: type[BaseModel]
                     ) -> tuple[Any | None, list[bytes], list[str]]:
     """(validated JSON body or None, raw image bytes, each image's name for errors) for JSON,
     multipart or image/* bodies."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    ctype = media_type(request)
     if ctype == "application/json":
         body = await read_json(request, model)
         images = getattr(body, "images", None) or []
         names = [f"images[{n}]" for n in range(len(images))]
-        if len(images) > 1 and sum(map(len, images)) > OFF_LOOP_BYTES:
-            return body, await asyncio.to_thread(decode_strings, images, names), names
-        return body, decode_strings(images, names), names
+        return body, await decode_base64_images(images, names), names
     if ctype == "multipart/form-data":
         form = await request.form(max_files=10_000, max_fields=100)
         files = [v for _, v in form.multi_items() if hasattr(v, "read")]
@@ -161,9 +170,9 @@ async def decode_all(request: Request, engine: Engine, settings: Settings,
                      raws: list[bytes], names: list[str] | None = None) -> np.ndarray:
     """Headers are checked here (400 / 413 before any pixel work); thumbnails decode on the
     event loop while no decode is queued, anything larger in the pool, one slot per decode
-    thread. A request whose client
-    has gone is dropped when its turn for a slot comes, before it costs a decode, and again
-    before it costs a place in a model batch. Errors name the item (`names`)."""
+    thread. A request whose client has gone is dropped when its turn for a slot comes, before
+    it costs a decode, and again before it costs a place in a model batch. Errors name the
+    item (`names`)."""
     if not raws:
         raise InvalidInput("no images in the request")
     if len(raws) > settings.max_images_per_request:

@@ -124,11 +124,11 @@ class SQLiteStore:
         log.warning("%s; starting anyway (SIMCLR_EMBED_ACCEPT_GALLERY_LOSS)", lost)
         self.write_mark(have)
 
-    def write_mark(self, seq: int | None = None) -> None:
+    def write_mark(self, seq: int) -> None:
         """After a commit; a failure (a full disk) only lets the mark lag."""
         tmp = self.mark_path.with_name(f"{self.mark_path.name}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(str(self._seq(self.db) if seq is None else seq))
+            tmp.write_text(str(seq))
             os.replace(tmp, self.mark_path)
         except OSError as e:
             log.warning("could not write %s: %s", self.mark_path, e)
@@ -148,7 +148,7 @@ class SQLiteStore:
         out = sqlite3.connect(tmp)
         try:
             self.db.backup(out)
-            seq = int(out.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
+            seq = self._seq(out)
         finally:
             out.close()
         os.replace(tmp, dest)
@@ -325,13 +325,13 @@ class Gallery:
 
     def _new_index(self, kind: str) -> faiss.Index:
         if kind == "hnsw":
+            # efSearch is not set here: every search passes its own (service/index.py).
             base = faiss.IndexHNSWFlat(self.space.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            base.hnsw.efSearch = self.ef_search
         else:
             base = faiss.IndexFlatIP(self.space.dim)
         return faiss.IndexIDMap2(base)
 
-    def _bundle_index(self, emb: np.ndarray) -> faiss.Index:
+    def _bundle_index(self, emb: np.ndarray, key: str) -> faiss.Index:
         """The index over the bundle's vectors (internal ids 0..n-1); an HNSW graph is read from
         its cache file when one was built for these very vectors and parameters."""
         self.kind = self._want(len(emb))
@@ -339,13 +339,11 @@ class Gallery:
         if self.kind != "hnsw" or len(emb) == 0:
             index.add_with_ids(emb, np.arange(len(emb), dtype=np.int64))
             return index
-        key = hashlib.sha256(emb.tobytes()).hexdigest()[:16]
-        path = self.db_path.parent / f"hnsw-{key}-m{self.hnsw_m}.faiss"
+        path = self.db_path.parent / f"hnsw-{key[:16]}-m{self.hnsw_m}.faiss"
         if path.exists():
             with contextlib.suppress(RuntimeError):  # a damaged cache is rebuilt
                 cached = faiss.read_index(str(path))
                 if cached.ntotal == len(emb):
-                    faiss.downcast_index(cached.index).hnsw.efSearch = self.ef_search
                     log.info("gallery: HNSW graph read from %s", path.name)
                     return cached
         index.add_with_ids(emb, np.arange(len(emb), dtype=np.int64))
@@ -385,20 +383,15 @@ class Gallery:
                                                              self.bundle_key)
         if found is not None and found[1] <= self.store.seq():
             (self.mem, self.applied), self.kind = found, found[0].kind
-            self._tune()
             log.info("gallery: index snapshot read (%s, %d changes)", self.kind, self.applied)
         else:
-            self.mem = MemoryIndex(self._bundle_index(emb), self.kind)  # ids 0..n-1
+            self.mem = MemoryIndex(self._bundle_index(emb, self.bundle_key), self.kind)
             self.mem.add(ids, labels, emb, in_index=True)
         self.saved = self.applied
         with self.lock.write():
             self._catch_up()
         log.info("gallery: %d vectors (%d stored changes applied, %s)", len(self), self.applied,
                  self.db_path.name)
-
-    def _tune(self) -> None:
-        if self.kind == "hnsw":
-            faiss.downcast_index(self.mem.index.index).hnsw.efSearch = self.ef_search
 
     def _maybe_rebuild(self) -> None:
         """After a catch-up (write lock held): start a background rebuild when the kind no
@@ -427,7 +420,6 @@ class Gallery:
                     return
                 changes_in_bulk(self.store.changes_since(seq), fresh)
                 self.mem, self.kind = fresh, kind
-                self._tune()
                 self.sorted_ids = None
                 self.saved = self.applied
             log.info("gallery: index rebuilt as %s over %d vectors", kind, len(fresh))

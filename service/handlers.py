@@ -83,12 +83,16 @@ async def http_error(request: Request, e: HTTPException) -> JSONResponse:
                           str(e.detail), headers, request.url.path)
 
 
-async def client_gone(request: Request, _: ClientDisconnect) -> JSONResponse:
-    """The client left (before its decode or model batch): counted, answered with nginx's
-    499, not logged as a crash."""
-    request.app.state.metrics.client_gone.inc()
+def client_gone_response(metrics, path: str) -> JSONResponse:
+    """The client left (mid-body, or before its decode or model batch): counted, answered
+    with nginx's 499, not logged as a crash. For the Gate and the handler alike."""
+    metrics.client_gone.inc()
     return error_response(499, "client_closed_request", "client closed the connection", None,
-                          request.url.path)
+                          path)
+
+
+async def client_gone(request: Request, _: ClientDisconnect) -> JSONResponse:
+    return client_gone_response(request.app.state.metrics, request.url.path)
 
 
 async def internal(request: Request, e: Exception) -> JSONResponse:

@@ -180,7 +180,6 @@ class MemoryIndex:
         if self._selector is None:
             dead = np.fromiter(self.dead, np.int64, len(self.dead))
             self._selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(dead))
-            self._selector.batch = dead  # the C++ selector holds a pointer into it
         return self._selector
 
     def _search(self, queries: np.ndarray, k: int, sel: faiss.IDSelector | None,

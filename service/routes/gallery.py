@@ -16,7 +16,7 @@ from simclr_embed.service.deps import (
     SettingsDep,
     check_vectors,
     decode_all,
-    decode_strings,
+    decode_base64_images,
     read_json,
 )
 from simclr_embed.service.engine import Engine
@@ -73,8 +73,7 @@ async def gallery_add(request: Request, engine: EngineDep, settings: SettingsDep
     with_image = [n for n, i in enumerate(items) if i.image is not None]
     if with_image:
         names = [f"items[{n}] (id {items[n].id!r})" for n in with_image]
-        raws = await asyncio.to_thread(decode_strings, [items[n].image for n in with_image],
-                                       names)
+        raws = await decode_base64_images([items[n].image for n in with_image], names)
         pixels = await decode_all(request, engine, settings, raws, names)  # (n, S, S, 3)
         emb[with_image], _ = await engine.infer(pixels)
         for n, px in zip(with_image, pixels, strict=True):
