@@ -89,8 +89,11 @@ class SQLiteStore:
                 "BLOB, seq INTEGER NOT NULL, thumb BLOB);"
                 "CREATE INDEX IF NOT EXISTS items_seq ON items (seq);")
             columns = {r[1] for r in self.db.execute("PRAGMA table_info(items)")}
-            if "metadata" not in columns:  # galleries made before items had metadata
-                self.db.execute("ALTER TABLE items ADD COLUMN metadata TEXT")
+            # Columns newer than the gallery (metadata; origin and fingerprint: which SOURCE of
+            # `simclr-embed index` a file came from, and its size and mtime there).
+            for column in ("metadata", "origin", "fingerprint"):
+                if column not in columns:
+                    self.db.execute(f"ALTER TABLE items ADD COLUMN {column} TEXT")
             self._claim(space)
             # Reads (the sequence, changes, thumbnails) on a connection of their own: in WAL
             # mode they never wait for a commit in progress, so searches do not either.
@@ -214,17 +217,27 @@ class SQLiteStore:
                                        "WHERE seq > ? ORDER BY seq", (seq,)).fetchall()
 
     def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray,
-            thumbs: list[bytes | None], metas: list[dict | None]) -> None:
+            thumbs: list[bytes | None], metas: list[dict | None], origin: str | None = None,
+            fingerprints: list[str] | None = None) -> None:
+        prints = fingerprints or [None] * len(ids)
         with self._write():
             seq = self._seq(self.db)
             rows = [(i, lab, e.astype(np.float32).tobytes(), seq + n + 1, t,
-                     json.dumps(m) if m else None)
-                    for n, (i, lab, e, t, m) in enumerate(zip(ids, labels, emb, thumbs, metas,
-                                                              strict=True))]
+                     json.dumps(m) if m else None, origin, fp)
+                    for n, (i, lab, e, t, m, fp) in enumerate(zip(ids, labels, emb, thumbs,
+                                                                  metas, prints, strict=True))]
             self.db.executemany("INSERT OR REPLACE INTO items (id, label, embedding, seq, "
-                                "thumb, metadata) VALUES (?, ?, ?, ?, ?, ?)", rows)
+                                "thumb, metadata, origin, fingerprint) VALUES "
+                                "(?, ?, ?, ?, ?, ?, ?, ?)", rows)
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (seq + len(rows),))
         self.write_mark(seq + len(rows))
+
+    def fingerprints(self, origin: str) -> dict[str, str]:
+        """id -> fingerprint of the live items `simclr-embed index` took from `origin`."""
+        with self.read_lock:
+            return dict(self.reader.execute(
+                "SELECT id, fingerprint FROM items WHERE origin = ? AND embedding IS NOT NULL",
+                (origin,)).fetchall())
 
     def delete(self, ids: list[str], present: set[str]) -> list[str]:
         """Tombstones for the ids of `present` that no other worker deleted first."""

@@ -87,6 +87,8 @@ class PgGallery:
             db.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (id TEXT PRIMARY KEY, "
                        f"label TEXT, embedding vector({self.space.dim}) NOT NULL, thumb BYTEA)")
             db.execute(f"ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS metadata JSONB")
+            for column in ("origin", "fingerprint"):  # SQLiteStore says what they hold
+                db.execute(f"ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS {column} TEXT")
 
     def load(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None:
         """The bundle's gallery, once per space: the first replica copies it in, others wait on
@@ -129,18 +131,28 @@ class PgGallery:
 
     def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray,
             thumbs: list[bytes | None] | None = None,
-            metas: list[dict | None] | None = None) -> None:
+            metas: list[dict | None] | None = None, origin: str | None = None,
+            fingerprints: list[str] | None = None) -> None:
         from psycopg.types.json import Jsonb
 
-        thumbs, metas = thumbs or [None] * len(ids), metas or [None] * len(ids)
+        none = [None] * len(ids)
+        thumbs, metas, prints = thumbs or none, metas or none, fingerprints or none
         with self.db() as db, db.transaction():
             db.cursor().executemany(
-                f"INSERT INTO {self.table} (id, label, embedding, thumb, metadata) VALUES "
-                "(%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET label = EXCLUDED.label, "
-                "embedding = EXCLUDED.embedding, thumb = EXCLUDED.thumb, "
-                "metadata = EXCLUDED.metadata",
-                [(i, lab, e.astype(np.float32), t, Jsonb(m) if m else None)
-                 for i, lab, e, t, m in zip(ids, labels, emb, thumbs, metas, strict=True)])
+                f"INSERT INTO {self.table} (id, label, embedding, thumb, metadata, origin, "
+                "fingerprint) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE "
+                "SET label = EXCLUDED.label, embedding = EXCLUDED.embedding, "
+                "thumb = EXCLUDED.thumb, metadata = EXCLUDED.metadata, "
+                "origin = EXCLUDED.origin, fingerprint = EXCLUDED.fingerprint",
+                [(i, lab, e.astype(np.float32), t, Jsonb(m) if m else None, origin, fp)
+                 for i, lab, e, t, m, fp in zip(ids, labels, emb, thumbs, metas, prints,
+                                                strict=True)])
+
+    def fingerprints(self, origin: str) -> dict[str, str]:
+        """id -> fingerprint of the items `simclr-embed index` took from `origin`."""
+        with self.db() as db:
+            return dict(db.execute(f"SELECT id, fingerprint FROM {self.table} WHERE origin = "
+                                   "%s", (origin,)).fetchall())
 
     def thumbnail(self, id_: str) -> bytes | None:
         with self.db() as db:

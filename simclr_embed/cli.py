@@ -17,7 +17,8 @@ log = logging.getLogger("simclr_embed")
 # Errors whose message already says what went wrong and what to do: no traceback for them.
 # ValidationError: pydantic's, for a bad SIMCLR_EMBED_* variable.
 EXPECTED_ERRORS = {"DataError", "CheckpointError", "ExportError", "BundleError", "ValueError",
-                   "ValidationError", "GalleryMismatch", "GalleryDamaged"}
+                   "ValidationError", "GalleryMismatch", "GalleryDamaged", "IndexingError",
+                   "StorageError", "StorageFull", "SearchError"}
 
 _TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float,
           "str | None": str}
@@ -270,6 +271,73 @@ def _run_gallery(args: argparse.Namespace) -> None:
     log.info("backed up %s to %s (changes up to number %d)", path, args.dest, seq)
 
 
+def _index_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="embed a folder, an archive or a manifest into the gallery",
+                       description="Embed SOURCE into the gallery `simclr-embed serve` uses with "
+                       "the same settings (SIMCLR_EMBED_DATA_DIR or SIMCLR_EMBED_GALLERY_URL, "
+                       "SIMCLR_EMBED_BUNDLE, SIMCLR_EMBED_PRECISION). SOURCE: an image folder "
+                       "(label = first folder level), a .tar/.tar.gz of one, or a manifest "
+                       "(.csv, .jsonl, .parquet) with a path column and optional id, label and "
+                       "metadata columns. Reruns skip unchanged files; a killed run resumes.")
+    p.add_argument("source", help="folder, archive or manifest")
+    p.add_argument("--bundle", default=None, help="bundle directory (default: "
+                   "$SIMCLR_EMBED_BUNDLE or bundles/default)")
+    p.add_argument("--precision", choices=("int8", "fp32"), default=None)
+    p.add_argument("--provider", choices=("cpu", "cuda", "openvino"), default=None)
+    p.add_argument("--data-dir", default=None, help="the embedded gallery's directory "
+                   "($SIMCLR_EMBED_DATA_DIR)")
+    p.add_argument("--no-labels", action="store_true", help="folders are not labels")
+    p.add_argument("--path-column", default="path", help="a manifest's column of file paths")
+    p.add_argument("--prune", action="store_true", help="delete the items of SOURCE whose "
+                   "files are gone")
+    p.add_argument("--decode-threads", type=int, default=2)
+    p.add_argument("--report", default="index-report.json",
+                   help="JSON report: counts, images/s, skipped files and why")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run as a Ray Data job: on the cluster at ADDRESS, or without one on a "
+                   "local Ray instance (the index extra)")
+    p.set_defaults(func=_run_index)
+
+
+def _run_index(args: argparse.Namespace) -> None:
+    import os
+    from pathlib import Path
+
+    for key in ("bundle", "precision", "provider", "data_dir"):
+        if getattr(args, key) is not None:
+            os.environ[f"SIMCLR_EMBED_{key.upper()}"] = str(getattr(args, key))
+    from simclr_embed.service.indexer import IndexJob, run_index
+    from simclr_embed.service.settings import Settings
+
+    job = IndexJob(Path(args.source), not args.no_labels, args.path_column, args.prune,
+                   args.decode_threads, Path(args.report) if args.report else None, args.ray)
+    run_index(job, Settings())
+
+
+def _search_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="nearest gallery items of image files, from a server",
+                       description="Ask a running server (POST /v1/search) for the gallery "
+                       "items nearest to each IMAGE and print them as a table.")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--api-key", default=None, help="for a server that requires one "
+                   "($SIMCLR_EMBED_API_KEY)")
+    p.add_argument("--json", action="store_true", help="the server's JSON instead of a table")
+    p.set_defaults(func=_run_search)
+
+
+def _run_search(args: argparse.Namespace) -> None:
+    import os
+
+    from simclr_embed.search_client import search_files, table
+
+    key = args.api_key or os.environ.get("SIMCLR_EMBED_API_KEY") or None
+    result = search_files(args.images, args.k, args.url, key)
+    sys.stdout.write(json.dumps(result, indent=2) + "\n" if args.json
+                     else table(args.images, result))
+
+
 def _unavailable(sub: argparse._SubParsersAction, name: str, err: ImportError) -> None:
     p = sub.add_parser(name, help=f"(needs the train extra: {err.name} is not installed)")
 
@@ -306,6 +374,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         except ImportError as e:  # a serving-only install has no torch
             _unavailable(sub, name, e)
     _serve_parser(sub)
+    _index_parser(sub)
+    _search_parser(sub)
     _gallery_parser(sub)
     return parser
 

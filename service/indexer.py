@@ -1,0 +1,421 @@
+"""`simclr-embed index SOURCE`: a user's images into the gallery that `simclr-embed serve` uses.
+
+list (folder, .tar/.tar.gz or manifest) -> skip what is already there -> read -> decode (threads,
+a bounded queue) -> embed (the bundle's runtime, batches of 64) -> write (one commit per batch).
+
+An item's id is its path relative to SOURCE (or the manifest's `id`); beside its vector the
+store keeps where it came from (`origin`: the resolved SOURCE) and the file's size and mtime
+(`fingerprint`), committed with it. A rerun therefore skips unchanged files and re-embeds
+changed ones, and a run killed at any moment leaves whole batches only: run again, every file
+is there exactly once (ids are the stores' primary keys). Decoding and its limits are the
+service's own (service/preprocess.py). The running server sees the new items through the change
+sequence it follows (SQLite) or at once (PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import tarfile
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from simclr_embed.service.bundle import load_bundle, model_id
+from simclr_embed.service.errors import PayloadTooLarge, ServiceError, StorageError
+from simclr_embed.service.gallery import Space, SQLiteStore, storage_errors
+from simclr_embed.service.page import png_bytes
+from simclr_embed.service.preprocess import decode_image
+from simclr_embed.service.runtime import make_session
+from simclr_embed.service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BATCH = 64  # the engine's batch: one model run and one commit
+MANIFESTS = (".csv", ".jsonl", ".parquet")
+MAX_ID_CHARS, MAX_METADATA_KEYS, MAX_METADATA_BYTES = 256, 32, 4096  # as POST /v1/gallery
+
+
+class IndexingError(RuntimeError):
+    """The job could not index anything: a bad SOURCE, or every file failed."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    label: str | None
+    fingerprint: str  # "size:mtime_ns" of the file (of the member, in an archive)
+    path: str  # on disk, or the member's name in an archive
+    size: int
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass
+class Source:
+    """What SOURCE lists: its entries, the files it could not list, and how to read them."""
+    origin: str
+    entries: list[Entry]
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (id or row, reason)
+    archive: Path | None = None
+
+
+# --- listing --------------------------------------------------------------------------------
+def _label(rel: Path, labels: bool) -> str | None:
+    return rel.parts[0] if labels and len(rel.parts) > 1 else None
+
+
+def list_folder(root: Path, labels: bool = True) -> Source:
+    """Every file under root (recursively; hidden ones aside), id = its path relative to root."""
+    entries = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        st = path.stat()
+        entries.append(Entry(rel.as_posix(), _label(rel, labels),
+                             f"{st.st_size}:{st.st_mtime_ns}", str(path), st.st_size))
+    return Source(str(root.resolve()), entries)
+
+
+def list_archive(path: Path, labels: bool = True) -> Source:
+    """The files of a tar archive; one folder that holds them all is taken as its root."""
+    with tarfile.open(path) as tar:
+        members = [m for m in tar.getmembers() if m.isfile()]
+    names = [Path(m.name.removeprefix("./")) for m in members]
+    tops = {n.parts[0] for n in names if len(n.parts) > 1}
+    strip = len(tops) == 1 and all(len(n.parts) > 1 for n in names)
+    entries = []
+    for m, name in zip(members, names, strict=True):
+        rel = Path(*name.parts[1:]) if strip else name
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        entries.append(Entry(rel.as_posix(), _label(rel, labels), f"{m.size}:{m.mtime}", m.name,
+                             m.size))
+    return Source(str(path.resolve()), entries, archive=path)
+
+
+def _manifest_rows(path: Path) -> list[dict[str, Any]]:
+    if path.suffix == ".csv":
+        with path.open(newline="") as f:
+            return [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+    if path.suffix == ".jsonl":
+        lines = path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise IndexingError("a Parquet manifest needs pyarrow: pip install pyarrow") from None
+    return pq.read_table(path).to_pylist()
+
+
+def list_manifest(path: Path, path_column: str = "path") -> Source:
+    """Rows with a path column (relative to the manifest's folder) and optional id and label;
+    every other column becomes the item's metadata."""
+    rows = _manifest_rows(path)
+    if rows and path_column not in rows[0]:
+        raise IndexingError(f"{path} has no {path_column!r} column (its columns: "
+                            f"{', '.join(rows[0])}); name the column with --path-column")
+    source = Source(str(path.resolve()), [])
+    for n, row in enumerate(rows, 1):
+        where = f"row {n}"
+        file = row.pop(path_column, None)
+        id_ = str(row.pop("id", None) or file)
+        label = row.pop("label", None)
+        meta = {k: v for k, v in row.items() if v is not None} or None
+        if not file:
+            source.rejected.append((where, f"no {path_column!r}"))
+            continue
+        full = (path.parent / str(file)).resolve()
+        try:
+            st = full.stat()
+        except OSError as e:
+            source.rejected.append((id_, f"cannot read {file}: {e.strerror}"))
+            continue
+        source.entries.append(Entry(id_, None if label is None else str(label),
+                                    f"{st.st_size}:{st.st_mtime_ns}", str(full), st.st_size,
+                                    meta))
+    return source
+
+
+def list_source(source: Path, labels: bool = True, path_column: str = "path") -> Source:
+    if source.is_dir():
+        return list_folder(source, labels)
+    if source.suffix in MANIFESTS and source.is_file():
+        return list_manifest(source, path_column)
+    if source.is_file() and tarfile.is_tarfile(source):
+        return list_archive(source, labels)
+    raise IndexingError(f"{source} is not an image folder, a .tar/.tar.gz of one or a "
+                        f"manifest ({', '.join(MANIFESTS)})")
+
+
+def check_entries(source: Source, max_label_chars: int) -> list[Entry]:
+    """The entries the gallery would accept as POST /v1/gallery does; the rest are rejected."""
+    good, seen = [], set()
+    for e in source.entries:
+        meta_bytes = len(json.dumps(e.metadata)) if e.metadata else 0
+        reason = (
+            "duplicate id" if e.id in seen else
+            f"id longer than {MAX_ID_CHARS} characters" if len(e.id) > MAX_ID_CHARS else
+            f"label longer than {max_label_chars} characters"
+            if len(e.label or "") > max_label_chars else
+            f"metadata over {MAX_METADATA_KEYS} keys or {MAX_METADATA_BYTES} bytes"
+            if e.metadata and (len(e.metadata) > MAX_METADATA_KEYS
+                               or meta_bytes > MAX_METADATA_BYTES) else
+            "metadata values must be strings, numbers or booleans"
+            if e.metadata and any(isinstance(v, dict | list) for v in e.metadata.values())
+            else None)
+        seen.add(e.id)
+        if reason:
+            source.rejected.append((e.id, reason))
+        else:
+            good.append(e)
+    return good
+
+
+# --- reading and decoding -------------------------------------------------------------------
+def read_files(source: Source, todo: list[Entry], max_bytes: int
+               ) -> Iterator[tuple[Entry, bytes | Exception]]:
+    """(entry, its bytes or why they could not be read), in the order of `todo` (of the
+    archive, for one: a compressed tar reads front to back)."""
+    if source.archive is None:
+        for e in todo:
+            if e.size > max_bytes:
+                yield e, PayloadTooLarge(f"{e.size} bytes, over the {max_bytes} byte limit")
+                continue
+            try:
+                yield e, Path(e.path).read_bytes()
+            except OSError as err:
+                yield e, err
+        return
+    wanted = {e.path: e for e in todo}
+    with tarfile.open(source.archive) as tar:
+        for m in tar:
+            e = wanted.get(m.name)
+            if e is None:
+                continue
+            if e.size > max_bytes:
+                yield e, PayloadTooLarge(f"{e.size} bytes, over the {max_bytes} byte limit")
+                continue
+            yield e, tar.extractfile(m).read()  # type: ignore[union-attr]
+
+
+@dataclass
+class Decoded:
+    entries: list[Entry]
+    pixels: np.ndarray  # (n, S, S, 3) uint8
+    thumbs: list[bytes]
+    skipped: list[tuple[Entry, str]]
+
+
+def decode_chunk(chunk: list[tuple[Entry, bytes | Exception]], size: int, settings: Settings
+                 ) -> Decoded:
+    """The service's decoder and limits over one batch; what fails is skipped with its reason."""
+    ok, pixels, skipped = [], [], []
+    for e, raw in chunk:
+        try:
+            if isinstance(raw, Exception):
+                raise raw
+            pixels.append(decode_image(raw, size, settings.max_image_pixels,
+                                       settings.max_image_aspect, settings.max_decode_mb))
+            ok.append(e)
+        except ServiceError as err:
+            skipped.append((e, err.message))
+        except OSError as err:
+            skipped.append((e, f"cannot read: {err.strerror or err}"))
+    arr = np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
+    return Decoded(ok, arr, [png_bytes(p) for p in arr], skipped)
+
+
+def chunks(items: Iterable, n: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def decoded_batches(stream: Iterable[tuple[Entry, bytes | Exception]], size: int,
+                    settings: Settings, threads: int) -> Iterator[Decoded]:
+    """Batches decoded by a thread pool while the caller embeds the previous ones; at most
+    2 x threads batches in flight, so memory stays bounded whatever the collection's size."""
+    with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
+        ahead: deque[Future[Decoded]] = deque()
+        for chunk in chunks(stream, BATCH):
+            ahead.append(pool.submit(decode_chunk, chunk, size, settings))
+            if len(ahead) >= 2 * threads:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
+
+
+# --- the target -----------------------------------------------------------------------------
+class Target(Protocol):
+    def fingerprints(self, origin: str) -> dict[str, str]: ...
+    def write(self, d: Decoded, emb: np.ndarray, origin: str) -> None: ...
+    def remove(self, ids: list[str], origin: str) -> int: ...
+    def close(self) -> None: ...
+
+
+class SQLiteTarget:
+    """The embedded gallery's database, written as the server writes it (a server beside it
+    applies the new changes before its next answer)."""
+
+    def __init__(self, settings: Settings, space: Space) -> None:
+        self.path = settings.data_dir / f"gallery-{space.precision}.sqlite3"
+        self.store = SQLiteStore(self.path, space, settings.accept_gallery_loss)
+
+    def fingerprints(self, origin: str) -> dict[str, str]:
+        return self.store.fingerprints(origin)
+
+    def write(self, d: Decoded, emb: np.ndarray, origin: str) -> None:
+        with storage_errors(self.path):
+            self.store.add([e.id for e in d.entries], [e.label for e in d.entries], emb,
+                           list(d.thumbs), [e.metadata for e in d.entries], origin,
+                           [e.fingerprint for e in d.entries])
+
+    def remove(self, ids: list[str], origin: str) -> int:
+        with storage_errors(self.path):
+            return len(self.store.delete(ids, set(self.store.fingerprints(origin))))
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class PgTarget:
+    def __init__(self, settings: Settings, space: Space) -> None:
+        import psycopg
+
+        from simclr_embed.service.pg_gallery import PgGallery
+
+        try:
+            self.gallery = PgGallery(space, settings.gallery_url.get_secret_value(),
+                                     settings.hnsw_m, settings.hnsw_ef_search)
+        except psycopg.OperationalError as e:
+            raise StorageError(f"cannot reach the gallery database "
+                               f"(SIMCLR_EMBED_GALLERY_URL): {e}") from e
+
+    def fingerprints(self, origin: str) -> dict[str, str]:
+        return self.gallery.fingerprints(origin)
+
+    def write(self, d: Decoded, emb: np.ndarray, origin: str) -> None:
+        self.gallery.add([e.id for e in d.entries], [e.label for e in d.entries], emb,
+                         list(d.thumbs), [e.metadata for e in d.entries], origin,
+                         [e.fingerprint for e in d.entries])
+
+    def remove(self, ids: list[str], origin: str) -> int:
+        return len(self.gallery.delete(ids))
+
+    def close(self) -> None:
+        self.gallery.close()
+
+
+def open_target(settings: Settings, space: Space) -> Target:
+    """The gallery the server with these settings serves: PostgreSQL or the embedded store."""
+    if settings.gallery_url is not None:
+        return PgTarget(settings, space)
+    return SQLiteTarget(settings, space)
+
+
+# --- the job --------------------------------------------------------------------------------
+@dataclass
+class IndexJob:
+    source: Path
+    labels: bool = True
+    path_column: str = "path"
+    prune: bool = False
+    decode_threads: int = 2
+    report: Path | None = Path("index-report.json")
+    ray: str | None = None  # None: here; "" a local Ray instance; else its address
+
+
+def run_index(job: IndexJob, settings: Settings) -> dict[str, Any]:
+    """Index SOURCE into the gallery; returns (and writes) the report."""
+    started = time.perf_counter()
+    source = list_source(job.source, job.labels, job.path_column)
+    listed = len(source.entries) + len(source.rejected)
+    entries = check_entries(source, settings.max_label_chars)
+    bundle = load_bundle(settings.bundle)
+    space = Space(model_id(bundle.manifest), settings.precision,
+                  int(bundle.manifest["embedding_dim"]))
+    target = open_target(settings, space)  # GalleryMismatch for another model's gallery
+    try:
+        have = target.fingerprints(source.origin)
+        todo = [e for e in entries if have.get(e.id) != e.fingerprint]
+        gone = sorted(set(have) - {e.id for e in entries})
+        log.info("%s: %d files, %d unchanged, %d to embed%s", job.source, len(entries),
+                 len(entries) - len(todo), len(todo),
+                 f", {len(gone)} gone" + ("" if job.prune else " (kept: no --prune)")
+                 if gone else "")
+        if job.ray is not None:
+            from simclr_embed.service.index_ray import embed_on_ray
+
+            indexed, skipped = embed_on_ray(job, settings, bundle, source, todo, target)
+        else:
+            indexed, skipped = embed_here(job, settings, bundle, source, todo, target)
+        pruned = target.remove(gone, source.origin) if job.prune and gone else 0
+    finally:
+        target.close()
+    return finish(job, source, settings, space, started,
+                  {"files": listed, "unchanged": len(entries) - len(todo), "embedded": len(todo),
+                   "indexed": indexed, "pruned": pruned}, skipped)
+
+
+def embed_here(job: IndexJob, settings: Settings, bundle, source: Source, todo: list[Entry],
+               target: Target) -> tuple[int, list[tuple[Entry, str]]]:
+    """Decode on a thread pool, embed and write here; (items written, entries skipped)."""
+    session = make_session(bundle.encoder_path(settings.precision), settings.threads,
+                           settings.provider, settings.ort_spinning)
+    name = session.get_inputs()[0].name
+    size = int(bundle.manifest["input"]["size"])
+    indexed, skipped = 0, []
+    stream = read_files(source, todo, settings.max_body_bytes)
+    with tqdm(total=len(todo), unit="img", desc="index", smoothing=0.05) as bar:
+        for d in decoded_batches(stream, size, settings, job.decode_threads):
+            for e, reason in d.skipped:
+                log.warning("skipped %s: %s", e.id, reason)
+            skipped += d.skipped
+            if d.entries:
+                emb, _ = session.run(None, {name: d.pixels})
+                target.write(d, emb, source.origin)
+                indexed += len(d.entries)
+            bar.update(len(d.entries) + len(d.skipped))
+            bar.set_postfix(skipped=len(skipped), refresh=False)
+    return indexed, skipped
+
+
+def finish(job: IndexJob, source: Source, settings: Settings, space: Space, started: float,
+           counts: dict[str, int], skipped: list[tuple[Entry, str]]) -> dict[str, Any]:
+    seconds = time.perf_counter() - started
+    rejected = [{"id": i, "reason": r} for i, r in source.rejected]
+    report = {"source": str(job.source), "origin": source.origin, "model": space.model_id,
+              "precision": space.precision,
+              "target": "postgresql" if settings.gallery_url else str(settings.data_dir),
+              "runner": "here" if job.ray is None else f"ray {job.ray or '(local)'}",
+              **counts, "skipped": len(skipped) + len(rejected), "seconds": round(seconds, 2),
+              "images_per_s": round(counts["embedded"] / seconds, 1) if seconds else None,
+              "skipped_files": [{"id": e.id, "reason": r} for e, r in skipped] + rejected}
+    for item in rejected:
+        log.warning("skipped %s: %s", item["id"], item["reason"])
+    if job.report is not None:
+        job.report.parent.mkdir(parents=True, exist_ok=True)
+        job.report.write_text(json.dumps(report, indent=2) + "\n")
+    log.info("indexed %d, unchanged %d, skipped %d, pruned %d in %.1f s%s", counts["indexed"],
+             counts["unchanged"], report["skipped"], counts["pruned"], seconds,
+             f" (report: {job.report})" if job.report else "")
+    if counts["embedded"] and not counts["indexed"] and not counts["unchanged"]:
+        raise IndexingError(f"none of the {counts['embedded']} files could be indexed (reasons "
+                            f"in {job.report or 'the log'})")
+    if not source.entries and not source.rejected:
+        raise IndexingError(f"{job.source} holds no files")
+    return report
