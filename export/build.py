@@ -124,14 +124,15 @@ def _build(cfg: ExportConfig, out: Path) -> None:
     parity = check_parity(state, fp32, test.images[:64])
     log.info("ONNX FP32 parity vs PyTorch: max abs diff %.2e", parity)
 
-    calib = stratified_subset(train, cfg.calibration_per_class, cfg.seed + 1)
+    calib = stratified_subset(train, cfg.calibration_per_class, cfg.seed + 1,
+                              "--calibration-per-class")
     log.info("2/4 calibrating and quantizing INT8 on %d training images", len(calib))
     quantize_int8(paths["fp32"], paths["int8"], calib.images, cfg.calibration_method,
                   cfg.activation_type, cfg.weight_type)
     sessions = {"fp32": fp32, "int8": make_session(paths["int8"], cfg.threads)}
 
-    gallery = stratified_subset(train, cfg.gallery_per_class, cfg.seed)
-    test = stratified_subset(test, cfg.test_per_class, cfg.seed)
+    gallery = stratified_subset(train, cfg.gallery_per_class, cfg.seed, "--gallery-per-class")
+    test = stratified_subset(test, cfg.test_per_class, cfg.seed, "--test-per-class")
     log.info("3/4 embedding the %d-image gallery and %d test images at both precisions (the "
              "longest step)", len(gallery), len(test))
     emb = {p: embed_all(s, gallery.images, test.images, p) for p, s in sessions.items()}

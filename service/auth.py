@@ -61,7 +61,8 @@ def check_api_key(settings: Settings, authorization: str | None, x_api_key: str 
     """401 without a usable key, 403 with a wrong one (or a read key where writing)."""
     if settings.api_key is None and not (read_ok and settings.read_key is not None):
         what = "this route needs a key" if read_ok else "gallery management is disabled"
-        raise Forbidden(f"{what}: set SIMCLR_EMBED_API_KEY to enable it")
+        raise Forbidden(f"{what}: start the server with --api-key KEY (or "
+                        "SIMCLR_EMBED_API_KEY) to enable it")
     given = _given_key(authorization, x_api_key)
     if not given:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' or X-API-Key")

@@ -87,13 +87,14 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_json(request: Request, model: type[BaseModel]) -> Any:
+async def read_json(request: Request, model: type[BaseModel], hint: str = "") -> Any:
     """The one JSON reader of every route: the body the Gate received, validated against
-    `model` (a 422 naming each field that is wrong, unknown fields included)."""
+    `model` (a 422 naming each field that is wrong, unknown fields included). `hint` shows
+    the body wanted, for a client that sent another content type."""
     ctype = media_type(request)
     if ctype != "application/json":
         raise UnsupportedMedia(f"unsupported content type {ctype or '(none)'!r}; send "
-                               "application/json")
+                               f"application/json{hint}")
     raw = await request.body()
     if len(raw) > OFF_LOOP_BYTES:
         return await asyncio.to_thread(parse_json, raw, model)

@@ -4,6 +4,8 @@ lives inside the ONNX graph.
 
 What a camera or a scanner hands over is made upright and 8-bit first: EXIF orientation is
 applied, 16- and 32-bit greyscale is rescaled (Pillow's convert("RGB") would clip it to white).
+Transparency is composited onto black at any size (resampling premultiplies alpha, so it did
+so already for images not at the model's size).
 The work per image is bounded before any pixel is decoded: pixel count and aspect ratio are read
 from the header, JPEGs decode at a reduced DCT scale, and only the centre square is resampled.
 """
@@ -77,6 +79,9 @@ def to_square_rgb(img: Image.Image, size: int) -> np.ndarray:
         img = img.resize((size, size), Image.BICUBIC, box=(left, top, left + side, top + side))
     if turn is not None:
         img = img.transpose(turn)
+    if img.mode in ("RGBA", "LA"):  # onto black, as the resampling (premultiplied) already does
+        black = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(black, img.convert("RGBA"))
     return np.asarray(img.convert("RGB") if img.mode != "RGB" else img, dtype=np.uint8)
 
 

@@ -7,6 +7,9 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 # A 1x1 red PNG: small enough to paste into the docs, real enough to embed.
+# What one gallery item may carry (POST /v1/gallery and `simclr-embed index` alike).
+MAX_ID_CHARS, MAX_METADATA_KEYS, MAX_METADATA_BYTES = 256, 32, 4096
+
 EXAMPLE_IMAGE = (
     "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AA"
     "AAMBAQDJ/pLvAAAAAElFTkSuQmCC"
@@ -55,12 +58,13 @@ class ClassifyRequest(ImagesRequest):
 
 
 class GalleryItem(Strict):
-    id: str = Field(..., min_length=1, max_length=256, description="may contain '/'")
+    id: str = Field(..., min_length=1, max_length=MAX_ID_CHARS, description="may contain '/'")
     label: str | None = Field(None, max_length=256)
     image: str | None = Field(None, description="base64 image or data URL")
     embedding: list[float] | None = None
     metadata: dict[str, Scalar] | None = Field(
-        None, max_length=32, description="flat JSON object: what search filters match on",
+        None, max_length=MAX_METADATA_KEYS, description="flat JSON object: what search "
+        "filters match on",
         examples=[{"sku": "A-113", "in_stock": True}])
 
 

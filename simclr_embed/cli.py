@@ -296,6 +296,8 @@ def _index_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run as a Ray Data job: on the cluster at ADDRESS, or without one on a "
                    "local Ray instance (the index extra)")
+    p.add_argument("--actors", type=int, default=1, help="with --ray: embedding actors, one "
+                   "runtime session each (one per node is a good start)")
     p.set_defaults(func=_run_index)
 
 
@@ -310,7 +312,8 @@ def _run_index(args: argparse.Namespace) -> None:
     from simclr_embed.service.settings import Settings
 
     job = IndexJob(Path(args.source), not args.no_labels, args.path_column, args.prune,
-                   args.decode_threads, Path(args.report) if args.report else None, args.ray)
+                   args.decode_threads, Path(args.report) if args.report else None, args.ray,
+                   args.actors)
     run_index(job, Settings())
 
 

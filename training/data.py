@@ -94,15 +94,24 @@ def stratified_indices(
         idx = np.flatnonzero(labels == c)
         k = per_class if per_class is not None else max(1, round(len(idx) * (fraction or 0)))
         if k > len(idx):
-            raise DataError(f"class {c} has {len(idx)} images, fewer than the {k} asked for")
+            raise DataError(f"class index {c} has {len(idx)} images, fewer than the {k} "
+                            "asked for")
         picked.append(rng.choice(idx, size=k, replace=False))
     return np.sort(np.concatenate(picked))
 
 
-def stratified_subset(data: ImageArray, per_class: int | None, seed: int = 0) -> ImageArray:
-    """k images per class (all images when per_class is None)."""
+def stratified_subset(data: ImageArray, per_class: int | None, seed: int = 0,
+                      flag: str | None = None) -> ImageArray:
+    """k images per class (all images when per_class is None). Given the flag that set k, a
+    class with fewer images lowers k to its size, with a warning that names them both."""
     if per_class is None:
         return data
+    names, counts = np.unique(data.labels, return_counts=True)
+    if flag is not None and per_class > counts.min():
+        small = data.classes[int(names[counts.argmin()])]
+        log.warning("class %r has %d images, fewer than %s %d: taking %d of each class",
+                    small, counts.min(), flag, per_class, counts.min())
+        per_class = int(counts.min())
     return data.subset(stratified_indices(data.labels, per_class=per_class, seed=seed))
 
 

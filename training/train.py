@@ -151,6 +151,30 @@ class Run:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
+def fit_to_data(cfg: TrainConfig, n: int, world: int) -> TrainConfig:
+    """What a small image folder cannot take is derived, with a warning; what cannot be
+    derived is an error that names the flag and a value that works."""
+    if cfg.batch_size % world:
+        lo = cfg.batch_size // world * world
+        raise ValueError(f"--batch-size {cfg.batch_size} does not divide by the {world} ranks: "
+                         f"use --batch-size {lo or world} or {lo + world}")
+    fit: dict[str, int] = {}
+    if cfg.batch_size > n:
+        if n // world < 2:
+            raise ValueError(f"{n} training images are too few: a contrastive batch needs at "
+                             f"least 2 per rank ({2 * world} images)")
+        fit["batch_size"] = world * 2 ** int(math.log2(n // world))
+    if cfg.warmup_epochs >= cfg.epochs > 0:
+        fit["warmup_epochs"] = cfg.epochs // 10
+    if cfg.knn_k > n:
+        fit["knn_k"] = n
+    for name, value in fit.items():
+        log.warning("--%s %s does not fit %d training images and %d epochs: using %s (set "
+                    "--%s to choose)", name.replace("_", "-"), getattr(cfg, name), n,
+                    cfg.epochs, value, name.replace("_", "-"))
+    return replace(cfg, **fit) if fit else cfg
+
+
 def build_run(cfg: TrainConfig) -> Run:
     device = pick_device(cfg.device)
     rank, world = distributed.init_from_env(device.type)
@@ -162,14 +186,10 @@ def build_run(cfg: TrainConfig) -> Run:
     torch.manual_seed(cfg.seed + rank)  # augmentation draws differ per rank
     amp_dtype = autocast_dtype(cfg.precision, device)
     train, test = load_dataset(cfg.data, cfg.image_size)
-    train = stratified_subset(train, cfg.train_per_class, cfg.seed)
-    test = stratified_subset(test, cfg.test_per_class, cfg.seed)
+    train = stratified_subset(train, cfg.train_per_class, cfg.seed, "--train-per-class")
+    test = stratified_subset(test, cfg.test_per_class, cfg.seed, "--test-per-class")
+    cfg = fit_to_data(cfg, len(train), world)
     mean, std = channel_stats(train.images)
-    per_rank = cfg.batch_size // world
-    if per_rank * world != cfg.batch_size or cfg.batch_size > len(train):
-        raise ValueError(
-            f"batch_size {cfg.batch_size} must divide by {world} ranks and fit {len(train)} images"
-        )
     model = SimCLR(cfg.model).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -334,6 +354,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
         cfg = TrainConfig.from_dict(state["config"])
         log.info("resuming %s from epoch %d", ckpt_path, state["epoch"])
     run = build_run(cfg)
+    cfg = run.cfg  # with what fit_to_data derived
     history: list[dict] = []
     first = 1
     if state is not None:

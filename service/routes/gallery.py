@@ -25,7 +25,8 @@ from simclr_embed.service.page import png_bytes
 
 router = APIRouter()
 
-MAX_METADATA_BYTES = 4096
+ADD_HINT = (' such as {"items": [{"id": "cats/1.jpg", "image": "<base64 or data URL>", '
+            '"label": "cat"}]}; `simclr-embed index FOLDER` adds a folder of files')
 
 
 @router.get("/v1/gallery", tags=["gallery"], responses=schemas.ERRORS)
@@ -57,7 +58,7 @@ async def gallery_get(item_id: str, engine: EngineDep) -> NumpyJSON:
              openapi_extra=schemas.json_body(schemas.GalleryAddRequest))
 async def gallery_add(request: Request, engine: EngineDep, settings: SettingsDep) -> dict:
     """Items with an image (base64 or a data URL) or an embedding; needs the API key."""
-    items = (await read_json(request, schemas.GalleryAddRequest)).items
+    items = (await read_json(request, schemas.GalleryAddRequest, ADD_HINT)).items
     if len(items) > settings.max_images_per_request:
         raise InvalidInput(f"at most {settings.max_images_per_request} items per request")
     if len({i.id for i in items}) != len(items):
@@ -66,8 +67,9 @@ async def gallery_add(request: Request, engine: EngineDep, settings: SettingsDep
         raise InvalidInput("each item needs exactly one of 'image' or 'embedding'")
     if any(len(i.label or "") > settings.max_label_chars for i in items):
         raise InvalidInput(f"labels are at most {settings.max_label_chars} characters")
-    if any(len(json.dumps(i.metadata)) > MAX_METADATA_BYTES for i in items if i.metadata):
-        raise InvalidInput(f"an item's metadata is at most {MAX_METADATA_BYTES} bytes of JSON")
+    if any(len(json.dumps(i.metadata)) > schemas.MAX_METADATA_BYTES for i in items if i.metadata):
+        raise InvalidInput(f"an item's metadata is at most {schemas.MAX_METADATA_BYTES} bytes "
+                           "of JSON")
     emb = np.zeros((len(items), engine.dim), np.float32)
     thumbs: list[bytes | None] = [None] * len(items)
     with_image = [n for n, i in enumerate(items) if i.image is not None]

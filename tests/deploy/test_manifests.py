@@ -69,3 +69,22 @@ def test_compose_scale_out_profile() -> None:
             if n.startswith("replica")}
     assert len(urls) == 1 and "@postgres:5432/" in urls.pop()
     assert "pgvector" in scale["postgres"]["image"]
+
+
+def test_the_rayjob_runs_the_indexer_on_valid_pods() -> None:
+    """KubeRay's CRD is not in kubernetes-validate; its pod templates are core PodTemplateSpecs
+    and validate strictly as such, and the job is the indexer on the service's gallery."""
+    (job,) = yaml.safe_load_all((DEPLOY / "ray/rayjob-index.yaml").read_text())
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    assert job["spec"]["entrypoint"].startswith("simclr-embed index ")
+    assert "--ray auto" in job["spec"]["entrypoint"]
+    cluster = job["spec"]["rayClusterSpec"]
+    templates = [cluster["headGroupSpec"]["template"]] + [
+        g["template"] for g in cluster["workerGroupSpecs"]]
+    for n, template in enumerate(templates):
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate",
+                                      "metadata": {"name": f"t{n}"}, "template": template},
+                                     K8S_VERSION, strict=True)
+    (secret,) = by_kind("Secret")
+    head_env = templates[0]["spec"]["containers"][0]["env"]
+    assert {e["valueFrom"]["secretKeyRef"]["key"] for e in head_env} <= set(secret["stringData"])

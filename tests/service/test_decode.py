@@ -84,6 +84,20 @@ def test_training_decodes_like_the_service(photo) -> None:
     assert np.abs(upright - sideways).mean() > 10 * np.abs(upright - rotated).mean()
 
 
+@pytest.mark.parametrize("side", [32, 64])
+def test_transparency_is_composited_on_black_at_any_size(side: int) -> None:
+    """Red stored under fully transparent pixels comes out black whether or not the image is
+    resampled; half-transparent red comes out half red."""
+    rgba = np.zeros((side, side, 4), np.uint8)
+    rgba[..., 0] = 255
+    rgba[: side // 2, :, 3] = 255
+    rgba[side // 2 :, : side // 2, 3] = 128
+    out = to_square_rgb(Image.fromarray(rgba, "RGBA"), 32).astype(int)
+    assert out[0, 0].tolist() == [255, 0, 0]
+    assert out[-1, -1].tolist() == [0, 0, 0]
+    assert abs(out[-1, 0, 0] - 128) <= 2 and out[-1, 0, 1:].tolist() == [0, 0]
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_truncated_files_are_400_in_every_format(client, photo, fmt) -> None:
     img = Image.fromarray(photo).resize((48, 32))

@@ -256,3 +256,48 @@ def test_postgresql_target_is_idempotent(bundle_dir: Path, folder: Path, tmp_pat
 
     with pytest.raises(StorageError, match="cannot reach"):
         run_index(IndexJob(folder, report=None), bad)
+
+
+def test_parquet_manifest_and_ray_equal_the_plain_run(bundle_dir: Path, folder: Path,
+                                                      tmp_path: Path) -> None:
+    """The Ray Data job on a local instance (num_cpus=2) writes the plain run's vectors."""
+    pytest.importorskip("ray")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted(folder.glob("*/*.jpg"))
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"path": [str(p) for p in files],
+                             "shelf": [n % 4 for n in range(len(files))]}), manifest)
+    plain = run_index(IndexJob(manifest, report=None), settings_for(bundle_dir, tmp_path / "p"))
+    on_ray = run_index(IndexJob(manifest, report=None, ray=""),
+                       settings_for(bundle_dir, tmp_path / "r"))
+    assert plain["indexed"] == on_ray["indexed"] == 60
+    assert {f["id"] for f in on_ray["skipped_files"]} == {
+        f["id"] for f in plain["skipped_files"]}
+    space = space_of(bundle_dir)
+    rows = {}
+    for name in ("p", "r"):
+        store = SQLiteStore(tmp_path / name / "gallery-int8.sqlite3", space)
+        rows[name] = {r[0]: (np.frombuffer(r[2], np.float32), r[4])
+                      for r in store.changes_since(0)}
+        store.close()
+    assert rows["p"].keys() == rows["r"].keys()
+    for id_, (vec, meta) in rows["p"].items():
+        other, other_meta = rows["r"][id_]
+        assert float(np.dot(vec, other)) >= 0.9999
+        assert meta == other_meta and json.loads(meta)["shelf"] in range(4)
+    with pytest.raises(IndexingError, match="extract the archive"):
+        archive = tmp_path / "a.tar"
+        with tarfile.open(archive, "w") as tar:
+            tar.add(folder, arcname="photos")
+        run_index(IndexJob(archive, report=None, ray=""), settings_for(bundle_dir,
+                                                                      tmp_path / "a"))
+
+
+def test_a_multipart_gallery_add_is_told_the_json_form_and_the_indexer(client) -> None:
+    r = client.post("/v1/gallery", files={"file": b"\x89PNG"},
+                    headers={"Authorization": f"Bearer {API_KEY}"})
+    assert r.status_code == 415
+    message = r.json()["error"]["message"]
+    assert '"image": "<base64 or data URL>"' in message and "simclr-embed index" in message
