@@ -27,7 +27,7 @@ from simclr_embed.benchmarks.common import hardware, write_result
 from simclr_embed.service.bundle import load_bundle
 from simclr_embed.service.indexer import IndexJob, run_index
 from simclr_embed.service.preprocess import decode_image
-from simclr_embed.service.runtime import make_session
+from simclr_embed.service.runtime import open_runtime
 from simclr_embed.service.settings import Settings
 
 log = logging.getLogger("index_throughput")
@@ -61,8 +61,9 @@ def enlarge(files: list[Path], dest: Path, seed: int = 0) -> None:
 def raw_engine(settings: Settings, pixels: np.ndarray) -> float:
     """images/s of the bare session on batches of 64 (after one warm-up batch)."""
     bundle = load_bundle(settings.bundle, verify=False)
-    s = make_session(bundle.encoder_path(settings.precision), settings.threads,
-                     settings.provider, settings.ort_spinning)
+    s, _ = open_runtime(bundle.encoder_path(settings.precision), bundle.manifest,
+                        settings.precision, settings.threads, settings.provider,
+                        settings.ort_spinning)  # the indexer's own choice
     name = s.get_inputs()[0].name
     s.run(None, {name: pixels[:64]})
     t0 = time.perf_counter()

@@ -23,7 +23,7 @@ from simclr_embed.export.onnx_export import (
     weights_digest,
 )
 from simclr_embed.export.quantize import quantize_int8
-from simclr_embed.export.report import compare, embed_all, markdown
+from simclr_embed.export.report import compare, embed_all, markdown, runtime_gates
 from simclr_embed.service.bundle import write_manifest
 from simclr_embed.service.runtime import make_session
 from simclr_embed.training.checkpoint import load_checkpoint
@@ -53,6 +53,9 @@ class ExportConfig:
     tolerance: float = 2.0  # max INT8 linear top-1 drop vs FP32, in points
     min_cosine_mean: float = 0.99  # INT8 vs FP32 embeddings of the test images
     min_top10_overlap: float = 0.8  # shared top-10 gallery neighbours, INT8 vs FP32
+    # Another runtime (OpenVINO) against ONNX Runtime FP32, for provider=auto to choose it.
+    runtime_min_cosine: float = 0.998
+    runtime_max_drop: float = 0.3  # linear top-1 points
     threads: int = 0
     latency_rounds: int = 5
     seed: int = 0
@@ -140,6 +143,8 @@ def _build(cfg: ExportConfig, out: Path) -> None:
     report = compare(emb, gallery.labels, test.labels, sessions, paths, test.images,
                      cfg.latency_rounds)
     report["parity_max_abs_diff"] = parity
+    report["runtimes"] = runtime_gates(paths, test.images, test.labels, emb["fp32"][1:],
+                                       cfg.threads, cfg.runtime_min_cosine, cfg.runtime_max_drop)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(markdown(report))
     log.info("FP32 vs INT8:\n%s", markdown(report))

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from simclr_embed.service.runtime import run_batches
+from simclr_embed.service.runtime import GATED_RUNTIMES, make_session, run_batches
 from simclr_embed.training.evaluate import knn_accuracy
 
 PRECISIONS = ("fp32", "int8")
@@ -85,6 +85,30 @@ def compare(
             out[p][f"latency_ms_b{batch}"] = ms
         out[f"int8_speedup_b{batch}"] = lat["fp32"] / lat["int8"]
     out["linear_drop_points"] = out["fp32"]["linear_top1"] - out["int8"]["linear_top1"]
+    return out
+
+
+def runtime_gates(paths: dict[str, Path], test: np.ndarray, test_labels: np.ndarray,
+                  reference: tuple[np.ndarray, np.ndarray], threads: int, min_cosine: float,
+                  max_drop: float) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each installed runtime besides ONNX Runtime, at each precision, against ONNX Runtime
+    FP32 (`reference`: test embeddings and logits): mean cosine and linear top-1 drop, and
+    whether both pass. `provider=auto` only ever chooses a runtime that passed."""
+    ref_emb, ref_logits = reference
+    ref_top1 = 100.0 * float((ref_logits.argmax(1) == test_labels).mean())
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for runtime in GATED_RUNTIMES:
+        for p, path in paths.items():
+            try:
+                session = make_session(path, threads, runtime)
+            except ValueError:  # not installed here: never chosen for this bundle
+                break
+            emb, logits = run_batches(session, test, desc=f"{runtime} {p}")
+            cos = float((emb * ref_emb).sum(1).mean())
+            drop = ref_top1 - 100.0 * float((logits.argmax(1) == test_labels).mean())
+            out.setdefault(runtime, {})[p] = {
+                "cosine_mean": cos, "linear_drop_points": drop,
+                "passed": cos >= min_cosine and drop <= max_drop}
     return out
 
 

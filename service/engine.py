@@ -25,7 +25,7 @@ from simclr_embed.service.bundle import Bundle, load_bundle, model_id
 from simclr_embed.service.errors import ModelFailure, Overloaded
 from simclr_embed.service.gallery import Gallery, Space
 from simclr_embed.service.metrics import Metrics
-from simclr_embed.service.runtime import make_session
+from simclr_embed.service.runtime import open_runtime
 from simclr_embed.service.settings import Settings
 
 if TYPE_CHECKING:
@@ -85,8 +85,9 @@ class Engine:
         """Blocking: verify the bundle, open the session, warm it up, build the gallery."""
         s = self.settings
         self.bundle = load_bundle(s.bundle)
-        self.session = make_session(self.bundle.encoder_path(s.precision), s.threads, s.provider,
-                                    s.ort_spinning)
+        self.session, self.runtime_reason = open_runtime(
+            self.bundle.encoder_path(s.precision), self.bundle.manifest, s.precision, s.threads,
+            s.provider, s.ort_spinning)
         self.input_name = self.session.get_inputs()[0].name
         self.size = int(self.bundle.manifest["input"]["size"])
         self.dim = int(self.bundle.manifest["embedding_dim"])
@@ -102,8 +103,8 @@ class Engine:
         self.metrics.set_model(self.model_id, s.precision, self.session.get_providers()[0],
                                s.bundle.name)  # a name, not a server path
         self.metrics.gallery_size.set(len(self.gallery))
-        log.info("engine ready: %s %s on %s, gallery %d", self.model_id, s.precision,
-                 self.session.get_providers()[0], len(self.gallery))
+        log.info("engine ready: %s %s on %s (%s), gallery %d", self.model_id, s.precision,
+                 self.session.get_providers()[0], self.runtime_reason, len(self.gallery))
 
     def thumbnail(self, id_: str) -> np.ndarray | bytes | None:
         """An item's thumbnail: the PNG stored with an added image, else the bundle's pixels

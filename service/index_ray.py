@@ -30,7 +30,7 @@ from simclr_embed.service.indexer import (
     decode_chunk,
     read_files,
 )
-from simclr_embed.service.runtime import make_session
+from simclr_embed.service.runtime import open_runtime
 from simclr_embed.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,13 @@ class Embedder:
     """One runtime session per actor, made from the encoder's bytes (no shared filesystem
     needed for the bundle)."""
 
-    def __init__(self, model: bytes, threads: int, provider: str, spinning: str) -> None:
+    def __init__(self, model: bytes, manifest: dict, settings: Settings) -> None:
         fd, path = tempfile.mkstemp(suffix=".onnx")
         with os.fdopen(fd, "wb") as f:
             f.write(model)
-        self.session = make_session(path, threads, provider, spinning)
+        self.session, _ = open_runtime(Path(path), manifest, settings.precision,
+                                       settings.threads, settings.provider,
+                                       settings.ort_spinning)  # auto: timed on this node
         self.name = self.session.get_inputs()[0].name
         os.unlink(path)
 
@@ -103,9 +105,7 @@ def _run(job: IndexJob, settings: Settings, bundle: Bundle, source: Source, todo
                               for n, e in enumerate(todo)])
     ds = ds.map_batches(decode_rows, fn_kwargs={"size": size, "settings": settings},
                         batch_size=BATCH, batch_format="numpy")
-    ds = ds.map_batches(Embedder, fn_constructor_args=(model, settings.threads,
-                                                       settings.provider,
-                                                       settings.ort_spinning),
+    ds = ds.map_batches(Embedder, fn_constructor_args=(model, bundle.manifest, settings),
                         concurrency=job.actors, num_cpus=1, batch_size=BATCH,
                         batch_format="numpy")
     indexed, skipped = 0, []

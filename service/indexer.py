@@ -34,7 +34,7 @@ from simclr_embed.service.errors import PayloadTooLarge, ServiceError, StorageEr
 from simclr_embed.service.gallery import Space, SQLiteStore, storage_errors
 from simclr_embed.service.page import png_bytes
 from simclr_embed.service.preprocess import decode_image
-from simclr_embed.service.runtime import make_session
+from simclr_embed.service.runtime import open_runtime
 from simclr_embed.service.schemas import MAX_ID_CHARS, MAX_METADATA_BYTES, MAX_METADATA_KEYS
 from simclr_embed.service.settings import Settings
 
@@ -377,8 +377,10 @@ def run_index(job: IndexJob, settings: Settings) -> dict[str, Any]:
 def embed_here(job: IndexJob, settings: Settings, bundle, source: Source, todo: list[Entry],
                target: Target) -> tuple[int, list[tuple[Entry, str]]]:
     """Decode on a thread pool, embed and write here; (items written, entries skipped)."""
-    session = make_session(bundle.encoder_path(settings.precision), settings.threads,
-                           settings.provider, settings.ort_spinning)
+    session, why = open_runtime(bundle.encoder_path(settings.precision), bundle.manifest,
+                                settings.precision, settings.threads, settings.provider,
+                                settings.ort_spinning)
+    log.info("embedding on %s (%s)", session.get_providers()[0], why)
     name = session.get_inputs()[0].name
     size = int(bundle.manifest["input"]["size"])
     indexed, skipped = 0, []

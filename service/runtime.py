@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -15,6 +17,10 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 PROVIDERS = ("cpu", "cuda", "openvino")
+# Runtimes besides ONNX Runtime (the reference) that the export checks against ONNX Runtime FP32
+# on its test images; provider=auto chooses among those that passed, and ONNX Runtime.
+GATED_RUNTIMES = ("openvino",)
+AUTO_BATCH, AUTO_RUNS = 64, 3  # how auto times each candidate
 # How idle intra-op threads wait: "run" spins between the operators of a run and sleeps once it
 # returns, "always" spins after runs too, "off" never spins (ORT's allow_spinning and
 # force_spinning_stop; README, "Serving").
@@ -27,11 +33,15 @@ class OpenVinoSession:
     INT8 graph (README, "Serving"); one inference request per calling thread, as
     OpenVINO's requests must not be shared by concurrent calls."""
 
-    def __init__(self, path: Path | str, threads: int) -> None:
+    def __init__(self, path: Path | str, threads: int, hint: str = "LATENCY",
+                 precision: str = "f32") -> None:
         import openvino as ov
 
         core = ov.Core()
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        # One request at a time (the engine's model thread): LATENCY's single stream uses every
+        # core for it. f32 keeps the non-quantized operators exact (benchmarks/openvino_knobs.py
+        # measured the alternatives).
+        config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": precision}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
@@ -65,7 +75,7 @@ def make_session(path: Path | str, threads: int = 0, provider: str = "cpu",
             session = OpenVinoSession(path, threads)
         except ImportError:
             raise ValueError("provider 'openvino' needs the openvino package: "
-                             "pip install 'simclr-embed[openvino]'") from None
+                             "pip install openvino") from None
         log.info("loaded %s on OpenVINO (CPU)", Path(path).name)
         return session
     opts = ort.SessionOptions()
@@ -97,3 +107,59 @@ def run_batches(
         emb.append(e)
         logits.append(lg)
     return np.concatenate(emb), np.concatenate(logits)
+
+
+def eligible(manifest: dict, precision: str) -> tuple[list[str], list[str]]:
+    """(runtimes auto may choose for this bundle and precision, why the others may not)."""
+    gates = manifest.get("metrics", {}).get("runtimes", {})
+    ok, why_not = ["cuda" if "CUDAExecutionProvider" in ort.get_available_providers()
+                   else "cpu"], []
+    for runtime in GATED_RUNTIMES:
+        gate = gates.get(runtime, {}).get(precision)
+        if gate is None:
+            why_not.append(f"{runtime}: not checked when the bundle was exported")
+        elif not gate["passed"]:
+            why_not.append(f"{runtime}: failed the export's gates (mean cosine "
+                           f"{gate['cosine_mean']:.4f}, top-1 drop "
+                           f"{gate['linear_drop_points']:.2f} points)")
+        else:
+            ok.append(runtime)
+    return ok, why_not
+
+
+def time_batch(session, size: int) -> float:
+    """images/s of one session at AUTO_BATCH (median of AUTO_RUNS, after one warm-up run)."""
+    name = session.get_inputs()[0].name
+    x = np.zeros((AUTO_BATCH, size, size, 3), np.uint8)
+    session.run(None, {name: x})
+    times = []
+    for _ in range(AUTO_RUNS):
+        t0 = time.perf_counter()
+        session.run(None, {name: x})
+        times.append(time.perf_counter() - t0)
+    return AUTO_BATCH / float(np.median(times))
+
+
+def open_runtime(path: Path, manifest: dict, precision: str, threads: int = 0,
+                 provider: str = "auto", spinning: str = "run") -> tuple[Any, str]:
+    """(session, why this runtime): the asked provider, or for "auto" the fastest at batch 64
+    on this host among the runtimes that passed the bundle's gates and are installed."""
+    if provider != "auto":
+        return make_session(path, threads, provider, spinning), f"{provider} (asked for)"
+    candidates, why_not = eligible(manifest, precision)
+    size = int(manifest["input"]["size"])
+    rates, sessions = {}, {}
+    for name in candidates:
+        try:
+            sessions[name] = make_session(path, threads, name, spinning)
+        except ValueError as e:  # openvino not installed
+            why_not.append(f"{name}: {e}")
+            continue
+        rates[name] = time_batch(sessions[name], size) if len(candidates) > 1 else None
+    best = max(rates, key=lambda n: rates[n] or 0)
+    timed = ", ".join(f"{n} {r:.0f} images/s" for n, r in rates.items() if r)
+    reason = (f"auto: {best}, the fastest at batch {AUTO_BATCH} here ({timed})" if timed
+              else f"auto: {best}, the only candidate")
+    if why_not:
+        reason += "; not eligible: " + "; ".join(why_not)
+    return sessions[best], reason

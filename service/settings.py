@@ -15,7 +15,9 @@ class Settings(BaseSettings):
 
     bundle: Path = Path("bundles/default")
     precision: Literal["int8", "fp32"] = "int8"
-    provider: Literal["cpu", "cuda", "openvino"] = "cpu"
+    provider: Literal["auto", "cpu", "cuda", "openvino"] = Field(
+        "auto", description="auto: the fastest at start among the runtimes that passed the "
+        "bundle's gates (service/runtime.py); cpu / cuda: ONNX Runtime; openvino")
     threads: int = Field(0, ge=0, description="ORT intra-op threads; 0 = one per core")
     # "run": without spinning the second ORT thread sleeps between operators and, on a VM whose
     # idle vCPU halts, barely joins in; spinning on after a run takes the event loop's core

@@ -192,9 +192,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--precision", choices=("int8", "fp32"), default=None)
-    p.add_argument("--provider", choices=("cpu", "cuda", "openvino"), default=None,
-                   help="cpu / cuda: ONNX Runtime; openvino: OpenVINO on the CPU (the openvino "
-                   "extra)")
+    p.add_argument("--provider", choices=("auto", "cpu", "cuda", "openvino"), default=None,
+                   help="auto (default): the fastest here among the runtimes that passed the "
+                   "bundle's gates; cpu / cuda: ONNX Runtime; openvino: OpenVINO on the CPU")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="uvicorn worker processes")
     p.add_argument("--api-key", default=None, help="the key for gallery changes "
@@ -283,7 +283,7 @@ def _index_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bundle", default=None, help="bundle directory (default: "
                    "$SIMCLR_EMBED_BUNDLE or bundles/default)")
     p.add_argument("--precision", choices=("int8", "fp32"), default=None)
-    p.add_argument("--provider", choices=("cpu", "cuda", "openvino"), default=None)
+    p.add_argument("--provider", choices=("auto", "cpu", "cuda", "openvino"), default=None)
     p.add_argument("--data-dir", default=None, help="the embedded gallery's directory "
                    "($SIMCLR_EMBED_DATA_DIR)")
     p.add_argument("--no-labels", action="store_true", help="folders are not labels")

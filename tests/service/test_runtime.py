@@ -1,0 +1,70 @@
+"""provider=auto: the export records each other runtime's accuracy against ONNX Runtime FP32,
+and the service chooses, by timing, only among the runtimes that passed."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simclr_embed.service.bundle import load_bundle
+from simclr_embed.service.runtime import make_session, open_runtime, run_batches
+
+pytest.importorskip("openvino")
+
+
+def test_the_bundle_records_openvino_against_fp32_truthfully(bundle_dir: Path,
+                                                             cifar10) -> None:
+    """The recorded cosines are what the runtimes give now, and `passed` follows the gates."""
+    bundle = load_bundle(bundle_dir)
+    gates = bundle.manifest["metrics"]["runtimes"]["openvino"]
+    assert set(gates) == {"fp32", "int8"}
+    test = cifar10[1].images[::50]  # 200 real test images
+    ref, _ = run_batches(make_session(bundle.encoder_path("fp32")), test)
+    for precision, gate in gates.items():
+        emb, _ = run_batches(make_session(bundle.encoder_path(precision), 0, "openvino"), test)
+        cos = float((emb * ref).sum(1).mean())
+        assert cos >= 0.99, (precision, cos)  # within tolerance of FP32 on the same images
+        assert abs(cos - gate["cosine_mean"]) < 0.01
+        export = bundle.manifest["export"]
+        assert gate["passed"] == (gate["cosine_mean"] >= export["runtime_min_cosine"]
+                                  and gate["linear_drop_points"] <= export["runtime_max_drop"])
+
+
+def rates(reason: str) -> dict[str, float]:
+    return {n: float(r) for n, r in re.findall(r"(\w+) (\d+) images/s", reason)}
+
+
+def test_auto_takes_the_fastest_runtime_that_passed(bundle_dir: Path) -> None:
+    bundle = load_bundle(bundle_dir)
+    m = copy.deepcopy(bundle.manifest)
+    path = bundle.encoder_path("int8")
+    m["metrics"]["runtimes"]["openvino"]["int8"]["passed"] = True
+    session, reason = open_runtime(path, m, "int8")
+    timed = rates(reason)
+    assert set(timed) == {"cpu", "openvino"}, reason
+    best = max(timed, key=timed.get)
+    assert reason.startswith(f"auto: {best}")
+    assert session.get_providers()[0] == ("OpenVINO-CPU" if best == "openvino"
+                                          else "CPUExecutionProvider")
+
+    m["metrics"]["runtimes"]["openvino"]["int8"]["passed"] = False
+    session, reason = open_runtime(path, m, "int8")
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    assert "openvino: failed the export's gates" in reason
+
+    del m["metrics"]["runtimes"]
+    session, reason = open_runtime(path, m, "int8")
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    assert "openvino: not checked" in reason
+    x = np.zeros((2, 32, 32, 3), np.uint8)
+    assert session.run(None, {session.get_inputs()[0].name: x})[0].shape[0] == 2
+
+
+def test_the_served_runtime_and_why_are_in_v1_model(client) -> None:
+    info = client.get("/v1/model").json()
+    assert info["provider_reason"].startswith("auto: ")
+    assert info["provider"] in ("CPUExecutionProvider", "OpenVINO-CPU")
