@@ -156,10 +156,21 @@ def _build(cfg: ExportConfig, out: Path) -> None:
     np.save(out / "gallery/thumbnails.npy", thumbnails(gallery.images))  # for the web page
     for p, (g_emb, _, _) in emb.items():
         np.save(out / f"gallery/embeddings_{p}.npy", g_emb.astype(np.float32))
+    np.save(out / "pca.npy", pca_rotation(emb["fp32"][0]))
     head = state["linear_head"]
     np.savez(out / "head.npz", weight=head["weight"].numpy(), bias=head["bias"].numpy())
     write_manifest(out, manifest(state, cfg, report, time.perf_counter() - start))
     log.info("bundle built in %.0f s", time.perf_counter() - start)
+
+
+def pca_rotation(emb: np.ndarray) -> np.ndarray:
+    """(N, D) unit vectors -> (D, D) float32 rows: the eigenvectors of their second moment,
+    largest eigenvalue first. Uncentered, so that the rotation keeps inner products (cosine
+    search) exactly at full dimension and the first d rows are the best d-dimensional
+    subspace for them."""
+    moment = emb.astype(np.float64).T @ emb.astype(np.float64) / len(emb)  # (D, D)
+    _, vectors = np.linalg.eigh(moment)  # eigenvalues ascending
+    return vectors[:, ::-1].T.astype(np.float32)
 
 
 def thumbnails(images: np.ndarray, side: int = 32) -> np.ndarray:
@@ -202,6 +213,7 @@ def manifest(state: dict[str, Any], cfg: ExportConfig, report: dict, seconds: fl
         "default_precision": "int8",
         "encoders": {"fp32": "encoder_fp32.onnx", "int8": "encoder_int8.onnx"},
         "head": "head.npz",
+        "pca": "pca.npy",
         "gallery": {
             "ids": "gallery/ids.npy", "labels": "gallery/labels.npy",
             "thumbnails": "gallery/thumbnails.npy",

@@ -85,6 +85,12 @@ class Bundle:
         rel = self.manifest["gallery"].get("thumbnails")
         return None if rel is None else np.load(self.root / rel, mmap_mode="r")
 
+    def pca(self) -> np.ndarray | None:
+        """(D, D) float32: principal axes of the gallery's embeddings, largest first (for
+        `dimensions`); None in bundles exported before it."""
+        rel = self.manifest.get("pca")
+        return None if rel is None else np.load(self.root / rel, allow_pickle=False)
+
     def head(self) -> tuple[np.ndarray, np.ndarray]:
         with np.load(self.root / self.manifest["head"], allow_pickle=False) as f:
             return f["weight"], f["bias"]

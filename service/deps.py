@@ -17,12 +17,14 @@ from starlette.requests import ClientDisconnect
 
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.errors import (
+    BadImage,
     InvalidInput,
     NotReady,
     PayloadTooLarge,
     ServiceError,
     UnsupportedMedia,
 )
+from simclr_embed.service.fetch import fetch_image
 from simclr_embed.service.handlers import validation_message
 from simclr_embed.service.preprocess import decode_base64, finish_decode, open_checked
 from simclr_embed.service.settings import Settings
@@ -113,8 +115,36 @@ def decode_strings(items: list[str], names: list[str]) -> list[bytes]:
     return [named(n, decode_base64, i) for i, n in zip(items, names, strict=True)]
 
 
-async def decode_base64_images(items: list[str], names: list[str]) -> list[bytes]:
-    """base64 images -> bytes, in a thread when there is much of it."""
+def is_url(item: str) -> bool:
+    return item[:8].lower().startswith(("http://", "https://"))
+
+
+async def fetch_urls(items: list[str], names: list[str], settings: Settings) -> list[bytes]:
+    """Image URLs fetched side by side in threads, when their hosts are listed."""
+    rules = [h.strip().lower() for h in settings.fetch_hosts.split(",") if h.strip()]
+    if not rules:
+        raise BadImage(f"{names[0]}: image URLs are not fetched here (SIMCLR_EMBED_FETCH_HOSTS "
+                       "is empty): send the image as base64 or a data URL", param=names[0])
+    return await asyncio.gather(*(asyncio.to_thread(
+        named, n, fetch_image, u, rules, settings.max_body_bytes, settings.fetch_timeout_s)
+        for u, n in zip(items, names, strict=True)))
+
+
+async def decode_base64_images(items: list[str], names: list[str], settings: Settings
+                               ) -> list[bytes]:
+    """base64 images or data URLs -> bytes (in a thread when there is much of it); http(s)
+    URLs fetched (service/fetch.py)."""
+    urls = [n for n, i in enumerate(items) if is_url(i)]
+    if urls:
+        out: list[bytes] = [b""] * len(items)
+        got = await fetch_urls([items[n] for n in urls], [names[n] for n in urls], settings)
+        for n, raw in zip(urls, got, strict=True):
+            out[n] = raw
+        rest = [n for n in range(len(items)) if n not in set(urls)]
+        for n, raw in zip(rest, decode_strings([items[n] for n in rest],
+                                               [names[n] for n in rest]), strict=True):
+            out[n] = raw
+        return out
     if len(items) > 1 and sum(map(len, items)) > OFF_LOOP_BYTES:
         return await asyncio.to_thread(decode_strings, items, names)
     return decode_strings(items, names)
@@ -129,7 +159,8 @@ async def read_body(request: Request, model: type[BaseModel]
         body = await read_json(request, model)
         images = getattr(body, "images", None) or []
         names = [f"images[{n}]" for n in range(len(images))]
-        return body, await decode_base64_images(images, names), names
+        settings: Settings = request.app.state.settings
+        return body, await decode_base64_images(images, names, settings), names
     if ctype == "multipart/form-data":
         form = await request.form(max_files=10_000, max_fields=100)
         files = [v for _, v in form.multi_items() if hasattr(v, "read")]

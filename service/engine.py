@@ -91,6 +91,7 @@ class Engine:
         self.input_name = self.session.get_inputs()[0].name
         self.size = int(self.bundle.manifest["input"]["size"])
         self.dim = int(self.bundle.manifest["embedding_dim"])
+        self.pca = self.bundle.pca()  # for `dimensions`; None in older bundles
         for batch in (1, s.max_batch_size):  # first runs allocate and pick kernels
             self._run(np.zeros((batch, self.size, self.size, 3), np.uint8))
         self.model_id = model_id(self.bundle.manifest)

@@ -80,7 +80,10 @@ class EmbedResponse(BaseModel):
     model: str
     precision: str
     dimension: int
-    embeddings: list[list[float]]
+    encoding_format: str = "float"
+    embeddings: list[list[float]] | list[str] = Field(
+        ..., description="float lists, or one base64 string per vector (service/encodings.py)")
+    scales: list[float] | None = Field(None, description="int8 only: value = byte * scale")
 
 
 class NeighborOut(BaseModel):

@@ -65,6 +65,11 @@ class Settings(BaseSettings):
                                       "fewer changes than were acknowledged (README)")
     gallery_url: SecretStr | None = Field(None, description="postgresql://... puts the "
                                           "gallery in PostgreSQL + pgvector (README)")
+    fetch_hosts: str = Field("", description="comma-separated hosts (exact names or "
+                             ".suffixes) whose http(s) image URLs are fetched; empty: none "
+                             "(service/fetch.py)")
+    fetch_timeout_s: float = Field(5.0, gt=0, description="per socket operation; twice it "
+                                   "for a whole fetch")
     max_label_chars: int = Field(256, ge=1)
     max_list_items: int = Field(1000, ge=1, description="page size limit of the listing")
     decode_threads: int = Field(2, ge=1)

@@ -75,7 +75,8 @@ async def gallery_add(request: Request, engine: EngineDep, settings: SettingsDep
     with_image = [n for n, i in enumerate(items) if i.image is not None]
     if with_image:
         names = [f"items[{n}] (id {items[n].id!r})" for n in with_image]
-        raws = await decode_base64_images([items[n].image for n in with_image], names)
+        raws = await decode_base64_images([items[n].image for n in with_image], names,
+                                          settings)
         pixels = await decode_all(request, engine, settings, raws, names)  # (n, S, S, 3)
         emb[with_image], _ = await engine.infer(pixels)
         for n, px in zip(with_image, pixels, strict=True):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
 
-from simclr_embed.service import schemas
+from simclr_embed.service import encodings, schemas
 from simclr_embed.service.deps import (
     EngineDep,
     NumpyJSON,
@@ -36,16 +36,27 @@ def softmax_top(logits: np.ndarray, classes: list[str], k: int) -> list[list[dic
 
 @router.post("/v1/embed", tags=["inference"], response_model=schemas.EmbedResponse,
              responses=schemas.ERRORS, openapi_extra=schemas.image_body(schemas.ImagesRequest))
-async def embed(request: Request, engine: EngineDep, settings: SettingsDep) -> NumpyJSON:
+async def embed(request: Request, engine: EngineDep, settings: SettingsDep,
+                encoding_format: Annotated[Literal[encodings.FORMATS], Query(
+                    description="float, or base64 of float32 / float16 / int8 (with per-vector"
+                    " scales) / binary / ubinary (sign bits)")] = "float",
+                dimensions: Annotated[int | None, Query(
+                    ge=1, description="the first principal components (the bundle's PCA), "
+                    "re-normalized")] = None) -> NumpyJSON:
     return await embed_response(request, engine, settings)
 
 
 async def embed_response(request: Request, engine: Engine, settings: Settings) -> NumpyJSON:
     """The body of /v1/embed, shared by the route and the hot path (service/hot_path.py)."""
+    fmt, dims = encodings.from_query(request.query_params, engine.dim, engine.pca)
     _, raws, names = await read_body(request, schemas.ImagesRequest)
     emb, _ = await engine.infer(await decode_all(request, engine, settings, raws, names))
-    return NumpyJSON({"model": engine.model_id, "precision": settings.precision,
-                      "dimension": engine.dim, "embeddings": emb})
+    vectors, scales = encodings.encode(encodings.reduce(emb, engine.pca, dims), fmt)
+    out = {"model": engine.model_id, "precision": settings.precision,
+           "dimension": dims or engine.dim, "encoding_format": fmt, "embeddings": vectors}
+    if scales is not None:
+        out["scales"] = scales
+    return NumpyJSON(out)
 
 
 @router.post("/v1/search", tags=["inference"], response_model=schemas.SearchResponse,
