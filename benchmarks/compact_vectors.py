@@ -2,7 +2,8 @@
 bundle's 50,000-image gallery with the 10,000 CIFAR-10 test images as queries (INT8 encoder).
 
 Formats: recall@10 against float32 search of the same vectors (gallery and queries both in the
-format, searched by inner product; the bit formats by matching bits, and "binary + re-rank"
+format, searched by inner product; the bit formats by matching bits, in the PCA coordinates the
+routes take their signs in, and "binary + re-rank"
 re-ranks the 100 best by bits with the float vectors), bytes per vector (raw and as base64 in
 JSON) and the HTTP response of `POST /v1/embed?encoding_format=...` for 16 images (p50 ms,
 bytes). Dimensions (the bundle's PCA rotation): recall@10 against 512-d search, kNN top-1 (k=20)
@@ -30,7 +31,7 @@ from simclr_embed.benchmarks.common import hardware, write_result
 from simclr_embed.benchmarks.process import ServiceProcess
 from simclr_embed.export.report import top_k_ids
 from simclr_embed.service.bundle import load_bundle
-from simclr_embed.service.encodings import FORMATS, decode, encode, reduce
+from simclr_embed.service.encodings import FORMATS, decode, output, reduce
 from simclr_embed.service.runtime import make_session, run_batches
 from simclr_embed.training.data import load_dataset
 
@@ -43,16 +44,17 @@ def recall(ids: np.ndarray, truth: np.ndarray) -> float:
                           for a, b in zip(ids, truth, strict=True)]))
 
 
-def in_format(emb: np.ndarray, fmt: str) -> np.ndarray:
-    values, scales = encode(emb, fmt)
+def in_format(emb: np.ndarray, fmt: str, rotation: np.ndarray | None) -> np.ndarray:
+    values, scales = output(emb, rotation, None, fmt)  # as the routes return them
     return decode(values, fmt, emb.shape[1], scales)
 
 
-def formats_table(gallery: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict:
+def formats_table(gallery: np.ndarray, queries: np.ndarray, truth: np.ndarray,
+                  rotation: np.ndarray | None) -> dict:
     out = {}
     for fmt in FORMATS:
-        g, q = in_format(gallery, fmt), in_format(queries, fmt)
-        values, _ = encode(queries[:1], fmt)
+        g, q = in_format(gallery, fmt, rotation), in_format(queries, fmt, rotation)
+        values, _ = output(queries[:1], rotation, None, fmt)
         raw = {"float": 4, "base64": 4, "float16": 2, "int8": 1}.get(fmt, 1 / 8)
         out[fmt] = {"recall_at_10": recall(top_k_ids(q, g), truth),
                     "bytes_per_vector": raw * gallery.shape[1],
@@ -147,7 +149,7 @@ def main() -> None:
     truth = top_k_ids(queries, gallery)
     result = {"benchmark": "compact_vectors", "hardware": hardware(),
               "gallery": len(gallery), "queries": len(queries),
-              "formats": formats_table(gallery, queries, truth),
+              "formats": formats_table(gallery, queries, truth, bundle.pca()),
               "dimensions": dimensions_table(bundle, gallery, gy, queries, test.labels, truth),
               "http_embed_16_images": http_table(Path(args.bundle), test.images,
                                                  args.http_rounds)}

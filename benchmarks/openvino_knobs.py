@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 
 import numpy as np
 
 from simclr_embed.benchmarks.common import hardware, write_result
 from simclr_embed.service.bundle import load_bundle
-from simclr_embed.service.runtime import OpenVinoSession, make_session, run_batches
+from simclr_embed.service.runtime import (
+    OpenVinoSession,
+    make_session,
+    median_run_s,
+    run_batches,
+)
 
 log = logging.getLogger("openvino_knobs")
 
@@ -30,17 +34,6 @@ def variants(bundle, threads: int) -> dict:
                 out[f"ov_{p}_{hint.lower()}_{prec}"] = OpenVinoSession(
                     bundle.encoder_path(p), threads, hint, prec)
     return out
-
-
-def timed(session, x: np.ndarray, runs: int) -> float:
-    name = session.get_inputs()[0].name
-    session.run(None, {name: x})
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, {name: x})
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts)) * 1000
 
 
 def main() -> None:
@@ -70,8 +63,8 @@ def main() -> None:
     x1, x64 = test.images[:1], test.images[:64]
     for r in range(args.rounds):
         for name, s in sessions.items():
-            rounds[name]["b1_ms"].append(timed(s, x1, 50))
-            rounds[name]["b64_ms"].append(timed(s, x64, 10))
+            rounds[name]["b1_ms"].append(median_run_s(s, x1, 50) * 1000)
+            rounds[name]["b64_ms"].append(median_run_s(s, x64, 10) * 1000)
         log.info("round %d done", r)
     rows = {}
     for name in sessions:

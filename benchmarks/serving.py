@@ -41,12 +41,15 @@ from simclr_embed.service.settings import Settings
 
 log = logging.getLogger("benchmarks.serving")
 # name: (module, environment, the engine it serves: its throughput is measured next to it)
-SERVERS = {"service": ("simclr_embed.cli serve", {}, "ort_int8"),
+# (ONNX Runtime pinned where the engine beside it is ONNX Runtime's: provider=auto may take
+# either, see service/runtime.py)
+SERVERS = {"service": ("simclr_embed.cli serve", {"SIMCLR_EMBED_PROVIDER": "cpu"}, "ort_int8"),
            "service_openvino": ("simclr_embed.cli serve", {"SIMCLR_EMBED_PROVIDER": "openvino"},
                                 "openvino_int8"),
            # throughput-first: a process per core, each with one ORT thread
            "service_2_workers": ("simclr_embed.cli serve", {"SIMCLR_EMBED_WORKERS": "2",
-                                                            "SIMCLR_EMBED_THREADS": "1"},
+                                                            "SIMCLR_EMBED_THREADS": "1",
+                                                            "SIMCLR_EMBED_PROVIDER": "cpu"},
                                  "ort_int8"),
            "naive": ("simclr_embed.benchmarks.naive_server", {}, "ort_int8")}
 GOALS = {  # name: (target, "min" = value must be at least the target, "max" = at most)

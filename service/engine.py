@@ -25,7 +25,7 @@ from simclr_embed.service.bundle import Bundle, load_bundle, model_id
 from simclr_embed.service.errors import ModelFailure, Overloaded
 from simclr_embed.service.gallery import Gallery, Space
 from simclr_embed.service.metrics import Metrics
-from simclr_embed.service.runtime import open_runtime
+from simclr_embed.service.runtime import CHOICE_FILE, open_runtime
 from simclr_embed.service.settings import Settings
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class Engine:
         self.bundle = load_bundle(s.bundle)
         self.session, self.runtime_reason = open_runtime(
             self.bundle.encoder_path(s.precision), self.bundle.manifest, s.precision, s.threads,
-            s.provider, s.ort_spinning)
+            s.provider, s.ort_spinning, s.data_dir / CHOICE_FILE)
         self.input_name = self.session.get_inputs()[0].name
         self.size = int(self.bundle.manifest["input"]["size"])
         self.dim = int(self.bundle.manifest["embedding_dim"])

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -30,7 +29,7 @@ from simclr_embed.service.indexer import (
     decode_chunk,
     read_files,
 )
-from simclr_embed.service.runtime import open_runtime
+from simclr_embed.service.runtime import CHOICE_FILE, make_session, open_runtime, provider_name
 from simclr_embed.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,13 +57,12 @@ class Embedder:
     """One runtime session per actor, made from the encoder's bytes (no shared filesystem
     needed for the bundle)."""
 
-    def __init__(self, model: bytes, manifest: dict, settings: Settings) -> None:
+    def __init__(self, model: bytes, settings: Settings) -> None:
         fd, path = tempfile.mkstemp(suffix=".onnx")
         with os.fdopen(fd, "wb") as f:
             f.write(model)
-        self.session, _ = open_runtime(Path(path), manifest, settings.precision,
-                                       settings.threads, settings.provider,
-                                       settings.ort_spinning)  # auto: timed on this node
+        self.session = make_session(path, settings.threads, settings.provider,
+                                    settings.ort_spinning)
         self.name = self.session.get_inputs()[0].name
         os.unlink(path)
 
@@ -100,12 +98,20 @@ def _run(job: IndexJob, settings: Settings, bundle: Bundle, source: Source, todo
     import ray
 
     size = int(bundle.manifest["input"]["size"])
-    model = Path(bundle.encoder_path(settings.precision)).read_bytes()
+    path = bundle.encoder_path(settings.precision)
+    model = path.read_bytes()
+    # The driver's choice for every actor: one gallery, one runtime's vectors.
+    session, why = open_runtime(path, bundle.manifest, settings.precision, settings.threads,
+                                settings.provider, settings.ort_spinning,
+                                settings.data_dir / CHOICE_FILE)
+    log.info("actors embed on %s (%s)", provider_name(session), why)
+    settings = settings.model_copy(update={"provider": provider_name(session)})
+    del session
     ds = ray.data.from_items([{"n": n, "path": e.path, "size": e.size}
                               for n, e in enumerate(todo)])
     ds = ds.map_batches(decode_rows, fn_kwargs={"size": size, "settings": settings},
                         batch_size=BATCH, batch_format="numpy")
-    ds = ds.map_batches(Embedder, fn_constructor_args=(model, bundle.manifest, settings),
+    ds = ds.map_batches(Embedder, fn_constructor_args=(model, settings),
                         concurrency=job.actors, num_cpus=1, batch_size=BATCH,
                         batch_format="numpy")
     indexed, skipped = 0, []

@@ -34,7 +34,7 @@ from simclr_embed.service.errors import PayloadTooLarge, ServiceError, StorageEr
 from simclr_embed.service.gallery import Space, SQLiteStore, storage_errors
 from simclr_embed.service.page import png_bytes
 from simclr_embed.service.preprocess import decode_image
-from simclr_embed.service.runtime import open_runtime
+from simclr_embed.service.runtime import CHOICE_FILE, open_runtime
 from simclr_embed.service.schemas import MAX_ID_CHARS, MAX_METADATA_BYTES, MAX_METADATA_KEYS
 from simclr_embed.service.settings import Settings
 
@@ -379,7 +379,7 @@ def embed_here(job: IndexJob, settings: Settings, bundle, source: Source, todo: 
     """Decode on a thread pool, embed and write here; (items written, entries skipped)."""
     session, why = open_runtime(bundle.encoder_path(settings.precision), bundle.manifest,
                                 settings.precision, settings.threads, settings.provider,
-                                settings.ort_spinning)
+                                settings.ort_spinning, settings.data_dir / CHOICE_FILE)
     log.info("embedding on %s (%s)", session.get_providers()[0], why)
     name = session.get_inputs()[0].name
     size = int(bundle.manifest["input"]["size"])

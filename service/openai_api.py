@@ -55,7 +55,7 @@ async def embeddings(request: Request, engine: EngineDep, settings: SettingsDep)
     raws = await decode_base64_images(items, names, settings)
     images = await decode_all(request, engine, settings, raws, names)
     emb, _ = await engine.infer(images)
-    vectors, scales = encodings.encode(encodings.reduce(emb, engine.pca, body.dimensions),
+    vectors, scales = encodings.output(emb, engine.pca, body.dimensions,
                                        body.encoding_format)
     data = [{"object": "embedding", "index": n, "embedding": v} for n, v in enumerate(vectors)]
     for item, scale in zip(data, scales or (), strict=False):

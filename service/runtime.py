@@ -3,9 +3,13 @@ export (scoring) and the service. No torch here: the serving container does not 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import threading
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,6 +25,7 @@ PROVIDERS = ("cpu", "cuda", "openvino")
 # on its test images; provider=auto chooses among those that passed, and ONNX Runtime.
 GATED_RUNTIMES = ("openvino",)
 AUTO_BATCH, AUTO_RUNS = 64, 3  # how auto times each candidate
+CHOICE_FILE = "runtime-choice.json"  # in the data directory
 # How idle intra-op threads wait: "run" spins between the operators of a run and sleeps once it
 # returns, "always" spins after runs too, "off" never spins (ORT's allow_spinning and
 # force_spinning_stop; README, "Serving").
@@ -127,26 +132,66 @@ def eligible(manifest: dict, precision: str) -> tuple[list[str], list[str]]:
     return ok, why_not
 
 
-def time_batch(session, size: int) -> float:
-    """images/s of one session at AUTO_BATCH (median of AUTO_RUNS, after one warm-up run)."""
+def median_run_s(session, x: np.ndarray, runs: int) -> float:
+    """Seconds one run on x takes: the median of `runs`, after one warm-up run."""
     name = session.get_inputs()[0].name
-    x = np.zeros((AUTO_BATCH, size, size, 3), np.uint8)
     session.run(None, {name: x})
     times = []
-    for _ in range(AUTO_RUNS):
+    for _ in range(runs):
         t0 = time.perf_counter()
         session.run(None, {name: x})
         times.append(time.perf_counter() - t0)
-    return AUTO_BATCH / float(np.median(times))
+    return float(np.median(times))
+
+
+def time_batch(session, size: int) -> float:
+    """images/s of one session at AUTO_BATCH."""
+    x = np.zeros((AUTO_BATCH, size, size, 3), np.uint8)
+    return AUTO_BATCH / median_run_s(session, x, AUTO_RUNS)
+
+
+def provider_name(session) -> str:
+    """The PROVIDERS name of an open session."""
+    return {"OpenVINO-CPU": "openvino", "CUDAExecutionProvider": "cuda"}.get(
+        session.get_providers()[0], "cpu")
+
+
+def choice_key(path: Path, manifest: dict, precision: str, threads: int) -> str:
+    """What a cached choice depends on: the encoder file, the host's CPU, the runtimes'
+    versions and the thread count."""
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines()
+                if line.startswith("model name")), "")
+    versions = []
+    for pkg in ("onnxruntime", "openvino"):
+        with contextlib.suppress(PackageNotFoundError):
+            versions.append(f"{pkg} {version(pkg)}")
+    digest = manifest.get("files", {}).get(Path(path).name, {}).get("sha256", str(path))
+    return "|".join([digest, precision, str(threads), cpu, str(os.cpu_count()), *versions])
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
 
 
 def open_runtime(path: Path, manifest: dict, precision: str, threads: int = 0,
-                 provider: str = "auto", spinning: str = "run") -> tuple[Any, str]:
+                 provider: str = "auto", spinning: str = "run",
+                 choice_file: Path | None = None) -> tuple[Any, str]:
     """(session, why this runtime): the asked provider, or for "auto" the fastest at batch 64
-    on this host among the runtimes that passed the bundle's gates and are installed."""
+    on this host among the runtimes that passed the bundle's gates and are installed. The
+    choice is kept in `choice_file` (the data directory's), so that later starts, their other
+    workers and `simclr-embed index` make the same one without timing again: one gallery, one
+    runtime's vectors. Delete the file to time again."""
     if provider != "auto":
         return make_session(path, threads, provider, spinning), f"{provider} (asked for)"
     candidates, why_not = eligible(manifest, precision)
+    key = choice_key(path, manifest, precision, threads)
+    kept = _read_choice(choice_file, key)
+    if kept is not None and kept["provider"] in candidates:
+        return (make_session(path, threads, kept["provider"], spinning),
+                f"{kept['reason']} (kept in {choice_file.name})")
     size = int(manifest["input"]["size"])
     rates, sessions = {}, {}
     for name in candidates:
@@ -162,4 +207,25 @@ def open_runtime(path: Path, manifest: dict, precision: str, threads: int = 0,
               else f"auto: {best}, the only candidate")
     if why_not:
         reason += "; not eligible: " + "; ".join(why_not)
+    _write_choice(choice_file, {"key": key, "provider": best, "reason": reason})
     return sessions[best], reason
+
+
+def _read_choice(path: Path | None, key: str) -> dict | None:
+    try:
+        kept = json.loads(path.read_text()) if path is not None else None
+    except (OSError, ValueError):
+        return None
+    return kept if isinstance(kept, dict) and kept.get("key") == key else None
+
+
+def _write_choice(path: Path | None, choice: dict) -> None:
+    if path is None:
+        return
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(choice) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only directory: the next start times again
+        log.warning("could not keep the runtime choice in %s: %s", path, e)

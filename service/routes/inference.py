@@ -51,7 +51,7 @@ async def embed_response(request: Request, engine: Engine, settings: Settings) -
     fmt, dims = encodings.from_query(request.query_params, engine.dim, engine.pca)
     _, raws, names = await read_body(request, schemas.ImagesRequest)
     emb, _ = await engine.infer(await decode_all(request, engine, settings, raws, names))
-    vectors, scales = encodings.encode(encodings.reduce(emb, engine.pca, dims), fmt)
+    vectors, scales = encodings.output(emb, engine.pca, dims, fmt)
     out = {"model": engine.model_id, "precision": settings.precision,
            "dimension": dims or engine.dim, "encoding_format": fmt, "embeddings": vectors}
     if scales is not None:

@@ -18,8 +18,11 @@ API_KEY = "test-key"
 
 
 def Server(bundle: Path, data_dir: Path, **env: str) -> ServiceProcess:
-    """A service process with the test API key and one ORT thread."""
-    env = {"SIMCLR_EMBED_API_KEY": API_KEY, "SIMCLR_EMBED_THREADS": "1", **env}
+    """A service process with the test API key, one thread and ONNX Runtime pinned, so that
+    the servers of a test answer alike (provider=auto times its way to either runtime;
+    tests/service/test_runtime.py serves on it)."""
+    env = {"SIMCLR_EMBED_API_KEY": API_KEY, "SIMCLR_EMBED_THREADS": "1",
+           "SIMCLR_EMBED_PROVIDER": "cpu", **env}
     return ServiceProcess(bundle, data_dir, data_dir.parent / "server.log", **env)
 
 

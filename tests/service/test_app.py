@@ -22,9 +22,17 @@ def test_images(cifar10) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def reference(bundle_dir, test_images):
-    """In-process ORT on the same INT8 encoder: what HTTP must reproduce."""
-    return run_batches(make_session(load_bundle(bundle_dir).encoder_path("int8")), test_images, 1)
+def served(bundle_dir, client):
+    """In process, the INT8 encoder on the runtime the server chose (provider=auto)."""
+    provider = client.get("/v1/model").json()["provider"]
+    return make_session(load_bundle(bundle_dir).encoder_path("int8"), 0,
+                        "openvino" if provider == "OpenVINO-CPU" else "cpu")
+
+
+@pytest.fixture(scope="module")
+def reference(served, test_images):
+    """What HTTP must reproduce."""
+    return run_batches(served, test_images, 1)
 
 
 def test_embed_over_http_equals_in_process_onnx(client, test_images, reference) -> None:
@@ -140,7 +148,7 @@ def test_service_never_imports_torch() -> None:
 
 @pytest.mark.parametrize(("fmt", "size"), [("JPEG", (640, 480)), ("WEBP", (50, 90)),
                                           ("PNG", (32, 32)), ("GIF", (100, 100))])
-def test_any_size_and_common_formats(client, bundle_dir, test_images, fmt, size) -> None:
+def test_any_size_and_common_formats(client, served, test_images, fmt, size) -> None:
     """Decoded, converted to RGB and framed by the same resize the training decoder uses."""
     from PIL import Image
 
@@ -151,5 +159,5 @@ def test_any_size_and_common_formats(client, bundle_dir, test_images, fmt, size)
     r = client.post("/v1/embed", files=[("files", (f"x.{fmt.lower()}", buf.getvalue()))])
     assert r.status_code == 200, r.text
     expected = to_square_rgb(Image.open(io.BytesIO(buf.getvalue())), 32)[None]
-    ref, _ = run_batches(make_session(load_bundle(bundle_dir).encoder_path("int8")), expected)
+    ref, _ = run_batches(served, expected)
     np.testing.assert_allclose(r.json()["embeddings"][0], ref[0], atol=1e-5)

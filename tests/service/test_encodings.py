@@ -1,5 +1,6 @@
 """Compact outputs: each encoding_format decodes back to its vectors, `dimensions` is the bundle's
-PCA rotation, on both /v1/embed and the OpenAI route of a real server."""
+PCA rotation (and the bit formats' signs are taken in its coordinates), on both /v1/embed and
+the OpenAI route of a real server."""
 
 from __future__ import annotations
 
@@ -77,6 +78,8 @@ def test_formats_and_dimensions_over_http(client, bundle_dir: Path, cifar10) -> 
             assert (got == np.where(want > 0, 1, -1)).all()
         else:
             assert np.abs(got - want).max() < 0.02, fmt
+    full = client.post("/v1/embed?encoding_format=ubinary", files=files).json()
+    assert (decode(full["embeddings"], "ubinary", 512) == np.where(ref @ rot.T > 0, 1, -1)).all()
     bad = client.post("/v1/embed?encoding_format=int4", files=files)
     assert bad.status_code == 422 and "valid choices" in bad.json()["error"]["message"]
     bad = client.post("/v1/embed?dimensions=9999", files=files)

@@ -62,7 +62,9 @@ def folder(cifar10_dir: Path, tmp_path: Path) -> Path:
 
 
 def settings_for(bundle: Path, data: Path, **extra) -> Settings:
-    return Settings(bundle=bundle, data_dir=data, threads=1, max_body_bytes=64 * 1024, **extra)
+    """One runtime pinned (provider=auto may time its way to either in two data dirs)."""
+    return Settings(bundle=bundle, data_dir=data, threads=1, max_body_bytes=64 * 1024,
+                    provider="cpu", **extra)
 
 
 def live_ids(data: Path) -> list[str]:
@@ -168,7 +170,8 @@ def test_bad_sources_and_another_models_gallery(bundle_dir: Path, folder: Path,
 
 
 def index_cli(source: Path, bundle: Path, data: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "SIMCLR_EMBED_THREADS": "1", "SIMCLR_EMBED_MAX_BODY_BYTES": "65536"}
+    env = {**os.environ, "SIMCLR_EMBED_THREADS": "1", "SIMCLR_EMBED_MAX_BODY_BYTES": "65536",
+           "SIMCLR_EMBED_PROVIDER": "cpu"}  # as the test servers
     return subprocess.Popen([sys.executable, "-m", "simclr_embed.cli", "index", str(source),
                              "--bundle", str(bundle), "--data-dir", str(data), *extra],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

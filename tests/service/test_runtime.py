@@ -4,14 +4,17 @@ and the service chooses, by timing, only among the runtimes that passed."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
 from simclr_embed.service.bundle import load_bundle
 from simclr_embed.service.runtime import make_session, open_runtime, run_batches
+from tests.service.conftest import Server
 
 pytest.importorskip("openvino")
 
@@ -64,7 +67,39 @@ def test_auto_takes_the_fastest_runtime_that_passed(bundle_dir: Path) -> None:
     assert session.run(None, {session.get_inputs()[0].name: x})[0].shape[0] == 2
 
 
-def test_the_served_runtime_and_why_are_in_v1_model(client) -> None:
-    info = client.get("/v1/model").json()
+def test_a_server_on_auto_says_what_it_chose_and_keeps_it(bundle_dir: Path,
+                                                         tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    srv = Server(bundle_dir, data, SIMCLR_EMBED_PROVIDER="auto").start()
+    try:
+        info = httpx.get(srv.url + "/v1/model").json()
+    finally:
+        srv.stop()
     assert info["provider_reason"].startswith("auto: ")
     assert info["provider"] in ("CPUExecutionProvider", "OpenVINO-CPU")
+    kept = json.loads((data / "runtime-choice.json").read_text())
+    assert kept["provider"] == ("openvino" if info["provider"] == "OpenVINO-CPU" else "cpu")
+    srv = Server(bundle_dir, data, SIMCLR_EMBED_PROVIDER="auto").start()
+    try:
+        again = httpx.get(srv.url + "/v1/model").json()
+    finally:
+        srv.stop()
+    assert again["provider"] == info["provider"]
+    assert again["provider_reason"].endswith("(kept in runtime-choice.json)")
+
+
+def test_the_choice_is_kept_for_later_starts(bundle_dir: Path, tmp_path: Path) -> None:
+    bundle = load_bundle(bundle_dir)
+    m = copy.deepcopy(bundle.manifest)
+    m["metrics"]["runtimes"]["openvino"]["int8"]["passed"] = True
+    path, kept = bundle.encoder_path("int8"), tmp_path / "runtime-choice.json"
+    first, why = open_runtime(path, m, "int8", 1, choice_file=kept)
+    assert "images/s" in why and kept.exists()
+    again, why_again = open_runtime(path, m, "int8", 1, choice_file=kept)
+    assert why_again == f"{why} (kept in {kept.name})"
+    assert again.get_providers() == first.get_providers()
+    _, other = open_runtime(path, m, "int8", 2, choice_file=kept)  # another thread count
+    assert "kept in" not in other
+    m["metrics"]["runtimes"]["openvino"]["int8"]["passed"] = False  # no longer eligible
+    session, _ = open_runtime(path, m, "int8", 2, choice_file=kept)
+    assert session.get_providers() == ["CPUExecutionProvider"]  # whatever was kept
