@@ -13,8 +13,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SIMCLR_EMBED_", extra="ignore")
 
-    bundle: Path = Path("bundles/default")
-    precision: Literal["int8", "fp32"] = "int8"
+    bundle: Path = Field(Path("bundles/default"), description="the model bundle directory")
+    precision: Literal["int8", "fp32"] = Field("int8", description="which of the bundle's "
+                                               "encoders serves")
     provider: Literal["auto", "cpu", "cuda", "openvino"] = Field(
         "auto", description="auto: the fastest at start among the runtimes that passed the "
         "bundle's gates (service/runtime.py); cpu / cuda: ONNX Runtime; openvino")
@@ -30,8 +31,9 @@ class Settings(BaseSettings):
                            "dependencies (service/hot_path.py)")
     # Micro-batching: requests that queue while a batch runs form the next batch (up to
     # max_batch_size images); max_wait_ms > 0 additionally holds a lone request to gather more.
-    max_batch_size: int = Field(64, ge=1)
-    max_wait_ms: float = Field(0.0, ge=0)
+    max_batch_size: int = Field(64, ge=1, description="images in one model run at most")
+    max_wait_ms: float = Field(0.0, ge=0, description="how long a lone request waits for "
+                               "company; 0: never")
     max_queue_images: int = Field(512, ge=1, description="beyond this, 503 + Retry-After")
     # Admission at arrival, before the body is read (service/admission.py).
     max_inflight_requests: int = Field(64, ge=1, description="POSTs being read, decoded or run")
@@ -41,26 +43,30 @@ class Settings(BaseSettings):
     min_upload_bytes_per_s: int = Field(32 * 1024, ge=1, description="a body slower than "
                                         "this on average after upload_grace_s gets 408")
     upload_grace_s: float = Field(2.0, ge=0, description="before min_upload_bytes_per_s")
-    max_images_per_request: int = Field(64, ge=1)
+    max_images_per_request: int = Field(64, ge=1, description="images (or gallery items, "
+                                        "query vectors) in one request")
     max_request_pixels: int = Field(
         50_000_000, ge=1, description="decode budget of one request: its images' pixels")
     model_timeout_s: float = Field(30.0, gt=0, description="longest wait for the model, "
                                    "else 503")
-    max_body_bytes: int = Field(16 * 2**20, ge=1024)
+    max_body_bytes: int = Field(16 * 2**20, ge=1024, description="a request body, an image "
+                                "file of `simclr-embed index` or a fetched image, at most")
     max_image_pixels: int = Field(25_000_000, ge=1, description="decompression-bomb guard")
     max_image_aspect: float = Field(64.0, ge=1, description="longer / shorter side, at most")
     max_decode_mb: int = Field(256, ge=1, description="estimated peak memory of one decode")
-    max_k: int = Field(100, ge=1)
+    max_k: int = Field(100, ge=1, description="neighbours one search may ask for")
     index: Literal["auto", "flat", "hnsw"] = Field(
         "auto", description="auto: exact below 20,000 vectors, HNSW from there (README)")
     faiss_threads: int = Field(1, ge=1, description="so search leaves the cores to ORT")
-    hnsw_m: int = 32
-    hnsw_ef_search: int = 64
-    api_key: SecretStr | None = None  # gallery management is disabled without one
+    hnsw_m: int = Field(32, description="HNSW graph degree (FAISS and pgvector)")
+    hnsw_ef_search: int = Field(64, description="HNSW candidates per search (at least k)")
+    api_key: SecretStr | None = Field(None, description="the key for gallery changes; none: "
+                                      "the gallery is read-only")
     read_key: SecretStr | None = Field(None, description="closes gallery listings, vectors "
                                        "and thumbnails to all but this key or the API key")
     require_api_key: bool = Field(False, description="the key on every route but the probes")
-    data_dir: Path = Path("service-data")  # the embedded gallery's SQLite database
+    data_dir: Path = Field(Path("service-data"), description="the embedded gallery's "
+                           "database, its index snapshot and the runtime choice")
     accept_gallery_loss: bool = Field(False, description="start although the gallery holds "
                                       "fewer changes than were acknowledged (README)")
     gallery_url: SecretStr | None = Field(None, description="postgresql://... puts the "
@@ -70,19 +76,13 @@ class Settings(BaseSettings):
                              "(service/fetch.py)")
     fetch_timeout_s: float = Field(5.0, gt=0, description="per socket operation; twice it "
                                    "for a whole fetch")
-    max_label_chars: int = Field(256, ge=1)
+    max_label_chars: int = Field(256, ge=1, description="a gallery item's label, at most")
     max_list_items: int = Field(1000, ge=1, description="page size limit of the listing")
-    decode_threads: int = Field(2, ge=1)
-    host: str = "127.0.0.1"
-    port: int = 8000
+    decode_threads: int = Field(2, ge=1, description="threads decoding images larger than "
+                                "thumbnails")
+    host: str = Field("127.0.0.1", description="the address to listen on")
+    port: int = Field(8000, description="the port to listen on")
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
-
-    @field_validator("ort_spinning", mode="before")
-    @classmethod
-    def _spinning_bool(cls, v: object) -> object:
-        """The setting was a boolean before: true meant "always", false "off"."""
-        old = {"true": "always", "1": "always", "false": "off", "0": "off"}
-        return old.get(str(v).strip().lower(), v) if isinstance(v, str | bool) else v
 
     @field_validator("api_key", "read_key", "gallery_url", mode="before")
     @classmethod
@@ -96,3 +96,19 @@ class Settings(BaseSettings):
             raise ValueError("SIMCLR_EMBED_REQUIRE_API_KEY is set but SIMCLR_EMBED_API_KEY is "
                              "empty: set a key, or turn the requirement off")
         return self
+
+
+def settings_table() -> str:
+    """The README's settings table, made from the fields themselves (`python -m
+    simclr_embed.service.settings` prints it; a test keeps the README's copy equal)."""
+    rows = ["| variable | default | what |", "| --- | --- | --- |"]
+    for name, f in Settings.model_fields.items():
+        default = "(none)" if f.default in (None, "") else f"`{f.default}`"
+        rows.append(f"| `SIMCLR_EMBED_{name.upper()}` | {default} | {f.description} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(settings_table())

@@ -77,8 +77,3 @@ class SimCLR(nn.Module):
         h = self.encoder(x)  # (B, 512)
         z = F.normalize(self.projector(h).float(), dim=1)  # (B, d), fp32 for the loss
         return h, z
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-

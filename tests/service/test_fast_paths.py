@@ -122,11 +122,6 @@ def test_spinning_settings_change_timing_not_answers(bundle_dir: Path, cifar10) 
         make_session(bundle_dir / "encoder_int8.onnx", spinning="sometimes")
 
 
-@pytest.mark.parametrize(("given", "meant"), [("true", "always"), ("false", "off"),
-                                              ("1", "always"), ("run", "run"), (False, "off")])
-def test_spinning_setting_reads_the_old_booleans(given: object, meant: str) -> None:
-    assert Settings(ort_spinning=given).ort_spinning == meant
-
 
 @pytest.mark.parametrize("settle", [True, False])
 def test_startup_settles_the_heap_unless_told_not_to(bundle_dir: Path, tmp_path: Path,
