@@ -97,6 +97,16 @@ class Settings(BaseSettings):
                              "empty: set a key, or turn the requirement off")
         return self
 
+    @model_validator(mode="after")
+    def _request_fits_the_queue(self) -> Settings:
+        """A request larger than the queue would be refused with 503 forever."""
+        if self.max_images_per_request > self.max_queue_images:
+            raise ValueError(f"SIMCLR_EMBED_MAX_IMAGES_PER_REQUEST ({self.max_images_per_request})"
+                             f" is larger than SIMCLR_EMBED_MAX_QUEUE_IMAGES "
+                             f"({self.max_queue_images}): such requests could never be queued; "
+                             "lower the first or raise the second")
+        return self
+
 
 def settings_table() -> str:
     """The README's settings table, made from the fields themselves (`python -m

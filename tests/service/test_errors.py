@@ -112,7 +112,10 @@ def test_405_names_every_method_of_the_path(client, method, path, allow) -> None
 
 def test_overload_answers_503_with_retry_after(bundle_dir, tmp_path, cifar10) -> None:
     srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_MAX_BATCH_SIZE="1",
-                 SIMCLR_EMBED_MAX_QUEUE_IMAGES="2").start()
+                 SIMCLR_EMBED_MAX_QUEUE_IMAGES="2", SIMCLR_EMBED_MAX_IMAGES_PER_REQUEST="2").start()
+    with pytest.raises(ValueError, match=r"MAX_IMAGES_PER_REQUEST \(64\) is larger than "
+                       r"SIMCLR_EMBED_MAX_QUEUE_IMAGES \(2\)"):
+        Settings(max_queue_images=2)
     images = [png(x) for x in cifar10[1].images[:8]]
 
     async def burst() -> list[httpx.Response]:
