@@ -136,15 +136,13 @@ async def decode_base64_images(items: list[str], names: list[str], settings: Set
     URLs fetched (service/fetch.py)."""
     urls = [n for n, i in enumerate(items) if is_url(i)]
     if urls:
-        out: list[bytes] = [b""] * len(items)
-        got = await fetch_urls([items[n] for n in urls], [names[n] for n in urls], settings)
-        for n, raw in zip(urls, got, strict=True):
-            out[n] = raw
-        rest = [n for n in range(len(items)) if n not in set(urls)]
-        for n, raw in zip(rest, decode_strings([items[n] for n in rest],
-                                               [names[n] for n in rest]), strict=True):
-            out[n] = raw
-        return out
+        rest = [n for n in range(len(items)) if not is_url(items[n])]
+        got = dict(zip(urls, await fetch_urls([items[n] for n in urls],
+                                              [names[n] for n in urls], settings), strict=True))
+        got |= zip(rest, await decode_base64_images([items[n] for n in rest],
+                                                    [names[n] for n in rest], settings),
+                   strict=True)
+        return [got[n] for n in range(len(items))]
     if len(items) > 1 and sum(map(len, items)) > OFF_LOOP_BYTES:
         return await asyncio.to_thread(decode_strings, items, names)
     return decode_strings(items, names)

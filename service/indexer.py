@@ -263,8 +263,14 @@ def decoded_batches(stream: Iterable[tuple[Entry, bytes | Exception]], size: int
 class Target(Protocol):
     def fingerprints(self, origin: str) -> dict[str, str]: ...
     def write(self, d: Decoded, emb: np.ndarray, origin: str) -> None: ...
-    def remove(self, ids: list[str], origin: str) -> int: ...
+    def remove(self, ids: list[str]) -> int: ...
     def close(self) -> None: ...
+
+
+def add_args(d: Decoded, emb: np.ndarray, origin: str) -> tuple:
+    """The arguments of both stores' `add` for one decoded batch."""
+    return ([e.id for e in d.entries], [e.label for e in d.entries], emb, list(d.thumbs),
+            [e.metadata for e in d.entries], origin, [e.fingerprint for e in d.entries])
 
 
 class SQLiteTarget:
@@ -280,13 +286,12 @@ class SQLiteTarget:
 
     def write(self, d: Decoded, emb: np.ndarray, origin: str) -> None:
         with storage_errors(self.path):
-            self.store.add([e.id for e in d.entries], [e.label for e in d.entries], emb,
-                           list(d.thumbs), [e.metadata for e in d.entries], origin,
-                           [e.fingerprint for e in d.entries])
+            self.store.add(*add_args(d, emb, origin))
 
-    def remove(self, ids: list[str], origin: str) -> int:
+    def remove(self, ids: list[str]) -> int:
+        """ids come from `fingerprints`: all present (the store skips any deleted since)."""
         with storage_errors(self.path):
-            return len(self.store.delete(ids, set(self.store.fingerprints(origin))))
+            return len(self.store.delete(ids, set(ids)))
 
     def close(self) -> None:
         self.store.close()
@@ -309,11 +314,9 @@ class PgTarget:
         return self.gallery.fingerprints(origin)
 
     def write(self, d: Decoded, emb: np.ndarray, origin: str) -> None:
-        self.gallery.add([e.id for e in d.entries], [e.label for e in d.entries], emb,
-                         list(d.thumbs), [e.metadata for e in d.entries], origin,
-                         [e.fingerprint for e in d.entries])
+        self.gallery.add(*add_args(d, emb, origin))
 
-    def remove(self, ids: list[str], origin: str) -> int:
+    def remove(self, ids: list[str]) -> int:
         return len(self.gallery.delete(ids))
 
     def close(self) -> None:
@@ -366,7 +369,7 @@ def run_index(job: IndexJob, settings: Settings) -> dict[str, Any]:
         else:
             indexed, skipped = embed_here(job, settings, bundle, source, todo, target)
         embed_s = time.perf_counter() - embed_start
-        pruned = target.remove(gone, source.origin) if job.prune and gone else 0
+        pruned = target.remove(gone) if job.prune and gone else 0
     finally:
         target.close()
     return finish(job, source, settings, space, time.perf_counter() - started, embed_s,

@@ -209,17 +209,22 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_serve)
 
 
-def _run_serve(args: argparse.Namespace) -> None:
+def settings_from_args(args: argparse.Namespace, *keys: str) -> None:
+    """The flags that were given, as the SIMCLR_EMBED_* variables Settings reads."""
     import os
+
+    for key in keys:
+        if getattr(args, key) is not None:
+            os.environ[f"SIMCLR_EMBED_{key.upper()}"] = str(getattr(args, key))
+
+
+def _run_serve(args: argparse.Namespace) -> None:
 
     import uvicorn
 
-    overrides = {"bundle": args.bundle, "host": args.host, "port": args.port,
-                 "precision": args.precision, "provider": args.provider, "threads": args.threads,
-                 "workers": args.workers, "api_key": args.api_key}
-    for key, value in overrides.items():
-        if value is not None:  # the app factory reads the environment, in every worker
-            os.environ[f"SIMCLR_EMBED_{key.upper()}"] = str(value)
+    # The app factory reads the environment, in every worker.
+    settings_from_args(args, "bundle", "host", "port", "precision", "provider", "threads",
+                       "workers", "api_key")
     from simclr_embed.service.settings import Settings
 
     settings = Settings()
@@ -302,12 +307,9 @@ def _index_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_index(args: argparse.Namespace) -> None:
-    import os
     from pathlib import Path
 
-    for key in ("bundle", "precision", "provider", "data_dir"):
-        if getattr(args, key) is not None:
-            os.environ[f"SIMCLR_EMBED_{key.upper()}"] = str(getattr(args, key))
+    settings_from_args(args, "bundle", "precision", "provider", "data_dir")
     from simclr_embed.service.indexer import IndexJob, run_index
     from simclr_embed.service.settings import Settings
 

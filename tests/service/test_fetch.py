@@ -3,6 +3,7 @@ equal embeddings to sending the bytes, and a 400 naming the rule for everything 
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections.abc import Iterator
@@ -80,6 +81,9 @@ def test_a_listed_url_embeds_like_its_bytes(fetching: str, images_url: str) -> N
         r = embed(fetching, [images_url + path])
         assert r.status_code == 200, r.text
         assert np.allclose(r.json()["embeddings"][0], sent, atol=1e-6)
+    mixed = embed(fetching, [base64.b64encode(IMAGE).decode(), images_url + "/cat.png"])
+    assert mixed.status_code == 200, mixed.text
+    assert np.allclose(mixed.json()["embeddings"], [sent, sent], atol=1e-6)
     r = httpx.post(fetching + "/v1/embeddings", json={
         "model": "simclr-embed", "input": [images_url + "/cat.png"]}, timeout=30)
     assert r.status_code == 200 and np.allclose(r.json()["data"][0]["embedding"], sent,
