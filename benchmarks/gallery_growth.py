@@ -66,8 +66,10 @@ def add_all(url: str, ids: list[str], labels: list[str], emb: np.ndarray) -> flo
     return len(ids) / (time.perf_counter() - t0)
 
 
-def searches(c: httpx.Client, queries: np.ndarray, k: int = 10, filt: dict | None = None
-             ) -> tuple[list[float], list[list[str]]]:
+def searches(c: httpx.Client, queries: np.ndarray, k: int = 10, filt: dict | None = None,
+             base: list[float] | None = None) -> tuple[list[float], list[list[str]]]:
+    """Search times (ms) and hit ids; with `base`, a /healthz after each search goes into it, so
+    that the two are paired in time and drift cancels out of their difference."""
     times, ids = [], []
     for q in queries:
         body = {"embeddings": [q], "k": k, **({"filter": filt} if filt else {})}
@@ -75,16 +77,11 @@ def searches(c: httpx.Client, queries: np.ndarray, k: int = 10, filt: dict | Non
         r = post(c, "/v1/search", body)
         times.append((time.perf_counter() - t0) * 1000)
         ids.append([h["id"] for h in r.json()["results"][0]])
+        if base is not None:
+            t0 = time.perf_counter()
+            c.get("/healthz")
+            base.append((time.perf_counter() - t0) * 1000)
     return times, ids
-
-
-def healthz(c: httpx.Client, n: int = 200) -> list[float]:
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        c.get("/healthz")
-        times.append((time.perf_counter() - t0) * 1000)
-    return times
 
 
 def exact(all_ids: np.ndarray, emb: np.ndarray, live: np.ndarray, queries: np.ndarray,
@@ -101,12 +98,13 @@ def recall(got: list[list[str]], want: list[set[str]]) -> float:
 def step(name: str, srv: ServiceProcess, c: httpx.Client, all_ids, emb, live, labels,
          queries) -> dict:
     model = c.get("/v1/model").json()
-    times, got = searches(c, queries)
+    healthz: list[float] = []
+    times, got = searches(c, queries, base=healthz)
     want = exact(all_ids, emb, live, queries)
     rare = live & (labels == "c7")
     f_times, f_got = searches(c, queries[:50], filt={"label": "c7"})
     f_want = exact(all_ids, emb, rare, queries[:50])
-    base = pct(healthz(c))
+    base = pct(healthz)
     out = {"step": name, "index": model["gallery_index"], "size": model["gallery_size"],
            "search": pct(times), "healthz": base,
            "search_over_healthz_p50_ms": pct(times)["p50_ms"] - base["p50_ms"],
@@ -128,7 +126,7 @@ def wait_index(c: httpx.Client, kind: str, timeout: float = 1800) -> float:
     return time.perf_counter() - t0
 
 
-def run(bundle_dir: Path, added: int, deleted: int) -> dict:
+def run(bundle_dir: Path, added: int, deleted: int, keep: Path | None = None) -> dict:
     bundle = load_bundle(bundle_dir)
     b_ids, b_labels, b_emb = bundle.gallery("int8")
     classes = bundle.classes
@@ -146,7 +144,8 @@ def run(bundle_dir: Path, added: int, deleted: int) -> dict:
     queries = emb[pick] + rng.normal(0, 0.01, (300, emb.shape[1])).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     steps, events = [], {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = keep or scratch  # kept: the data directory and the server's log, to look into
         env = {"SIMCLR_EMBED_API_KEY": KEY}
         srv = ServiceProcess(bundle_dir, Path(tmp) / "data", Path(tmp) / "server.log",
                              **env).start()
@@ -201,9 +200,11 @@ def main() -> None:
     p.add_argument("--added", type=int, default=150_000)
     p.add_argument("--deleted", type=int, default=20_000)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/gallery_growth.json"))
+    p.add_argument("--keep", type=Path, help="keep the data directory and server log here")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    result = run(args.bundle, args.added, args.deleted)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
+    result = run(args.bundle, args.added, args.deleted, args.keep)
     write_result(args.out, {"benchmark": "gallery_growth", "hardware": hardware(),
                             "bundle": args.bundle.name, **result})
 

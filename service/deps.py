@@ -10,9 +10,10 @@ from typing import Annotated, Any
 import numpy as np
 import orjson
 from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from PIL import Image
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import ClientDisconnect
 
 from simclr_embed.service.engine import Engine
@@ -229,6 +230,20 @@ async def decode_all(request: Request, engine: Engine, settings: Settings,
     if waited:  # a client that sent its body microseconds ago has not gone: no check then
         await ensure_connected(request)
     return np.stack(arrays)
+
+
+_INT = TypeAdapter(int)
+
+
+def query_int(params, name: str, default: int) -> int:
+    """An integer query parameter, refused in the words FastAPI uses for a route's `int`
+    parameter (the hot path has no FastAPI; service/hot_path.py)."""
+    raw = params.get(name)
+    try:
+        return default if raw is None else _INT.validate_python(raw)
+    except ValidationError as e:
+        raise RequestValidationError([{**err, "loc": ("query", name)}
+                                      for err in e.errors()]) from None
 
 
 def check_k(k: int, limit: int) -> int:

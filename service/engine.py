@@ -82,30 +82,38 @@ class Engine:
 
     # --- lifecycle -------------------------------------------------------------------------
     def load(self) -> None:
-        """Blocking: verify the bundle, open the session, warm it up, build the gallery."""
+        """Blocking: verify the bundle, open the session and warm it up while the gallery loads
+        beside it (its SQLite check and index snapshot are I/O and C code: ~1 s of a 200k
+        gallery's start that the model's ~0.5 s no longer adds to)."""
         s = self.settings
         self.bundle = load_bundle(s.bundle)
-        self.session, self.runtime_reason = open_runtime(
-            self.bundle.encoder_path(s.precision), self.bundle.manifest, s.precision, s.threads,
-            s.provider, s.ort_spinning, s.data_dir / CHOICE_FILE)
-        self.input_name = self.session.get_inputs()[0].name
-        self.size = int(self.bundle.manifest["input"]["size"])
-        self.dim = int(self.bundle.manifest["embedding_dim"])
-        self.pca = self.bundle.pca()  # for `dimensions`; None in older bundles
-        for batch in (1, s.max_batch_size):  # first runs allocate and pick kernels
-            self._run(np.zeros((batch, self.size, self.size, 3), np.uint8))
         self.model_id = model_id(self.bundle.manifest)
-        self.gallery = open_gallery(s, Space(self.model_id, s.precision, self.dim))
-        ids, labels, emb = self.bundle.gallery(s.precision)
-        classes = self.bundle.classes
-        self.gallery.load(ids.tolist(), [classes[y] for y in labels.tolist()], emb)
-        self.bundle_rows = {i: n for n, i in enumerate(ids.tolist())}
+        self.dim = int(self.bundle.manifest["embedding_dim"])
+        with ThreadPoolExecutor(1, thread_name_prefix="gallery-load") as pool:
+            gallery = pool.submit(self._load_gallery)
+            self.session, self.runtime_reason = open_runtime(
+                self.bundle.encoder_path(s.precision), self.bundle.manifest, s.precision,
+                s.threads, s.provider, s.ort_spinning, s.data_dir / CHOICE_FILE)
+            self.input_name = self.session.get_inputs()[0].name
+            self.size = int(self.bundle.manifest["input"]["size"])
+            self.pca = self.bundle.pca()  # for `dimensions`; None in older bundles
+            for batch in (1, s.max_batch_size):  # first runs allocate and pick kernels
+                self._run(np.zeros((batch, self.size, self.size, 3), np.uint8))
+            gallery.result()
         self.thumbs = self.bundle.thumbnails()
         self.metrics.set_model(self.model_id, s.precision, self.session.get_providers()[0],
                                s.bundle.name)  # a name, not a server path
         self.metrics.gallery_size.set(len(self.gallery))
         log.info("engine ready: %s %s on %s (%s), gallery %d", self.model_id, s.precision,
                  self.session.get_providers()[0], self.runtime_reason, len(self.gallery))
+
+    def _load_gallery(self) -> None:
+        s = self.settings
+        self.gallery = open_gallery(s, Space(self.model_id, s.precision, self.dim))
+        ids, labels, emb = self.bundle.gallery(s.precision)
+        classes = self.bundle.classes
+        self.gallery.load(ids.tolist(), [classes[y] for y in labels.tolist()], emb)
+        self.bundle_rows = {i: n for n, i in enumerate(ids.tolist())}
 
     def thumbnail(self, id_: str) -> np.ndarray | bytes | None:
         """An item's thumbnail: the PNG stored with an added image, else the bundle's pixels

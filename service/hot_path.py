@@ -1,14 +1,15 @@
-"""POST /v1/embed handed straight to its function, past FastAPI's exception middleware, route
-matching and dependency solving. In process those take ~90 us of event-loop CPU per request
-against ~60 us for the whole of the embed itself (read, decode, batch, JSON); under load the
-event loop is the one core the model threads share, so this is throughput (README, "Serving";
-benchmarks/results/hot_path.json).
+"""POST /v1/embed and /v1/search handed straight to their functions, past FastAPI's exception
+middleware, route matching and dependency solving. In process those take ~90 us of event-loop
+CPU per request against ~60 us for the whole of an embed itself (read, decode, batch, JSON);
+under load the event loop is the one core the model threads share, so this is throughput, and
+for a search by vector (~0.3 ms of FAISS at 200k) it is a third of the latency (README,
+"Serving"; benchmarks/results/hot_path.json, gallery_growth.json).
 
-Same function, same errors: the FastAPI route runs `embed_response` too, and exceptions become
-responses through the app's own handlers (service/handlers.py). The route stays for OpenAPI and
-for SIMCLR_EMBED_HOT_PATH=false. Everything else, other methods on this path included, goes on
-to FastAPI. This sits inside the Gate, so admission, body limits, the API key and the request
-metrics are the same on both paths.
+Same functions, same errors: the FastAPI routes run `embed_response` / `search_response` too,
+and exceptions become responses through the app's own handlers (service/handlers.py). The
+routes stay for OpenAPI and for SIMCLR_EMBED_HOT_PATH=false. Everything else, other methods on
+these paths included, goes on to FastAPI. This sits inside the Gate, so admission, body limits,
+the API key and the request metrics are the same on both paths.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from simclr_embed.service.handlers import exception_response
 from simclr_embed.service.routes import inference
 from simclr_embed.service.settings import Settings
 
-PATH = "/v1/embed"
-ROUTE = next(r for r in inference.router.routes if getattr(r, "path", None) == PATH)
+RESPONSES = {"/v1/embed": inference.embed_response, "/v1/search": inference.search_response}
+ROUTES = {r.path: r for r in inference.router.routes if getattr(r, "path", None) in RESPONSES}
 
 
 class HotPath:
@@ -30,13 +31,14 @@ class HotPath:
         self.app, self.engine, self.settings = app, engine, settings
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
+        respond = RESPONSES.get(scope["path"]) if scope["type"] == "http" else None
+        if respond is None or scope["method"] != "POST":
             return await self.app(scope, receive, send)
-        scope["route"] = ROUTE  # what the Gate labels its metrics with
+        scope["route"] = ROUTES[scope["path"]]  # what the Gate labels its metrics with
         request = Request(scope, receive)
         try:
             engine = check_ready(self.engine)
-            response = await inference.embed_response(request, engine, self.settings)
+            response = await respond(request, engine, self.settings)
         except Exception as e:  # each kind to its own handler, as FastAPI would
             response = await exception_response(request, e)
         try:

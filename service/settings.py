@@ -27,8 +27,8 @@ class Settings(BaseSettings):
         "run", description="ORT threads busy-wait within a run, also between runs, or never")
     gc_settle: bool = Field(True, description="freeze the loaded heap, collect less often "
                             "(service/app.py: settle_heap)")
-    hot_path: bool = Field(True, description="POST /v1/embed skips FastAPI's routing and "
-                           "dependencies (service/hot_path.py)")
+    hot_path: bool = Field(True, description="POST /v1/embed and /v1/search skip FastAPI's "
+                           "routing and dependencies (service/hot_path.py)")
     # Micro-batching: requests that queue while a batch runs form the next batch (up to
     # max_batch_size images); max_wait_ms > 0 additionally holds a lone request to gather more.
     max_batch_size: int = Field(64, ge=1, description="images in one model run at most")

@@ -1,20 +1,23 @@
 """What `simclr-embed serve` checks once, in the parent process, before uvicorn starts any
 worker: under --workers N uvicorn's supervisor would report a worker's failed start with exit
 status 0, so the failures that can be seen early (a bad bundle, a gallery of another model)
-are raised here and exit non-zero. It also prepares prometheus_client's multiprocess mode."""
+are raised here and exit non-zero; what it verified (the bundle's hashes, the database's
+quick_check) the workers need not read again. It also prepares prometheus_client's
+multiprocess mode."""
 
 from __future__ import annotations
 
 import os
 import shutil
 
-from simclr_embed.service.bundle import load_bundle, model_id
+from simclr_embed.service.bundle import VERIFIED_ENV, load_bundle, model_id, stamp
 from simclr_embed.service.gallery import CHECKED_ENV, Space, SQLiteStore
 from simclr_embed.service.settings import Settings
 
 
 def check_before_workers(settings: Settings) -> None:
     bundle = load_bundle(settings.bundle)
+    os.environ[VERIFIED_ENV] = stamp(settings.bundle, bundle.manifest["files"])
     space = Space(model_id(bundle.manifest), settings.precision,
                   int(bundle.manifest["embedding_dim"]))
     if settings.gallery_url is None:  # raises GalleryMismatch for another model's database

@@ -16,6 +16,7 @@ from simclr_embed.service.deps import (
     check_k,
     check_vectors,
     decode_all,
+    query_int,
     read_body,
 )
 from simclr_embed.service.engine import Engine
@@ -64,8 +65,15 @@ async def embed_response(request: Request, engine: Engine, settings: Settings) -
 async def search(request: Request, engine: EngineDep, settings: SettingsDep,
                  k: Annotated[int, Query(description="for multipart / image bodies")] = 10,
                  ) -> NumpyJSON:
+    return await search_response(request, engine, settings)
+
+
+async def search_response(request: Request, engine: Engine, settings: Settings) -> NumpyJSON:
+    """The body of /v1/search, shared by the route and the hot path (service/hot_path.py)."""
     body, raws, names = await read_body(request, schemas.SearchRequest)
-    if body is not None:
+    if body is None:
+        k = query_int(request.query_params, "k", 10)
+    else:
         k = body.k
         if (body.images is None) == (body.embeddings is None):
             raise InvalidInput("send exactly one of 'images' or 'embeddings'")
@@ -81,7 +89,7 @@ async def search(request: Request, engine: EngineDep, settings: SettingsDep,
     hits = await asyncio.to_thread(engine.gallery.search, queries, k,
                                    f and Filter.of(f.label, f.metadata))
     return NumpyJSON({"model": engine.model_id, "precision": settings.precision,
-                           "results": [[h.__dict__ for h in row] for row in hits]})
+                      "results": [[h.__dict__ for h in row] for row in hits]})
 
 
 @router.post("/v1/classify", tags=["inference"], response_model=schemas.ClassifyResponse,

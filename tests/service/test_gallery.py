@@ -162,6 +162,30 @@ def test_two_handles_on_one_database_catch_up(tmp_path: Path) -> None:
     assert a.delete(["b3"]) == []  # already gone: not deleted twice
 
 
+def test_listings_stay_in_id_order_as_items_come_and_go(tmp_path: Path) -> None:
+    """The order is kept item by item after the first listing (no re-sort per change), and
+    agrees with a sorted copy of the live ids whatever happened in between."""
+    emb = unit(400, seed=14)
+    g = Gallery(SPACE, tmp_path / "g.sqlite3")
+    g.load([f"b{n:03d}" for n in range(200)], [None] * 200, emb[:200])
+
+    def pages(limit: int) -> list[str]:
+        out, after = [], None
+        while page := g.listing(after, limit):
+            out += [i for i, _ in page]
+            after = page[-1][0]
+        return out
+
+    assert pages(64) == sorted(f"b{n:03d}" for n in range(200))
+    g.add([f"a{n}" for n in range(100)], ["x"] * 100, emb[200:300])  # before the b's
+    g.delete([f"b{n:03d}" for n in range(0, 200, 3)])
+    g.add(["b005", "zz"], ["again", "y"], emb[300:302])  # a replaced id keeps one place
+    live = sorted(g.mem.by_id)
+    assert pages(7) == live and len(live) == 300 - 67 + 1
+    assert g.listing("b005", 1) == [("b007", None)] and g.listing("zz", 5) == []
+    assert dict(g.listing("b004", 1)) == {"b005": "again"}
+
+
 def test_mismatched_space_is_refused(tmp_path: Path) -> None:
     SQLiteStore(tmp_path / "g.sqlite3", SPACE)
     with pytest.raises(GalleryMismatch, match="belongs to model model-a"):

@@ -6,6 +6,7 @@ The thresholds are lowered for the test (module constants)."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -100,12 +101,53 @@ def test_a_restart_reads_the_snapshot_and_a_damaged_one_is_rebuilt(tmp_path: Pat
     assert again.search(emb[2500:2501], 1)[0][0].id == "a2500"
     again.add(["late"], [None], emb[600:601])  # changes after the snapshot apply on top
     again.store.close()  # a kill: no new snapshot
-    raw = bytearray(g.snapshot.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF  # one flipped byte in the index
-    g.snapshot.write_bytes(bytes(raw))
-    caplog.clear()
+    good = g.snapshot.read_bytes()
+    for where in (len(good) // 2, len(good) - 40):  # a flipped byte in the index, in the rows
+        raw = bytearray(good)
+        raw[where] ^= 0x01
+        g.snapshot.write_bytes(bytes(raw))
+        caplog.clear()
+        third = Gallery(SPACE, tmp_path / "g.sqlite3", "hnsw")
+        with caplog.at_level("INFO"):
+            bundle(third, emb[:500])
+        assert "unusable" in caplog.text and "snapshot read" not in caplog.text, where
+        assert third.size() == 3000 and third.search(emb[600:601], 1)[0][0].id == "late"
+        assert third.get("a600") is None and third.get("a2999") is not None
+        third.store.close()
+
+
+def test_a_snapshot_made_at_start_is_finished_before_the_stop(tmp_path: Path, monkeypatch,
+                                                               caplog) -> None:
+    """With no usable snapshot a start applies every stored change and writes a new one in the
+    background; a stop right after waits for it, so the next start does not rebuild again."""
+    monkeypatch.setattr(gallery, "SNAPSHOT_EVERY", 100)
+    emb = unit(2000, seed=34)
+    g = Gallery(SPACE, tmp_path / "g.sqlite3", "hnsw")
+    bundle(g, emb[:200])
+    g.add([f"a{n}" for n in range(200, 2000)], [None] * 1800, emb[200:])
+    if g.snapshotting is not None:
+        g.snapshotting.join()
+    g.store.close()  # a kill -9: no snapshot at the stop
+    g.snapshot.unlink()
+    again = Gallery(SPACE, tmp_path / "g.sqlite3", "hnsw")
+    bundle(again, emb[:200])
+    assert again.snapshotting is not None  # started by the catch-up of 1,800 changes
+    again.close()
+    assert not again.snapshotting.is_alive() and again.snapshot.exists()
     third = Gallery(SPACE, tmp_path / "g.sqlite3", "hnsw")
     with caplog.at_level("INFO"):
-        bundle(third, emb[:500])
-    assert "unusable" in caplog.text and "snapshot read" not in caplog.text
-    assert third.size() == 3000 and third.search(emb[600:601], 1)[0][0].id in ("late",)
+        bundle(third, emb[:200])
+    assert "index snapshot read (hnsw, 1800 changes)" in caplog.text
+    assert third.size() == 2000 and third.search(emb[1999:2000], 1)[0][0].id == "a1999"
+
+
+def test_a_new_database_uses_large_pages(tmp_path: Path) -> None:
+    """7 vector rows per 16 KB page rather than 1 per 4 KB: half the file, half the check."""
+    g = Gallery(SPACE, tmp_path / "g.sqlite3")
+    bundle(g, unit(10, seed=35))
+    emb = unit(700, seed=36)
+    g.add([f"a{n}" for n in range(700)], [None] * 700, emb)
+    g.close()
+    with sqlite3.connect(tmp_path / "g.sqlite3") as db:
+        assert db.execute("PRAGMA page_size").fetchone()[0] == 16384
+    assert (tmp_path / "g.sqlite3").stat().st_size < 700 * 2048 * 1.25

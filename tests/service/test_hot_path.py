@@ -127,7 +127,7 @@ def test_hot_path_takes_only_post_embed(bundle_dir: Path, tmp_path: Path, cifar1
         await engine.start()
         try:
             return [loading, await call("POST", "/v1/embed"), await call("GET", "/v1/embed"),
-                    await call("POST", "/v1/search"), await call("POST", "/v1/embed/")]
+                    await call("POST", "/v1/classify"), await call("POST", "/v1/embed/")]
         finally:
             await engine.stop()
 
@@ -135,4 +135,44 @@ def test_hot_path_takes_only_post_embed(bundle_dir: Path, tmp_path: Path, cifar1
     assert loading[0] == 503 and json.loads(loading[1])["error"]["code"] == "not_ready"
     assert embedded[0] == 200 and len(json.loads(embedded[1])["embeddings"][0]) == engine.dim
     assert [s for s, _ in others] == [204, 204, 204]
-    assert passed == [("GET", "/v1/embed"), ("POST", "/v1/search"), ("POST", "/v1/embed/")]
+    assert passed == [("GET", "/v1/embed"), ("POST", "/v1/classify"), ("POST", "/v1/embed/")]
+
+
+def test_hot_path_searches_as_the_route(server, route_server, cifar10) -> None:
+    imgs = [png(x) for x in cifar10[1].images[:2]]
+    vec = httpx.post(server.url + "/v1/embed", content=imgs[0],
+                     headers={"content-type": "image/png"}).json()["embeddings"][0]
+    good = {
+        "vector": {"json": {"embeddings": [vec], "k": 3}},
+        "filter": {"json": {"embeddings": [vec], "k": 2, "filter": {"label": ["cat", "dog"]}}},
+        "images": {"json": {"images": [base64.b64encode(b).decode() for b in imgs]}},
+        "multipart, k in the query": {"files": [("files", ("a.png", imgs[1], "image/png"))],
+                                      "params": {"k": "4"}},
+    }
+    bad = {
+        "k not a number": {"files": [("files", ("a.png", imgs[1], "image/png"))],
+                           "params": {"k": "four"}},
+        "k zero": {"json": {"embeddings": [vec], "k": 0}},
+        "both": {"json": {"embeddings": [vec], "images": ["AA=="]}},
+        "short vector": {"json": {"embeddings": [vec[:10]]}},
+        "unknown field": {"json": {"embeddings": [vec], "kk": 3}},
+        "unknown filter field": {"json": {"embeddings": [vec], "filter": {"colour": "red"}}},
+        "too many": {"json": {"embeddings": [vec] * 65}},
+    }
+    found = {}
+    for name, kw in {**good, **bad}.items():
+        hot = httpx.post(server.url + "/v1/search", timeout=60, **kw)
+        routed = httpx.post(route_server.url + "/v1/search", timeout=60, **kw)
+        assert hot.status_code == routed.status_code, (name, hot.text, routed.text)
+        if name in bad:
+            assert 400 <= hot.status_code < 500 and hot.json() == routed.json(), name
+            continue
+        a, b = hot.json()["results"], routed.json()["results"]
+        assert [[h["id"] for h in r] for r in a] == [[h["id"] for h in r] for r in b], name
+        np.testing.assert_allclose([h["score"] for r in a for h in r],
+                                   [h["score"] for r in b for h in r], atol=1e-5)
+        found[name] = a
+    assert [len(r) for r in found["images"]] == [10, 10]
+    assert len(found["multipart, k in the query"][0]) == 4
+    assert {h["label"] for h in found["filter"][0]} <= {"cat", "dog"}
+    assert len(found["filter"][0]) == 2
