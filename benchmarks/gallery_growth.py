@@ -15,10 +15,12 @@ keep its cluster structure; queries are stored vectors with a little noise (sigm
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -95,8 +97,23 @@ def recall(got: list[list[str]], want: list[set[str]]) -> float:
     return float(np.mean([len(set(g) & w) / len(w) for g, w in zip(got, want, strict=True)]))
 
 
+def wait_quiet(srv: ServiceProcess, timeout: float = 600) -> float:
+    """Until the server's background work (a rebuild, a snapshot) is done: under 5 % of a core
+    for half a second. Returns the seconds waited."""
+    t0 = time.perf_counter()
+    used = sum(srv.cpu_seconds().values())
+    while time.perf_counter() - t0 < timeout:
+        time.sleep(0.5)
+        now = sum(srv.cpu_seconds().values())
+        if now - used < 0.025:
+            break
+        used = now
+    return time.perf_counter() - t0
+
+
 def step(name: str, srv: ServiceProcess, c: httpx.Client, all_ids, emb, live, labels,
          queries) -> dict:
+    quiet_after_s = wait_quiet(srv)
     model = c.get("/v1/model").json()
     healthz: list[float] = []
     times, got = searches(c, queries, base=healthz)
@@ -105,7 +122,8 @@ def step(name: str, srv: ServiceProcess, c: httpx.Client, all_ids, emb, live, la
     f_times, f_got = searches(c, queries[:50], filt={"label": "c7"})
     f_want = exact(all_ids, emb, rare, queries[:50])
     base = pct(healthz)
-    out = {"step": name, "index": model["gallery_index"], "size": model["gallery_size"],
+    out = {"step": name, "quiet_after_s": quiet_after_s, "index": model["gallery_index"],
+           "size": model["gallery_size"],
            "search": pct(times), "healthz": base,
            "search_over_healthz_p50_ms": pct(times)["p50_ms"] - base["p50_ms"],
            "recall_at_10": recall(got, want),
@@ -126,7 +144,8 @@ def wait_index(c: httpx.Client, kind: str, timeout: float = 1800) -> float:
     return time.perf_counter() - t0
 
 
-def run(bundle_dir: Path, added: int, deleted: int, keep: Path | None = None) -> dict:
+def run(bundle_dir: Path, added: int, deleted: int, keep: Path | None = None,
+        pg_url: str | None = None) -> dict:
     bundle = load_bundle(bundle_dir)
     b_ids, b_labels, b_emb = bundle.gallery("int8")
     classes = bundle.classes
@@ -146,7 +165,8 @@ def run(bundle_dir: Path, added: int, deleted: int, keep: Path | None = None) ->
     steps, events = [], {}
     with tempfile.TemporaryDirectory() as scratch:
         tmp = keep or scratch  # kept: the data directory and the server's log, to look into
-        env = {"SIMCLR_EMBED_API_KEY": KEY}
+        env = {"SIMCLR_EMBED_API_KEY": KEY,
+               **({"SIMCLR_EMBED_GALLERY_URL": pg_url} if pg_url else {})}
         srv = ServiceProcess(bundle_dir, Path(tmp) / "data", Path(tmp) / "server.log",
                              **env).start()
         with httpx.Client(base_url=srv.url, timeout=120) as c:
@@ -154,7 +174,8 @@ def run(bundle_dir: Path, added: int, deleted: int, keep: Path | None = None) ->
             steps.append(step("bundle", srv, c, all_ids, emb, live, labels, queries))
             events["add_vectors_per_s"] = add_all(srv.url, new_ids, new_labels, new)
             live[:] = True
-            events["hnsw_ready_after_adds_s"] = wait_index(c, "hnsw")
+            events["hnsw_ready_after_adds_s"] = wait_index(c, "pgvector-hnsw" if pg_url
+                                                           else "hnsw")
             steps.append(step(f"+{added} added", srv, c, all_ids, emb, live, labels, queries))
             gone = rng.choice(np.arange(len(b_ids), len(all_ids)), deleted, replace=False)
             events.update(delete_under_searches(c, all_ids[gone].tolist(), queries))
@@ -163,10 +184,13 @@ def run(bundle_dir: Path, added: int, deleted: int, keep: Path | None = None) ->
                               queries))
             returned = {i for row in searches(c, queries)[1] for i in row}
             events["deleted_ids_returned"] = len(returned & set(all_ids[gone].tolist()))
-        srv.stop()
-        t0 = time.perf_counter()
-        srv.start()
-        events["restart_to_readyz_s"] = time.perf_counter() - t0
+        restarts = []
+        for _ in range(3):
+            srv.stop()
+            t0 = time.perf_counter()
+            srv.start()
+            restarts.append(time.perf_counter() - t0)
+        events["restart_to_readyz_s"] = {"runs": restarts, "median": float(np.median(restarts))}
         with httpx.Client(base_url=srv.url, timeout=120) as c:
             steps.append(step("after restart", srv, c, all_ids, emb, live, labels, queries))
         srv.stop()
@@ -201,12 +225,30 @@ def main() -> None:
     p.add_argument("--deleted", type=int, default=20_000)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/gallery_growth.json"))
     p.add_argument("--keep", type=Path, help="keep the data directory and server log here")
+    p.add_argument("--pg", action="store_true",
+                   help="the gallery in PostgreSQL + pgvector (a pgserver instance started here)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
-    result = run(args.bundle, args.added, args.deleted, args.keep)
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(postgres()) if args.pg else None
+        result = run(args.bundle, args.added, args.deleted, args.keep, url)
     write_result(args.out, {"benchmark": "gallery_growth", "hardware": hardware(),
+                            "store": "pgvector" if args.pg else "sqlite+faiss",
                             "bundle": args.bundle.name, **result})
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    """A PostgreSQL 16 + pgvector server of the pgserver wheel, in a scratch directory."""
+    import pgserver
+
+    with tempfile.TemporaryDirectory() as tmp:
+        srv = pgserver.get_server(tmp, cleanup_mode="stop")
+        try:
+            yield srv.get_uri()
+        finally:
+            srv.cleanup()
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from simclr_embed.service.admission import Inflight
 from simclr_embed.service.bundle import Bundle, load_bundle, model_id
 from simclr_embed.service.errors import ModelFailure, Overloaded
 from simclr_embed.service.gallery import Gallery, Space
+from simclr_embed.service.index import Filter, Neighbor
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.runtime import CHOICE_FILE, open_runtime
 from simclr_embed.service.settings import Settings
@@ -177,6 +178,17 @@ class Engine:
         except TimeoutError:
             raise Overloaded(f"the model did not answer within {self.settings.model_timeout_s:g}"
                              " s; retry shortly", headers={"Retry-After": "1"}) from None
+
+    async def search(self, queries: np.ndarray, k: int, f: Filter | None
+                     ) -> list[list[Neighbor]]:
+        """The gallery's search: on the event loop when this is the only request in flight and
+        the gallery is in memory, else in a thread beside the others. The hop to a thread and
+        back costs ~0.1 ms, a third of an HNSW search at 200k (benchmarks/search_hop.py)."""
+        if self.gallery.in_memory and self.inflight.requests <= 1:
+            await asyncio.sleep(0)  # requests already read off the sockets enter the Gate first
+            if self.inflight.requests <= 1:
+                return self.gallery.search(queries, k, f)
+        return await asyncio.to_thread(self.gallery.search, queries, k, f)
 
     def _idle(self) -> bool:
         """No other request admitted, queued or in the model. A request still in a socket buffer

@@ -314,6 +314,8 @@ def storage_errors(path: Path) -> Iterator[None]:
 
 
 class Gallery:
+    in_memory = True  # searches never wait on I/O: the engine may run one on the event loop
+
     def __init__(self, space: Space, db_path: Path, index: str = "auto", hnsw_m: int = 32,
                  ef_search: int = 64, accept_loss: bool = False) -> None:
         self.space, self.db_path, self.requested = space, db_path, index

@@ -37,6 +37,7 @@ def table_name(space: Space) -> str:
 
 class PgGallery:
     kind = "pgvector-hnsw"
+    in_memory = False  # every search is a round trip: never on the event loop
 
     def __init__(self, space: Space, url: str, hnsw_m: int = 32, ef_search: int = 64) -> None:
         import psycopg

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Literal
 
 import numpy as np
@@ -86,8 +85,7 @@ async def search_response(request: Request, engine: Engine, settings: Settings) 
         queries, _ = await engine.infer(await decode_all(request, engine, settings, raws,
                                                          names))
     f = body.filter if body is not None else None
-    hits = await asyncio.to_thread(engine.gallery.search, queries, k,
-                                   f and Filter.of(f.label, f.metadata))
+    hits = await engine.search(queries, k, f and Filter.of(f.label, f.metadata))
     return NumpyJSON({"model": engine.model_id, "precision": settings.precision,
                       "results": [[h.__dict__ for h in row] for row in hits]})
 
