@@ -22,8 +22,9 @@ import numpy as np
 
 from simclr_embed.benchmarks.common import hardware, write_result
 from simclr_embed.service.bundle import load_bundle
-from simclr_embed.service.gallery import Gallery, Space
+from simclr_embed.service.gallery import Gallery
 from simclr_embed.service.runtime import make_session, run_batches
+from simclr_embed.service.store import Space
 
 log = logging.getLogger("gallery_bench")
 

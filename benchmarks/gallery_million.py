@@ -29,7 +29,7 @@ from simclr_embed.benchmarks.gallery_growth import exact, pct, recall, searches
 from simclr_embed.benchmarks.process import ServiceProcess
 from simclr_embed.service.bundle import load_bundle, model_id
 from simclr_embed.service.gallery import Gallery
-from simclr_embed.service.index import Space
+from simclr_embed.service.store import Space
 
 log = logging.getLogger("gallery_million")
 

@@ -32,7 +32,7 @@ from simclr_embed.training.weights import save_weights
 log = logging.getLogger("gpu_reference")
 
 WEIGHTS_NAME = "simclr-resnet18-cifar10.safetensors"
-# What evaluation and export cost after training on one H200 (measured: see the README).
+# What evaluation and export cost after training on one H200 (measured: docs/benchmarks.md).
 RESERVE_S = 170
 PART_BYTES = 15 * 2**20
 

@@ -26,7 +26,7 @@ from simclr_embed.benchmarks.gallery_growth import pct
 from simclr_embed.benchmarks.gallery_million import noisy
 from simclr_embed.service.bundle import load_bundle, model_id
 from simclr_embed.service.gallery import Gallery
-from simclr_embed.service.index import Space
+from simclr_embed.service.store import Space
 
 log = logging.getLogger("search_hop")
 

@@ -233,7 +233,8 @@ def median_of(runs: list[dict], key: str) -> float:
 # --- search -------------------------------------------------------------------------------------
 def search(bundle_dir: Path, data: str, n: int) -> dict:
     from simclr_embed.benchmarks.gallery import restart_times, run_backend, vectors
-    from simclr_embed.service.gallery import Gallery, Space
+    from simclr_embed.service.gallery import Gallery
+    from simclr_embed.service.store import Space
 
     s = Settings()
     base, queries = vectors(bundle_dir, data, n)

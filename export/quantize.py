@@ -1,9 +1,9 @@
 """ONNX FP32 -> INT8 with ONNX Runtime static quantization (QDQ, per-channel weights), calibrated
 on a fixed stratified subset of the training split, as torchvision's train_quantization does.
 
-Defaults chosen by measurement on AVX512-VNNI/AMX CPUs (README, "Export"): activations QUInt8
-with weights QInt8 (U8S8) let ORT fuse every conv into an integer kernel; S8S8 fused fewer and ran
-no faster than FP32, and dynamic quantization was slower than FP32.
+Defaults chosen by measurement on AVX512-VNNI/AMX CPUs (docs/benchmarks.md, "Export"):
+activations QUInt8 with weights QInt8 (U8S8) let ORT fuse every conv into an integer kernel;
+S8S8 fused fewer and ran no faster than FP32, and dynamic quantization was slower than FP32.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def settle_heap() -> None:
     """Once loaded, the modules, the app and the bundle stay alive for good: frozen, the garbage
     collector stops walking them again and again, and with a larger first generation it runs
     less often for the short-lived objects of each request (benchmarks/results/gc_settle.json:
-    event-loop CPU per request and p99 at 32 clients both down; README, "Serving")."""
+    event-loop CPU per request and p99 at 32 clients both down; docs/benchmarks.md, "Serving")."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])

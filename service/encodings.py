@@ -1,6 +1,6 @@
 """Compact embedding outputs: fewer dimensions (the bundle's PCA rotation) and smaller number
 formats, as infinity and sentence-transformers name them. Every format but `float` is base64 of
-little-endian bytes; sizes for 512 dimensions are in README "Compact vectors".
+little-endian bytes; sizes for 512 dimensions are in docs/serving.md, "Compact vectors".
 
     float    JSON numbers (float32 precision)
     base64   float32, 4 bytes a dimension (what the openai client asks for by default)

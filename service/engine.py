@@ -16,21 +16,17 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from simclr_embed.service.admission import Inflight
 from simclr_embed.service.bundle import Bundle, load_bundle, model_id
 from simclr_embed.service.errors import ModelFailure, Overloaded
-from simclr_embed.service.gallery import Gallery, Space
-from simclr_embed.service.index import Filter, Neighbor
+from simclr_embed.service.gallery import Gallery
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.runtime import CHOICE_FILE, open_runtime
 from simclr_embed.service.settings import Settings
-
-if TYPE_CHECKING:
-    from simclr_embed.service.pg_gallery import PgGallery
+from simclr_embed.service.store import Filter, GalleryStore, Neighbor, Space
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +40,7 @@ class _Job:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
-def open_gallery(settings: Settings, space: Space) -> Gallery | PgGallery:
+def open_gallery(settings: Settings, space: Space) -> GalleryStore:
     """PostgreSQL + pgvector when SIMCLR_EMBED_GALLERY_URL is set, else SQLite + FAISS."""
     if settings.gallery_url is not None:
         from simclr_embed.service.pg_gallery import PgGallery
@@ -71,7 +67,7 @@ class Engine:
         self._running = False  # a batch is in the model thread
         self.ready = False
         self.bundle: Bundle | None = None
-        self.gallery: Gallery | PgGallery | None = None
+        self.gallery: GalleryStore | None = None
         self._jobs: deque[_Job] = deque()
         self._pending = 0  # images queued, not yet handed to the model
         self._wake = asyncio.Event()
@@ -198,7 +194,7 @@ class Engine:
 
     def _run_alone(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A lone image runs right here on the event loop: waking the model thread after an idle
-        gap costs more than the INT8 model itself (README, "Serving"), and with no
+        gap costs more than the INT8 model itself (docs/benchmarks.md, "Serving"), and with no
         other request in flight there is nothing the loop could do meanwhile."""
         start = time.perf_counter()
         out = self._run(images)

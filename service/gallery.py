@@ -36,17 +36,15 @@ import numpy as np
 from simclr_embed.service import index as snapshots
 from simclr_embed.service.errors import StorageError, StorageFull
 from simclr_embed.service.index import (
-    Filter,
     MemoryIndex,
-    Neighbor,
-    Space,
     changes_in_bulk,
     faiss,  # imported there with its loader quietened
 )
+from simclr_embed.service.store import Filter, Neighbor, Space
 
 log = logging.getLogger(__name__)
 
-AUTO_HNSW_FROM = 20_000  # below it exact search takes under 2 ms here (README, "Gallery")
+AUTO_HNSW_FROM = 20_000  # below it exact search takes under 2 ms (docs/benchmarks.md, "Gallery")
 AUTO_FLAT_BELOW = 10_000  # back to exact search: apart from the above, so no flapping
 HNSW_DEAD_FRACTION = 0.25  # tombstones that make a rebuilt graph worth its cost
 CHECKED_ENV = "SIMCLR_EMBED_GALLERY_CHECKED"  # set by service/startup.py for its workers
@@ -104,8 +102,8 @@ class SQLiteStore:
             self.read_lock = threading.Lock()
         except sqlite3.DatabaseError as e:
             raise GalleryDamaged(f"the gallery database {path} cannot be read ({e}): restore "
-                                 "it from a backup (README, \"Backup\") or move it away to "
-                                 "start an empty gallery") from e
+                                 "it from a backup (docs/gallery.md, \"Backup\") or move it "
+                                 "away to start an empty gallery") from e
         self._check_mark(accept_loss)
 
     def _check(self) -> None:

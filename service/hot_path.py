@@ -2,7 +2,7 @@
 middleware, route matching and dependency solving. In process those take ~90 us of event-loop
 CPU per request against ~60 us for the whole of an embed itself (read, decode, batch, JSON);
 under load the event loop is the one core the model threads share, so this is throughput, and
-for a search by vector (~0.3 ms of FAISS at 200k) it is a third of the latency (README,
+for a search by vector (~0.3 ms of FAISS at 200k) it is a third of the latency (docs/benchmarks.md,
 "Serving"; benchmarks/results/hot_path.json, gallery_growth.json).
 
 Same functions, same errors: the FastAPI routes run `embed_response` / `search_response` too,

@@ -18,12 +18,13 @@ import logging
 import os
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import orjson
 from sortedcontainers import SortedList
+
+from simclr_embed.service.store import Filter, Neighbor
 
 # faiss's loader logs a harmless "ModuleNotFoundError" for each CPU flavour it tries first.
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
@@ -31,39 +32,6 @@ import faiss  # noqa: E402
 
 COMPACT_FRACTION = 0.125
 EXACT_FILTER_ROWS = 20_000  # reconstructing them costs less than a restricted graph walk
-
-
-@dataclass(frozen=True)
-class Space:
-    model_id: str
-    precision: str
-    dim: int
-
-
-@dataclass
-class Neighbor:
-    id: str
-    label: str | None
-    score: float
-    metadata: dict | None = None
-
-
-@dataclass(frozen=True)
-class Filter:
-    """Items whose label is one of `labels` and, for each key of `metadata`, whose value is
-    one of the listed values (exact JSON equality)."""
-
-    labels: tuple[str, ...] | None = None
-    metadata: tuple[tuple[str, tuple], ...] | None = None
-
-    @classmethod
-    def of(cls, label: str | list[str] | None, metadata: dict | None) -> Filter | None:
-        if label is None and not metadata:
-            return None
-        labels = None if label is None else tuple([label] if isinstance(label, str) else label)
-        meta = None if not metadata else tuple(
-            (k, tuple(v if isinstance(v, list) else [v])) for k, v in sorted(metadata.items()))
-        return cls(labels, meta)
 
 
 def _key(name: str, value: object) -> tuple[str, str]:

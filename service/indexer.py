@@ -31,12 +31,13 @@ from tqdm import tqdm
 
 from simclr_embed.service.bundle import load_bundle, model_id
 from simclr_embed.service.errors import PayloadTooLarge, ServiceError, StorageError
-from simclr_embed.service.gallery import Space, SQLiteStore, storage_errors
+from simclr_embed.service.gallery import SQLiteStore, storage_errors
 from simclr_embed.service.page import png_bytes
 from simclr_embed.service.preprocess import decode_image
 from simclr_embed.service.runtime import CHOICE_FILE, open_runtime
 from simclr_embed.service.schemas import MAX_ID_CHARS, MAX_METADATA_BYTES, MAX_METADATA_KEYS
 from simclr_embed.service.settings import Settings
+from simclr_embed.service.store import Space
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from simclr_embed.service.errors import StorageError
-from simclr_embed.service.index import Filter, Neighbor, Space
+from simclr_embed.service.store import Filter, Neighbor, Space
 
 log = logging.getLogger(__name__)
 

@@ -28,14 +28,14 @@ AUTO_BATCH, AUTO_RUNS = 64, 3  # how auto times each candidate
 CHOICE_FILE = "runtime-choice.json"  # in the data directory
 # How idle intra-op threads wait: "run" spins between the operators of a run and sleeps once it
 # returns, "always" spins after runs too, "off" never spins (ORT's allow_spinning and
-# force_spinning_stop; README, "Serving").
+# force_spinning_stop; docs/benchmarks.md, "Serving").
 SPINNING = ("run", "always", "off")
 
 
 class OpenVinoSession:
     """OpenVINO compiled from the same ONNX file (QDQ for INT8), behind the two calls the
     engine makes of an ONNX Runtime session. Faster than ONNX Runtime on some x86 CPUs for the
-    INT8 graph (README, "Serving"); one inference request per calling thread, as
+    INT8 graph (docs/benchmarks.md, "Serving"); one inference request per calling thread, as
     OpenVINO's requests must not be shared by concurrent calls."""
 
     def __init__(self, path: Path | str, threads: int, hint: str = "LATENCY",

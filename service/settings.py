@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     threads: int = Field(0, ge=0, description="ORT intra-op threads; 0 = one per core")
     # "run": without spinning the second ORT thread sleeps between operators and, on a VM whose
     # idle vCPU halts, barely joins in; spinning on after a run takes the event loop's core
-    # (benchmarks/results/spinning.json, README "Serving").
+    # (benchmarks/results/spinning.json, docs/benchmarks.md, "Serving").
     ort_spinning: Literal["run", "always", "off"] = Field(
         "run", description="ORT threads busy-wait within a run, also between runs, or never")
     gc_settle: bool = Field(True, description="freeze the loaded heap, collect less often "
@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     max_decode_mb: int = Field(256, ge=1, description="estimated peak memory of one decode")
     max_k: int = Field(100, ge=1, description="neighbours one search may ask for")
     index: Literal["auto", "flat", "hnsw"] = Field(
-        "auto", description="auto: exact below 20,000 vectors, HNSW from there (README)")
+        "auto", description="auto: exact below 20,000 vectors, HNSW from there (docs/gallery.md)")
     faiss_threads: int = Field(1, ge=1, description="so search leaves the cores to ORT")
     hnsw_m: int = Field(32, description="HNSW graph degree (FAISS and pgvector)")
     hnsw_ef_search: int = Field(64, description="HNSW candidates per search (at least k)")
@@ -68,9 +68,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("service-data"), description="the embedded gallery's "
                            "database, its index snapshot and the runtime choice")
     accept_gallery_loss: bool = Field(False, description="start although the gallery holds "
-                                      "fewer changes than were acknowledged (README)")
+                                      "fewer changes than were acknowledged (docs/gallery.md)")
     gallery_url: SecretStr | None = Field(None, description="postgresql://... puts the "
-                                          "gallery in PostgreSQL + pgvector (README)")
+                                          "gallery in PostgreSQL + pgvector (docs/gallery.md)")
     fetch_hosts: str = Field("", description="comma-separated hosts (exact names or "
                              ".suffixes) whose http(s) image URLs are fetched; empty: none "
                              "(service/fetch.py)")

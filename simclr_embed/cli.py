@@ -257,8 +257,9 @@ def _run_gallery(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from simclr_embed.service.bundle import load_bundle, model_id
-    from simclr_embed.service.gallery import Space, SQLiteStore
+    from simclr_embed.service.gallery import SQLiteStore
     from simclr_embed.service.settings import Settings
+    from simclr_embed.service.store import Space
 
     s = Settings()
     if s.gallery_url is not None:

@@ -27,7 +27,7 @@ def test_wheel_holds_only_our_namespace(tmp_path: Path) -> None:
 
 def test_container_lock_covers_the_serving_dependencies() -> None:
     """requirements/service.lock (uv pip compile, hashes) pins every serving dependency;
-    regenerate it when pyproject.toml changes (README, "Container")."""
+    regenerate it when pyproject.toml changes (docs/deployment.md)."""
     import re
     import tomllib
 

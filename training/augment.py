@@ -29,8 +29,9 @@ class AugmentConfig:
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
     jitter_p: float = 0.8
     gray_p: float = 0.2
-    # Off for 32x32 images, as in SimCLR's CIFAR protocol and solo-learn's recipe (README,
-    # "Augmentation", has the measurement); --aug-blur-p 0.5 for ImageNet-sized images.
+    # Off for 32x32 images, as in SimCLR's CIFAR protocol and solo-learn's recipe
+    # (docs/benchmarks.md, "Training", has the measurement); --aug-blur-p 0.5 for ImageNet-sized
+    # images.
     blur_p: float = 0.0
     blur_sigma: tuple[float, float] = (0.1, 2.0)
 

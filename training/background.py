@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 # GrabCut's colour models and graph need more than 32x32 pixels: on 100 CIFAR test images, 1x
-# and 2x (cubic) left 25-80 % of masks empty, 4x nearest-neighbour none (README, "Research").
+# and 2x (cubic) left 25-80 % of masks empty, 4x nearest-neighbour none (docs/research.md).
 UPSCALE = 4
 MARGIN = 1 / 16  # the seed box leaves this fraction of the side as sure background on each edge
 PLAUSIBLE_FG = (0.1, 0.8)  # a mask whose foreground covers less or more is not an object

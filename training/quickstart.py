@@ -1,7 +1,7 @@
 """The default bundle for a fresh machine. With the released weights in models/ (trained on one
-H200: README, "Models") it only exports them: minutes on any CPU. Without them it trains first,
-sized to the hardware: a GPU runs the full recipe, a CPU a short budget (about 5 minutes on 2
-cores) that still clears the random-init kNN floor."""
+H200: docs/training.md, "Models") it only exports them: minutes on any CPU. Without them it
+trains first, sized to the hardware: a GPU runs the full recipe, a CPU a short budget (about 5
+minutes on 2 cores) that still clears the random-init kNN floor."""
 
 from __future__ import annotations
 

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cuda", "cpu")
-# Measured defaults per optimizer (README, "Optimizer"): base lr at batch 256 and weight decay.
+# Measured defaults per optimizer (docs/benchmarks.md, "Training"): base lr at batch 256, weight
+# decay.
 OPTIMIZER_DEFAULTS = {"sgd": (0.06, 5e-4), "lars": (0.3, 1e-6)}
 
 

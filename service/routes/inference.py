@@ -20,8 +20,8 @@ from simclr_embed.service.deps import (
 )
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.errors import InvalidInput
-from simclr_embed.service.index import Filter
 from simclr_embed.service.settings import Settings
+from simclr_embed.service.store import Filter
 
 router = APIRouter()
 

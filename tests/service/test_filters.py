@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from simclr_embed.service.gallery import Gallery
-from simclr_embed.service.index import Filter, Space
+from simclr_embed.service.store import Filter, Space
 from tests.service.gallery_chaos import KEY, unit
 
 SPACE = Space("model-f", "int8", 512)

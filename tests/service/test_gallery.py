@@ -12,7 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
-from simclr_embed.service.gallery import Gallery, GalleryMismatch, Space, SQLiteStore
+from simclr_embed.service.gallery import Gallery, GalleryMismatch, SQLiteStore
+from simclr_embed.service.store import Space
 from tests.service.conftest import API_KEY, Server
 from tests.service.gallery_chaos import KEY, chaos_rounds, check_ledger, unit
 

@@ -16,7 +16,7 @@ import pytest
 
 from simclr_embed.service import gallery
 from simclr_embed.service.gallery import Gallery
-from simclr_embed.service.index import Space
+from simclr_embed.service.store import Space
 from tests.service.gallery_chaos import unit
 
 SPACE = Space("model-g", "int8", 512)

@@ -21,10 +21,10 @@ import pytest
 from PIL import Image
 
 from simclr_embed.service.bundle import load_bundle, model_id
-from simclr_embed.service.gallery import Gallery, GalleryMismatch, Space, SQLiteStore
-from simclr_embed.service.index import Filter
+from simclr_embed.service.gallery import Gallery, GalleryMismatch, SQLiteStore
 from simclr_embed.service.indexer import IndexingError, IndexJob, run_index
 from simclr_embed.service.settings import Settings
+from simclr_embed.service.store import Filter, Space
 from tests.service.conftest import API_KEY, Server
 
 BAD = {"airplane/truncated.jpg": "cannot decode", "airplane/empty.jpg": "empty image",

@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
-from simclr_embed.service.gallery import Space
 from simclr_embed.service.pg_gallery import PgGallery
+from simclr_embed.service.store import Space
 from tests.service.conftest import Server
 from tests.service.gallery_chaos import KEY, chaos_rounds, check_ledger, unit
 

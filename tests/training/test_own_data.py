@@ -1,5 +1,5 @@
 """The own-data path as a new user walks it: a folder of 2 classes x 30 drawn shapes, trained,
-exported and served on the defaults (only --epochs set), as README "Use your own images" says.
+exported and served on the defaults (only --epochs set), as docs/own-images.md says.
 What a folder this small cannot take (a batch of 256, 10 warm-up epochs, k=200, 30 calibration
 images per class) is derived with a warning instead of failing."""
 
