@@ -21,6 +21,7 @@ open (uvicorn reads the rest of the body and drops it) and only a 413 or 408 clo
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.protocol import EXTENSION as PROTOCOL_EXTENSION
 from simclr_embed.service.settings import Settings
 
+# Which worker process answered (its pid): with --workers N, a client (and the tests) can tell.
+WORKER_HEADER = (b"x-worker", str(os.getpid()).encode())
 # /v1/gallery/delete takes ids only: max_list_items of them, 256 characters each, every one
 # possibly escaped to 6 bytes in JSON.
 _ID_BYTES = 256 * 6 + 4
@@ -75,6 +78,7 @@ class Gate:
         async def send_status(msg) -> None:
             if msg["type"] == "http.response.start":
                 status[0] = msg["status"]
+                msg["headers"] = [*msg.get("headers", ()), WORKER_HEADER]
             await send(msg)
 
         try:

@@ -53,26 +53,44 @@ def uncertain_adds(url: str, ledger) -> int:
 
 
 def test_two_workers_see_every_acknowledged_change(bundle_dir: Path, tmp_path: Path) -> None:
+    """A new connection per request, so the kernel hands requests to both workers; each answer
+    names its worker (x-worker), and every check of a change is answered by the worker that did
+    not make it."""
     srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_WORKERS="2").start()
     v = unit(20, seed=5)
+
+    def call(method: str, path: str, **kw) -> httpx.Response:
+        return httpx.request(method, srv.url + path, timeout=30, **kw)  # a fresh connection
+
+    def other_worker(method: str, path: str, than: str, **kw) -> httpx.Response:
+        for _ in range(100):  # the kernel picks the worker; ask until the other one answers
+            r = call(method, path, **kw)
+            if r.headers["x-worker"] != than:
+                return r
+        raise AssertionError("one worker answered 100 connections in a row")
+
     try:
-        with httpx.Client(base_url=srv.url, timeout=30) as c:
-            for n in range(20):  # each add lands on some worker; every search must see it
-                item = {"items": [{"id": f"w/{n}", "label": "x", "embedding": v[n].tolist()}]}
-                assert c.post("/v1/gallery", json=item, headers=KEY).status_code == 200
-                for _ in range(2):
-                    assert top_id(srv.url, v[n]) == f"w/{n}"
-            for n in range(0, 20, 2):  # a delete on one worker, a 404 on the other
-                assert c.delete(f"/v1/gallery/w/{n}", headers=KEY).status_code == 200
-                assert c.delete(f"/v1/gallery/w/{n}", headers=KEY).status_code == 404
-                assert c.get(f"/v1/gallery/w/{n}").status_code == 404
-                assert top_id(srv.url, v[n]) != f"w/{n}"
-            sizes = {c.get("/v1/gallery").json()["size"] for _ in range(10)}
-            assert sizes == {200 + 10}
-            metrics = c.get("/metrics").text  # whole across workers, whichever answers
-            counts = [float(x.split()[-1]) for x in metrics.splitlines()
-                      if x.startswith('simclr_embed_requests_total{route="/v1/gallery",')]
-            assert sum(counts) == 20 + 10  # 20 adds, 10 listings: both workers' counts
+        for n in range(20):  # each add lands on some worker; every search must see it
+            item = {"items": [{"id": f"w/{n}", "label": "x", "embedding": v[n].tolist()}]}
+            r = call("POST", "/v1/gallery", json=item, headers=KEY)
+            assert r.status_code == 200
+            hit = other_worker("POST", "/v1/search", r.headers["x-worker"],
+                               json={"embeddings": [v[n].tolist()], "k": 1})
+            assert hit.json()["results"][0][0]["id"] == f"w/{n}"
+        for n in range(0, 20, 2):  # a delete on one worker, a 404 on the other
+            r = call("DELETE", f"/v1/gallery/w/{n}", headers=KEY)
+            assert r.status_code == 200
+            again = other_worker("DELETE", f"/v1/gallery/w/{n}", r.headers["x-worker"],
+                                 headers=KEY)
+            assert again.status_code == 404
+            assert other_worker("GET", f"/v1/gallery/w/{n}", r.headers["x-worker"]
+                                ).status_code == 404
+        sizes = {call("GET", "/v1/gallery").json()["size"] for _ in range(10)}
+        assert sizes == {200 + 10}
+        metrics = call("GET", "/metrics").text  # whole across workers, whichever answers
+        counts = [float(x.split()[-1]) for x in metrics.splitlines()
+                  if x.startswith('simclr_embed_requests_total{route="/v1/gallery",')]
+        assert sum(counts) == 20 + 10  # 20 adds, 10 listings: both workers' counts
     finally:
         srv.stop()
 
