@@ -67,7 +67,8 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
 
 def model_from_checkpoint(state: dict[str, Any]) -> SimCLR:
     """Rebuild the network from the checkpoint's own config and load its weights."""
-    model = SimCLR(ModelConfig(**state["config"]["model"]))
+    # Checkpoints from before the stem was recorded all had the CIFAR stem.
+    model = SimCLR(ModelConfig(**{"stem": "cifar", **state["config"]["model"]}))
     if not state.get("encoder_only"):
         model.load_state_dict(state["model"])
         return model

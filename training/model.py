@@ -1,4 +1,5 @@
-"""SimCLR: a ResNet-18 encoder f (CIFAR stem) and a projection head g (Chen et al., 2020).
+"""SimCLR: a ResNet-18 encoder f and a projection head g (Chen et al., 2020). The stem follows
+the image size: the CIFAR stem below 64 px, torchvision's ImageNet stem from 64 px up.
 
 h = f(x) is the 512-d representation that evaluation, export and serving use;
 z = g(h) / ||g(h)|| is the projection the InfoNCE loss sees during training only.
@@ -6,7 +7,7 @@ z = g(h) / ||g(h)|| is the projection the InfoNCE loss sees during training only
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch.nn.functional as F
 import torchvision
@@ -22,18 +23,33 @@ class ModelConfig:
     proj_out_dim: int = 128
     # hidden layers in g: 0 -> linear 512-128, 1 -> 512-2048-128, 2 -> 512-2048-2048-128
     proj_layers: int = 1
+    # "auto": by the image size (stem_for); a checkpoint records the stem it resolved to.
+    stem: str = "auto"
 
 
 ARCHS = ("resnet18",)
 PROJ_LAYERS = (0, 1, 2, 3)  # 0: a linear g, as SimCLR's ablation of the head compares
+STEMS = ("auto", "cifar", "imagenet")
+IMAGENET_STEM_FROM = 64  # px: below it a stride-4 stem would leave the last stage 1x1 or less
 
 
-def resnet18_cifar() -> nn.Module:
-    """ResNet-18 with the CIFAR stem: a 3x3 stride-1 conv and no max-pool, so 32x32 inputs keep
-    their resolution through the first stage. The classifier is removed: output is h, (B, 512)."""
+def stem_for(config: ModelConfig, image_size: int) -> ModelConfig:
+    """The config with its stem resolved for images of this size."""
+    if config.stem not in STEMS:
+        raise ValueError(f"unknown stem {config.stem!r}; valid choices: {', '.join(STEMS)}")
+    if config.stem != "auto":
+        return config
+    return replace(config, stem="imagenet" if image_size >= IMAGENET_STEM_FROM else "cifar")
+
+
+def resnet18(stem: str) -> nn.Module:
+    """ResNet-18 without its classifier (output h, (B, 512)). The CIFAR stem is a 3x3 stride-1
+    conv and no max-pool, so 32x32 inputs keep their resolution through the first stage; the
+    ImageNet stem (7x7 stride 2, then a 3x3 stride-2 max-pool) is torchvision's own."""
     net = torchvision.models.resnet18(weights=None)
-    net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    net.maxpool = nn.Identity()
+    if stem == "cifar":
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
     net.fc = nn.Identity()
     return net
 
@@ -62,12 +78,12 @@ class ProjectionHead(nn.Module):
 class SimCLR(nn.Module):
     feature_dim = 512
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, image_size: int = 32) -> None:
         super().__init__()
         if config.arch not in ARCHS:
             raise ValueError(f"unknown arch {config.arch!r}; valid choices: {', '.join(ARCHS)}")
-        self.config = config
-        self.encoder = resnet18_cifar()
+        self.config = config = stem_for(config, image_size)
+        self.encoder = resnet18(config.stem)
         self.projector = ProjectionHead(
             self.feature_dim, config.proj_hidden_dim, config.proj_out_dim, config.proj_layers
         )

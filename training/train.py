@@ -33,7 +33,7 @@ from simclr_embed.training.evaluate import (
     linear_probe,
     linear_probe_augmented,
 )
-from simclr_embed.training.model import ModelConfig, SimCLR
+from simclr_embed.training.model import ModelConfig, SimCLR, stem_for
 from simclr_embed.training.optim import WarmupCosine, build_optimizer
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.augment.size != self.image_size:  # views are as large as the images served
             self.augment = replace(self.augment, size=self.image_size)
+        self.model = stem_for(self.model, self.image_size)  # recorded resolved
 
     def resolved_lr(self) -> float:
         base = OPTIMIZER_DEFAULTS[self.optimizer][0]
@@ -191,7 +192,7 @@ def build_run(cfg: TrainConfig) -> Run:
     test = stratified_subset(test, cfg.test_per_class, cfg.seed, "--test-per-class")
     cfg = fit_to_data(cfg, len(train), world)
     mean, std = channel_stats(train.images)
-    model = SimCLR(cfg.model).to(device)
+    model = SimCLR(cfg.model, cfg.image_size).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     step_model: nn.Module = model

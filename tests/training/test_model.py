@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from simclr_embed.training.model import ModelConfig, SimCLR, resnet18_cifar
+from simclr_embed.training.model import ModelConfig, SimCLR, resnet18
+from simclr_embed.training.train import TrainConfig
 
 
 def test_shapes_and_unit_norm_projection() -> None:
@@ -12,11 +13,24 @@ def test_shapes_and_unit_norm_projection() -> None:
 
 
 def test_cifar_stem_keeps_resolution_into_the_first_stage() -> None:
-    net = resnet18_cifar()
+    net = resnet18("cifar")
     assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
     assert isinstance(net.maxpool, torch.nn.Identity)
     x = net.relu(net.bn1(net.conv1(torch.randn(1, 3, 32, 32))))
     assert net.layer1(net.maxpool(x)).shape == (1, 64, 32, 32)
+
+
+@pytest.mark.parametrize(("size", "stem", "stage1"), [(32, "cifar", 32), (63, "cifar", 63),
+                                                     (64, "imagenet", 16), (96, "imagenet", 24)])
+def test_the_stem_follows_the_image_size(size: int, stem: str, stage1: int) -> None:
+    cfg = TrainConfig(image_size=size)
+    assert cfg.model.stem == stem  # resolved, so the checkpoint records it
+    net = SimCLR(cfg.model).encoder
+    x = net.maxpool(net.relu(net.bn1(net.conv1(torch.randn(1, 3, size, size)))))
+    assert net.layer1(x).shape[-1] == stage1
+    h, _ = SimCLR(ModelConfig(), size).eval()(torch.randn(2, 3, size, size))
+    assert h.shape == (2, 512)
+    assert TrainConfig(image_size=96, model=ModelConfig(stem="cifar")).model.stem == "cifar"
 
 
 @pytest.mark.parametrize(("layers", "linears"), [(0, 1), (1, 2), (2, 3)])
@@ -32,6 +46,8 @@ def test_bad_config_names_valid_choices() -> None:
         SimCLR(ModelConfig(arch="vit"))
     with pytest.raises(ValueError, match=r"\(0, 1, 2, 3\)"):
         SimCLR(ModelConfig(proj_layers=4))
+    with pytest.raises(ValueError, match="auto, cifar, imagenet"):
+        SimCLR(ModelConfig(stem="vit"))
 
 
 def test_channels_last_matches_contiguous() -> None:
