@@ -126,6 +126,8 @@ def step(name: str, srv: ServiceProcess, c: httpx.Client, all_ids, emb, live, la
            "size": model["gallery_size"],
            "search": pct(times), "healthz": base,
            "search_over_healthz_p50_ms": pct(times)["p50_ms"] - base["p50_ms"],
+           # Each search minus the /healthz right after it: drift within the step cancels.
+           "search_over_healthz_paired_p50_ms": float(np.median(np.subtract(times, healthz))),
            "recall_at_10": recall(got, want),
            "filter_fraction": float(rare.sum() / live.sum()), "filtered_search": pct(f_times),
            "filtered_recall_at_10": recall(f_got, f_want),

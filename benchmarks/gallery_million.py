@@ -81,6 +81,7 @@ def serve(bundle_dir: Path, data_dir: Path, all_ids: np.ndarray, emb: np.ndarray
         out.update(index=model["gallery_index"], size=model["gallery_size"],
                    search=pct(times), healthz=pct(base),
                    search_over_healthz_p50_ms=pct(times)["p50_ms"] - pct(base)["p50_ms"],
+                   search_over_healthz_paired_p50_ms=float(np.median(np.subtract(times, base))),
                    recall_at_10=recall(got, want), rss_after_searches_mb=srv.rss_mb())
     finally:
         srv.stop()

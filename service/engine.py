@@ -47,16 +47,13 @@ def open_gallery(settings: Settings, space: Space) -> GalleryStore:
 
         return PgGallery(space, settings.gallery_url.get_secret_value(), settings.hnsw_m,
                          settings.hnsw_ef_search)
-    import faiss
-
-    faiss.omp_set_num_threads(settings.faiss_threads)
     old = settings.data_dir / "gallery-journal.jsonl"
     if old.exists():
         log.warning("%s is the old JSON-lines journal and is no longer read: re-add its items "
                     "through the API, then remove it", old)
     return Gallery(space, settings.data_dir / f"gallery-{space.precision}.sqlite3",
                    settings.index, settings.hnsw_m, settings.hnsw_ef_search,
-                   settings.accept_gallery_loss)
+                   settings.accept_gallery_loss, settings.faiss_threads)
 
 
 class Engine:

@@ -49,6 +49,7 @@ class MemoryIndex:
         self.dead: set[int] = set()
         self._selector: faiss.IDSelector | None = None
         self._sorted: SortedList | None = None  # ids in order, once a listing asked for them
+        self._ids: np.ndarray | None = None  # the FAISS id of each stored position, ascending
         self.next = 0
 
     def __len__(self) -> int:
@@ -69,7 +70,7 @@ class MemoryIndex:
                                                strict=True), start):
             self.name(n, i, lab, meta)
         self.next += len(ids)
-        self._selector = None  # the bitmap of live rows ends before the new ones
+        self._selector = self._ids = None  # the bitmap of live rows ends before the new ones
 
     def name(self, n: int, id_: str, label: str | None, meta: dict | None) -> None:
         """Row n (in the FAISS index already) is item id_."""
@@ -98,7 +99,7 @@ class MemoryIndex:
         if self.kind == "flat" and len(self.dead) > COMPACT_FRACTION * self.index.ntotal:
             self.index.remove_ids(np.fromiter(self.dead, np.int64, len(self.dead)))
             self.dead.clear()
-            self._selector = None
+            self._selector = self._ids = None
 
     # --- reads -------------------------------------------------------------------------------
     def frozen(self) -> MemoryIndex:
@@ -111,8 +112,7 @@ class MemoryIndex:
     def live(self) -> tuple[list[tuple[str, str | None, dict | None]], np.ndarray]:
         """(id, label, metadata) of every live row, and their vectors (n, D)."""
         rows = np.fromiter(self.rows, np.int64, len(self.rows))
-        vecs = self.index.reconstruct_batch(rows) if len(rows) else \
-            np.zeros((0, self.index.d), np.float32)
+        vecs = self._vectors(rows)
         return [(*self.rows[n], self.meta.get(n)) for n in rows.tolist()], vecs
 
     def page(self, after: str | None, limit: int) -> list[tuple[str, str | None]]:
@@ -123,6 +123,21 @@ class MemoryIndex:
         start = 0 if after is None else self._sorted.bisect_right(after)
         return [(i, self.rows[self.by_id[i]][1]) for i in self._sorted.islice(start,
                                                                              start + limit)]
+
+    def _vectors(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), D): the stored vectors of these rows, copied from the flat storage by
+        position. IndexIDMap2's reconstruct_batch goes row by row through its hash map: 10 to 20x
+        slower (3.7-7.3 ms against 0.3 for the 1,500 rows of a 1 % filter at 200k)."""
+        if len(rows) == 0:
+            return np.zeros((0, self.index.d), np.float32)
+        if self._ids is None:  # ascending: rows are added in order, and remove_ids keeps it
+            self._ids = faiss.vector_to_array(self.index.id_map)
+        pos = np.searchsorted(self._ids, rows)
+        if pos.max() >= len(self._ids) or not np.array_equal(self._ids[pos], rows):
+            raise RuntimeError("the index's ids are out of order")  # never: add() appends
+        base = faiss.downcast_index(self.index.index)
+        flat = faiss.downcast_index(base.storage) if self.kind == "hnsw" else base
+        return flat.reconstruct_batch(pos)
 
     def vector(self, id_: str) -> tuple[str | None, np.ndarray, dict | None] | None:
         n = self.by_id.get(id_)
@@ -183,7 +198,7 @@ class MemoryIndex:
 
     def _exact(self, queries: np.ndarray, k: int,
                allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        vecs = self.index.reconstruct_batch(allowed)  # (A, D)
+        vecs = self._vectors(allowed)  # (A, D)
         sims = queries @ vecs.T  # (Q, A)
         k = min(k, len(allowed))
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]

@@ -205,6 +205,36 @@ def test_listings_stay_in_id_order_as_items_come_and_go(tmp_path: Path) -> None:
     assert dict(g.listing("b004", 1)) == {"b005": "again"}
 
 
+def test_every_thread_that_searches_keeps_faiss_to_its_thread_count(tmp_path: Path) -> None:
+    """libgomp keeps the OpenMP thread count per thread: set only where the gallery loaded, the
+    threads that search would run FAISS on every core (and its spinning workers slowed numpy's
+    exact filter path 8x)."""
+    import os
+    import threading
+
+    from simclr_embed.service.index import faiss
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: OpenMP's default is already one thread")
+    emb = unit(100, seed=15)
+    g = Gallery(SPACE, tmp_path / "g.sqlite3", faiss_threads=1)
+    loader = threading.Thread(target=g.load, args=([f"b{n}" for n in range(100)],
+                                                   [None] * 100, emb))
+    loader.start()
+    loader.join()
+    seen: list[int] = []
+
+    def search() -> None:
+        before = faiss.omp_get_max_threads()  # this thread's default: one per core
+        g.search(emb[:2], 3)
+        seen.extend([before, faiss.omp_get_max_threads()])
+
+    searcher = threading.Thread(target=search)
+    searcher.start()
+    searcher.join()
+    assert seen == [os.cpu_count(), 1]
+
+
 def test_mismatched_space_is_refused(tmp_path: Path) -> None:
     SQLiteStore(tmp_path / "g.sqlite3", SPACE)
     with pytest.raises(GalleryMismatch, match="belongs to model model-a"):
