@@ -176,7 +176,8 @@ class Engine:
                      ) -> list[list[Neighbor]]:
         """The gallery's search: on the event loop when this is the only request in flight and
         the gallery is in memory, else in a thread beside the others. The hop to a thread and
-        back costs ~0.1 ms, a third of an HNSW search at 200k (benchmarks/search_hop.py)."""
+        back costs 0.14-0.21 ms against a 0.38-0.46 ms HNSW search at 200k
+        (benchmarks/search_hop.py)."""
         if self.gallery.in_memory and self.inflight.requests <= 1:
             await asyncio.sleep(0)  # requests already read off the sockets enter the Gate first
             if self.inflight.requests <= 1:
