@@ -134,8 +134,10 @@ def test_a_corrupt_database_is_refused_naming_the_file(bundle_dir, tmp_path):
     srv.stop()
     db = data / DB
     with db.open("r+b") as f:  # the b-tree page headers of pages 2-4 overwritten
+        f.seek(16)
+        size = int.from_bytes(f.read(2), "big")  # the page size, from the file's header
         for page in (1, 2, 3):
-            f.seek(page * 4096)
+            f.seek(page * size)
             f.write(b"\xff" * 16)
     err = start_fails(bundle_dir, data)
     assert str(db) in err and "backup" in err
