@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib
 import json
 import logging
@@ -56,10 +57,10 @@ def _add_dataclass_args(p: argparse.ArgumentParser, cls: type, prefix: str = "",
         p.add_argument(flag, type=_TYPES[f.type], **kw)
 
 
-def _train_parser(sub: argparse._SubParsersAction) -> None:
+def _train_parser(sub: argparse._SubParsersAction, argv: Sequence[str] = ()) -> None:
     from simclr_embed.training.augment import AugmentConfig
     from simclr_embed.training.model import ModelConfig
-    from simclr_embed.training.train import TrainConfig
+    from simclr_embed.training.train import RECIPES, TrainConfig
 
     p = sub.add_parser("train", help="train SimCLR, then kNN + linear-probe evaluation",
                        description="Train SimCLR (InfoNCE) on CIFAR-10 or an image folder. --data "
@@ -69,6 +70,14 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     _add_dataclass_args(p, ModelConfig, prefix="model_")
     # The view size follows --image-size: views are as large as what export and serving see.
     _add_dataclass_args(p, AugmentConfig, prefix="aug_", skip=("size",))
+    p.add_argument("--recipe", choices=tuple(RECIPES), default="default",
+                   help="a named set of defaults that explicit flags override: " + "; ".join(
+                       f"{name}: {', '.join(f'{k}={v}' for k, v in kw.items()) or 'as shown'}"
+                       for name, kw in RECIPES.items()))
+    # The recipe is known before the real parse, so that its values become the defaults.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", default="default")
+    p.set_defaults(**RECIPES.get(pre.parse_known_args(argv)[0].recipe, {}))
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out-dir from its checkpoint.pt")
     p.add_argument("--stop-after", type=int, default=None,
@@ -89,12 +98,10 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (torch stays u
     from simclr_embed.training.train import TrainConfig
 
     v = vars(args)
-    model = ModelConfig(**{f.name: v["model_" + f.name] for f in dataclasses.fields(ModelConfig)})
-    augment = AugmentConfig(**{f.name: tuple(x) if isinstance(x := v["aug_" + f.name], list)
-                               else x for f in dataclasses.fields(AugmentConfig)
-                               if "aug_" + f.name in v})
-    flat = {f.name: v[f.name] for f in dataclasses.fields(TrainConfig) if f.name in v}
-    return TrainConfig(**flat, model=model, augment=augment)
+    names = [prefix + f.name for prefix, cls in (("", TrainConfig), ("model_", ModelConfig),
+                                                 ("aug_", AugmentConfig))
+             for f in dataclasses.fields(cls)]
+    return TrainConfig.from_flat({name: v[name] for name in names if name in v})
 
 
 def _eval_parser(sub: argparse._SubParsersAction) -> None:
@@ -363,14 +370,16 @@ STAGE_HELP = {"train": "train SimCLR, then kNN + linear-probe evaluation (needs 
                         "(needs torch)"}
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def build_parser(command: str | None = None,
+                 argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The full parser; given the command about to run, the other stages' parsers (and their
-    torch imports) are left out, so `serve` starts without torch even where it is installed."""
+    torch imports) are left out, so `serve` starts without torch even where it is installed.
+    argv: the command line, for defaults that depend on it (train --recipe)."""
     parser = argparse.ArgumentParser(prog="simclr-embed", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    stages = {"train": _train_parser, "eval": _eval_parser, "export": _export_parser,
-              "audit": _audit_parser, "ablate": _ablate_parser}
+    stages = {"train": functools.partial(_train_parser, argv=argv), "eval": _eval_parser,
+              "export": _export_parser, "audit": _audit_parser, "ablate": _ablate_parser}
     for name, register in stages.items():
         if command != name:  # listed, not built: its parser imports torch
             sub.add_parser(name, help=STAGE_HELP[name])
@@ -386,10 +395,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse a command line with only its own stage's parser built (see build_parser)."""
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(command).parse_args(argv)
+    return build_parser(command, argv).parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -43,6 +43,20 @@ DEVICES = ("auto", "cuda", "cpu")
 # Measured defaults per optimizer (docs/benchmarks.md, "Training"): base lr at batch 256, weight
 # decay.
 OPTIMIZER_DEFAULTS = {"sgd": (0.06, 5e-4), "lars": (0.3, 1e-6)}
+# Named starting points for `train --recipe NAME`; explicit flags override them. Keys are the
+# flat flag names (model_* and aug_* for the nested configs), as TrainConfig.from_flat takes.
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    # The released model's (solo-learn's CIFAR SimCLR): LARS, tau 0.2, strong jitter, 2048-256.
+    "solo": {"batch_size": 512, "temperature": 0.2, "optimizer": "lars", "weight_decay": 1e-5,
+             "model_proj_hidden_dim": 2048, "model_proj_out_dim": 256,
+             "aug_jitter": (0.8, 0.8, 0.8, 0.2)},
+    # dkobak/simclr-cifar10's: SGD (lr 0.06 x batch / 256, wd 5e-4), tau 0.5, crops from 20 %,
+    # grayscale p 0.1, a 512-1024-128 head.
+    "cifar": {"batch_size": 512, "temperature": 0.5, "optimizer": "sgd", "lr": None,
+              "weight_decay": 5e-4, "model_proj_hidden_dim": 1024, "model_proj_out_dim": 128,
+              "aug_crop_scale": (0.2, 1.0), "aug_gray_p": 0.1},
+}
 
 
 @dataclass
@@ -93,6 +107,27 @@ class TrainConfig:
     def resolved_weight_decay(self) -> float:
         wd = self.weight_decay
         return wd if wd is not None else OPTIMIZER_DEFAULTS[self.optimizer][1]
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any]) -> TrainConfig:
+        """From flag names: model_* and aug_* keys go to the nested configs."""
+        nested: dict[str, Any] = {"model": {}, "augment": {}}
+        top = {}
+        for key, value in flat.items():
+            for prefix, name in (("model_", "model"), ("aug_", "augment")):
+                if key.startswith(prefix):
+                    nested[name][key.removeprefix(prefix)] = value
+                    break
+            else:
+                top[key] = value
+        return cls.from_dict(top | nested)
+
+    @classmethod
+    def recipe(cls, name: str, **flat: Any) -> TrainConfig:
+        """A named recipe (RECIPES) with flag-named overrides."""
+        if name not in RECIPES:
+            raise ValueError(f"unknown recipe {name!r}; valid choices: {', '.join(RECIPES)}")
+        return cls.from_flat(RECIPES[name] | flat)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

@@ -2,6 +2,8 @@
 augmentation flags and the view size, the decode cache key, the time budget and the literature's
 crop + flip probe."""
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from simclr_embed.cli import build_parser, config_from_args
+from simclr_embed.cli import build_parser, config_from_args, parse_args
 from simclr_embed.training import data
 from simclr_embed.training.augment import Normalize
 from simclr_embed.training.evaluate import linear_probe_augmented
@@ -37,6 +39,36 @@ def test_augmentation_flags_and_view_size_follow_the_cli() -> None:
     assert cfg.augment.size == 48  # views as large as what export and serving see
     assert TrainConfig().augment.blur_p == 0.0  # no blur at 32x32 by default
     assert TrainConfig.from_dict({"image_size": 64}).augment.size == 64
+
+
+def test_recipe_sets_defaults_that_explicit_flags_override() -> None:
+    parse = lambda *a: config_from_args(parse_args(["train", *a]))  # noqa: E731
+    cifar = parse("--recipe", "cifar")
+    assert (cifar.optimizer, cifar.temperature, cifar.batch_size) == ("sgd", 0.5, 512)
+    assert cifar.resolved_lr() == pytest.approx(0.06 * 512 / 256)
+    assert cifar.resolved_weight_decay() == 5e-4
+    assert (cifar.model.proj_hidden_dim, cifar.model.proj_out_dim) == (1024, 128)
+    assert cifar.augment.crop_scale == (0.2, 1.0) and cifar.augment.gray_p == 0.1
+    for argv in (["--temperature", "0.3", "--recipe", "cifar"],
+                 ["--recipe", "cifar", "--temperature", "0.3"]):
+        assert parse(*argv).temperature == 0.3 and parse(*argv).optimizer == "sgd"
+    assert parse().temperature == TrainConfig().temperature  # no recipe: the plain defaults
+    with pytest.raises(SystemExit):
+        parse("--recipe", "imagenet")
+    with pytest.raises(ValueError, match="valid choices: default, solo, cifar"):
+        TrainConfig.recipe("imagenet")
+
+
+def test_solo_recipe_is_the_released_models_config() -> None:
+    """The released weights were trained with what the 'solo' recipe now names."""
+    released = json.loads(Path("benchmarks/results/gpu/summary.json").read_text())["config"]
+    solo = asdict(TrainConfig.recipe("solo"))
+    for key in ("batch_size", "temperature", "optimizer", "weight_decay", "momentum"):
+        assert solo[key] == released[key], key
+    assert solo["model"] == released["model"] | {"stem": "cifar"}
+    for key in ("crop_scale", "jitter", "jitter_p", "gray_p", "blur_p"):
+        assert list(np.atleast_1d(solo["augment"][key])) == list(
+            np.atleast_1d(released["augment"][key])), key
 
 
 def test_cache_key_sees_changes_inside_class_folders(tmp_path: Path, cifar10) -> None:
