@@ -1,5 +1,6 @@
 """Image data as uint8 arrays: CIFAR-10 from torchvision, or any image folder (a directory or a
-.tar.gz of `<class>/<image>` files), decoded once and cached as .npz.
+.tar.gz of `<class>/<image>` files), decoded once into a cache directory and memory-mapped from
+it, so a folder larger than memory still trains.
 
 A data source is one of:
   * `cifar10`: torchvision's copy, downloaded into `download_root` when missing;
@@ -12,11 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
+import json
 import logging
 import os
+import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,11 +81,9 @@ def load_dataset(
             raise DataError(f"train and test class folders differ under {root}")
         return train, test
     full = _cached_folder(root, image_size, cache_dir)
-    test_idx = stratified_indices(full.labels, fraction=HOLDOUT_FRACTION, seed=0)
-    train_mask = np.ones(len(full), bool)
-    train_mask[test_idx] = False
-    log.info("no train/test split under %s: holding out %d images as test", root, len(test_idx))
-    return full.subset(np.flatnonzero(train_mask)), full.subset(test_idx)
+    train, test = holdout_split(full, cache_dir / f"{root.name}-{cache_key(root, image_size)}")
+    log.info("no train/test split under %s: holding out %d images as test", root, len(test))
+    return train, test
 
 
 def stratified_indices(
@@ -148,43 +150,109 @@ def cache_key(path: Path, image_size: int) -> str:
 
 
 def _cached_folder(path: Path, image_size: int, cache_dir: Path) -> ImageArray:
-    cache = cache_dir / f"{path.name}-{cache_key(path, image_size)}.npz"
-    if cache.exists():
-        with np.load(cache) as f:
-            return ImageArray(f["images"], f["labels"], [str(c) for c in f["classes"]])
-    data = decode_folder(path, image_size)
+    """The decoded folder, memory-mapped from its cache directory (images.npy, labels.npy,
+    classes.json): a set larger than RAM trains from the page cache."""
+    cache = cache_dir / f"{path.name}-{cache_key(path, image_size)}"
+    if not (cache / "images.npy").exists():
+        _publish(cache, lambda tmp: decode_folder(path, image_size, tmp))
+        log.info("cached %d decoded images from %s in %s", len(open_cache(cache)), path, cache)
+    return open_cache(cache)
+
+
+def open_cache(cache: Path) -> ImageArray:
+    # Copy-on-write: torch wants writable arrays, and nothing may write back to the cache.
+    return ImageArray(np.load(cache / "images.npy", mmap_mode="c"),
+                      np.load(cache / "labels.npy"),
+                      json.loads((cache / "classes.json").read_text()))
+
+
+def _publish(cache: Path, write: Callable[[Path], object]) -> None:
+    """Write a cache directory under a temporary name of this process's own (torchrun ranks
+    decode side by side), then rename it: a reader never sees a half-written cache."""
     cache.parent.mkdir(parents=True, exist_ok=True)
-    # A temp name of this process's own: torchrun ranks decode side by side.
-    fd, tmp = tempfile.mkstemp(prefix=f".{cache.stem}.", suffix=".npz", dir=cache.parent)
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, images=data.images, labels=data.labels, classes=np.array(data.classes))
-    os.replace(tmp, cache)  # a reader never sees a half-written cache
-    log.info("cached %d decoded images from %s in %s", len(data), path, cache)
-    return data
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
+    try:
+        write(tmp)
+        os.rename(tmp, cache)
+    except OSError:
+        if not (cache / "images.npy").exists():  # not a rank that lost the race to rename
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def decode_folder(path: Path, image_size: int) -> ImageArray:
-    """Decode every image of `<class>/<image>` (a directory or .tar.gz) to (N, S, S, 3) uint8."""
-    items = sorted(_iter_files(path))  # (class, name, bytes), sorted for a stable order
-    if not items:
+def holdout_split(full: ImageArray, cache: Path | None) -> tuple[ImageArray, ImageArray]:
+    """(train, test) with a stratified HOLDOUT_FRACTION as test; a memory-mapped set is split
+    into two more cache directories, row chunk by row chunk, rather than copied into RAM."""
+    test_idx = stratified_indices(full.labels, fraction=HOLDOUT_FRACTION, seed=0)
+    train_mask = np.ones(len(full), bool)
+    train_mask[test_idx] = False
+    parts = {"train": np.flatnonzero(train_mask), "test": test_idx}
+    if cache is None:
+        return full.subset(parts["train"]), full.subset(parts["test"])
+    for name, idx in parts.items():
+        if not (cache / name / "images.npy").exists():
+            _publish(cache / name, lambda tmp, idx=idx: write_rows(full, idx, tmp))
+    return open_cache(cache / "train"), open_cache(cache / "test")
+
+
+def write_rows(data: ImageArray, idx: np.ndarray, out: Path, chunk: int = 4096) -> None:
+    images = np.lib.format.open_memmap(out / "images.npy", "w+", np.uint8,
+                                       (len(idx), *data.images.shape[1:]))
+    for start in range(0, len(idx), chunk):
+        images[start : start + chunk] = data.images[idx[start : start + chunk]]
+    images.flush()
+    np.save(out / "labels.npy", data.labels[idx])
+    (out / "classes.json").write_text(json.dumps(data.classes))
+
+
+def decode_folder(path: Path, image_size: int, out: Path, window: int = 2048) -> None:
+    """Decode every image of `<class>/<image>` (a directory or .tar.gz) into out/images.npy,
+    (N, S, S, 3) uint8 in sorted (class, name) order, a window of files at a time, so neither
+    the files nor the decoded set need to fit in memory."""
+    names = sorted(_list_files(path))  # (class, name)
+    if not names:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
-    classes = sorted({c for c, _, _ in items})
+    classes = sorted({c for c, _ in names})
     index = {c: i for i, c in enumerate(classes)}
-    labels = np.array([index[c] for c, _, _ in items], np.int64)
+    row = {item: i for i, item in enumerate(names)}
+    images = np.lib.format.open_memmap(out / "images.npy", "w+", np.uint8,
+                                       (len(names), image_size, image_size, 3))
 
-    def decode(item: tuple[str, str, bytes]) -> np.ndarray:
+    def decode(item: tuple[str, str, bytes]) -> tuple[int, np.ndarray]:
         cls, name, raw = item
         try:
-            return to_square_rgb(Image.open(io.BytesIO(raw)), image_size)
+            return row[cls, name], to_square_rgb(Image.open(io.BytesIO(raw)), image_size)
         except OSError as e:
             raise DataError(f"cannot decode {cls}/{name} in {path}: {e}") from e
 
+    files = _iter_files(path)
     # Pillow releases the GIL while it decodes and resizes: threads use every core.
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        decoded = pool.map(decode, items, chunksize=256)
-        images = np.stack(list(tqdm(decoded, total=len(items), desc=f"decode {path.name}",
-                                    unit="img")))
-    return ImageArray(images, labels, classes)
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool, tqdm(
+            total=len(names), desc=f"decode {path.name}", unit="img") as bar:
+        while batch := list(itertools.islice(files, window)):
+            for i, image in pool.map(decode, batch):
+                images[i] = image
+            bar.update(len(batch))
+    images.flush()
+    np.save(out / "labels.npy", np.array([index[c] for c, _ in names], np.int64))
+    (out / "classes.json").write_text(json.dumps(classes))
+
+
+def _list_files(path: Path) -> list[tuple[str, str]]:
+    """(class folder name, file name) of each image, read without the images' bytes."""
+    if path.is_dir():
+        return [(f.parent.name, f.name) for f in path.glob("*/*")
+                if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not tarfile.is_tarfile(path):
+        raise DataError(f"{path} is neither a directory nor a tar archive")
+    with tarfile.open(path) as tar:
+        return [(Path(m.name).parts[-2], Path(m.name).parts[-1]) for m in tar if _is_image(m)]
+
+
+def _is_image(m: tarfile.TarInfo) -> bool:
+    return m.isfile() and len(Path(m.name).parts) >= 2 and (
+        Path(m.name).suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _iter_files(path: Path) -> Iterator[tuple[str, str, bytes]]:
@@ -194,12 +262,10 @@ def _iter_files(path: Path) -> Iterator[tuple[str, str, bytes]]:
             if f.suffix.lower() in IMAGE_SUFFIXES:
                 yield f.parent.name, f.name, f.read_bytes()
         return
-    if not tarfile.is_tarfile(path):
-        raise DataError(f"{path} is neither a directory nor a tar archive")
     with tarfile.open(path) as tar:
         for m in tar:
-            parts = Path(m.name).parts
-            if m.isfile() and len(parts) >= 2 and Path(m.name).suffix.lower() in IMAGE_SUFFIXES:
+            if _is_image(m):
+                parts = Path(m.name).parts
                 yield parts[-2], parts[-1], tar.extractfile(m).read()  # type: ignore[union-attr]
 
 

@@ -253,15 +253,16 @@ def build_run(cfg: TrainConfig) -> Run:
 
 def resident_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """The uint8 training set on the GPU when it takes under a quarter of the free memory (no
-    host-to-device copy per step); otherwise in pinned host memory, copied batch by batch."""
+    host-to-device copy per step); otherwise where it lies (memory-mapped from the decode
+    cache, or in RAM), copied batch by batch."""
     x = torch.from_numpy(images)
     if device.type != "cuda":
         return x
     free, _ = torch.cuda.mem_get_info(device)
     if x.nbytes < free / 4:
         return x.to(device)
-    log.info("training set (%.1f GB) stays in pinned host memory", x.nbytes / 1e9)
-    return x.pin_memory()
+    log.info("training set (%.1f GB) stays in host memory", x.nbytes / 1e9)
+    return x
 
 
 def train_epoch(run: Run, epoch: int) -> dict[str, float]:
@@ -322,7 +323,9 @@ def fit_time_budget(run: Run, epoch: int, spent_s: float, epoch_s: float) -> Non
 def features(run: Run, data: ImageArray, desc: str) -> torch.Tensor:
     """h for every image; under DDP each rank embeds its shard and all ranks get the whole, so
     no rank idles in a collective while another evaluates."""
-    shard = np.array_split(np.arange(len(data)), run.world)[run.rank]
+    sizes = [len(part) for part in np.array_split(np.arange(len(data)), run.world)]
+    lo = sum(sizes[: run.rank])
+    shard = slice(lo, lo + sizes[run.rank])  # a slice, not indices: a memory map stays a map
     local = extract_features(
         run.model.encoder, data.images[shard], run.norm.uint8, run.device,
         autocast_dtype=run.amp_dtype, desc=desc,
