@@ -34,6 +34,15 @@ def test_bundle_report_and_parity(bundle_dir: Path) -> None:
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
 
 
+def test_int8_weights_take_seven_bits(bundle_dir: Path) -> None:
+    """7-bit weights: ORT's AVX2 kernels (no VNNI) saturate on full 8-bit ones."""
+    graph = onnx.load(str(load_bundle(bundle_dir).encoder_path("int8"))).graph
+    weights = [onnx.numpy_helper.to_array(t) for t in graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+    assert len(weights) >= 20  # every conv of the ResNet-18
+    assert max(int(np.abs(w.astype(np.int16)).max()) for w in weights) == 64  # 8 bits: 127
+
+
 def test_onnx_metadata_and_gallery_match_the_int8_encoder(bundle_dir: Path, cifar10) -> None:
     bundle = load_bundle(bundle_dir)
     meta = {p.key: p.value for p in onnx.load(str(bundle.encoder_path("int8"))).metadata_props}
