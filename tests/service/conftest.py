@@ -3,27 +3,14 @@ short-trained checkpoint; tests talk to it over real HTTP."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 
 from simclr_embed.benchmarks.process import ServiceProcess
-
-API_KEY = "test-key"
-
-
-def Server(bundle: Path, data_dir: Path, **env: str) -> ServiceProcess:
-    """A service process with the test API key, one thread and ONNX Runtime pinned, so that
-    the servers of a test answer alike (provider=auto times its way to either runtime;
-    tests/service/test_runtime.py serves on it)."""
-    env = {"SIMCLR_EMBED_API_KEY": API_KEY, "SIMCLR_EMBED_THREADS": "1",
-           "SIMCLR_EMBED_PROVIDER": "cpu", **env}
-    return ServiceProcess(bundle, data_dir, data_dir.parent / "server.log", **env)
+from tests.support.servers import Server
 
 
 @pytest.fixture(scope="session")
@@ -38,12 +25,6 @@ def server(bundle_dir: Path, tmp_path_factory) -> Iterator[ServiceProcess]:
 def client(server: ServiceProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30) as c:
         yield c
-
-
-def png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, "PNG")  # lossless: the server sees the exact pixels
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="session")

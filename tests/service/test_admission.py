@@ -4,7 +4,6 @@ leave, the API key on every route, what /metrics and /v1/model reveal, and 500s 
 
 from __future__ import annotations
 
-import re
 import socket
 import subprocess
 import sys
@@ -18,15 +17,9 @@ from PIL import Image
 from simclr_embed.service.admission import Gate, Inflight
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.settings import Settings
-from tests.service.conftest import API_KEY, Server, png
+from tests.support.servers import API_KEY, Server, metric, png
 
 IMG = png(np.random.default_rng(1).integers(0, 256, (32, 32, 3), np.uint8))
-
-
-def metric(text: str, name: str, labels: str = "") -> float:
-    pattern = "^" + re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "")
-    m = re.search(pattern + r" (\S+)$", text, re.MULTILINE)
-    return float(m.group(1)) if m else 0.0
 
 
 def open_body(port: int, length: int, sent: bytes = b"x") -> socket.socket:

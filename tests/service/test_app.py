@@ -13,7 +13,7 @@ import pytest
 from simclr_embed.service.bundle import load_bundle
 from simclr_embed.service.runtime import make_session, run_batches
 from simclr_embed.training.data import stratified_subset
-from tests.service.conftest import png
+from tests.support.servers import png
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import numpy as np
 
-from tests.service.conftest import API_KEY, Server, png
+from tests.support.servers import API_KEY, Server, png
 
 READ = "read-only-key"
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from simclr_embed.service.preprocess import decode_image, to_square_rgb
-from tests.service.conftest import png
+from tests.support.servers import png
 
 # Formats Pillow can both write and read; each gets its truncation test.
 Image.init()  # registers every plugin, so SAVE and OPEN list them all

@@ -13,7 +13,7 @@ import pytest
 from simclr_embed.service.bundle import load_bundle
 from simclr_embed.service.encodings import FORMATS, decode, encode, reduce
 from simclr_embed.service.errors import InvalidInput
-from tests.service.conftest import png
+from tests.support.servers import png
 
 
 def unit(n: int, d: int = 512, seed: int = 0) -> np.ndarray:

@@ -16,7 +16,7 @@ from simclr_embed.service.engine import Engine
 from simclr_embed.service.errors import NotReady
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.settings import Settings
-from tests.service.conftest import API_KEY, Server, png
+from tests.support.servers import API_KEY, Server, png
 
 IMG = np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)
 

@@ -21,8 +21,7 @@ from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.preprocess import decode_image
 from simclr_embed.service.runtime import SPINNING, make_session
 from simclr_embed.service.settings import Settings
-from tests.service.conftest import Server, png
-from tests.service.test_admission import metric
+from tests.support.servers import Server, metric, png
 
 
 def embed(url: str, body: bytes) -> np.ndarray:

@@ -17,7 +17,7 @@ import pytest
 
 from simclr_embed.service import fetch
 from simclr_embed.service.errors import BadImage
-from tests.service.conftest import Server, png
+from tests.support.servers import Server, png
 
 IMAGE = png(np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8))
 

@@ -13,7 +13,7 @@ import pytest
 
 from simclr_embed.service.gallery import Gallery
 from simclr_embed.service.store import Filter, Space
-from tests.service.gallery_chaos import KEY, unit
+from tests.support.gallery_chaos import KEY, unit
 
 SPACE = Space("model-f", "int8", 512)
 N = 6000

@@ -14,8 +14,8 @@ import pytest
 
 from simclr_embed.service.gallery import Gallery, GalleryMismatch, SQLiteStore
 from simclr_embed.service.store import Space
-from tests.service.conftest import API_KEY, Server
-from tests.service.gallery_chaos import KEY, chaos_rounds, check_ledger, unit
+from tests.support.gallery_chaos import KEY, chaos_rounds, check_ledger, unit
+from tests.support.servers import API_KEY, Server
 
 SPACE = Space("model-a", "int8", 512)
 

@@ -17,7 +17,7 @@ import pytest
 from simclr_embed.service import gallery
 from simclr_embed.service.gallery import Gallery
 from simclr_embed.service.store import Space
-from tests.service.gallery_chaos import unit
+from tests.support.gallery_chaos import unit
 
 SPACE = Space("model-g", "int8", 512)
 

@@ -13,8 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.service.conftest import API_KEY, Server, png
-from tests.service.test_admission import metric
+from tests.support.servers import API_KEY, Server, metric, png
 
 IMG = png(np.random.default_rng(1).integers(0, 256, (32, 32, 3), np.uint8))
 PNG = {"content-type": "image/png"}

@@ -19,8 +19,7 @@ from simclr_embed.service.engine import Engine
 from simclr_embed.service.hot_path import HotPath
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.settings import Settings
-from tests.service.conftest import Server, png
-from tests.service.test_admission import metric
+from tests.support.servers import Server, metric, png
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from simclr_embed.service.gallery import Gallery, GalleryMismatch, SQLiteStore
 from simclr_embed.service.indexer import IndexingError, IndexJob, run_index
 from simclr_embed.service.settings import Settings
 from simclr_embed.service.store import Filter, Space
-from tests.service.conftest import API_KEY, Server
+from tests.support.servers import API_KEY, Server
 
 BAD = {"airplane/truncated.jpg": "cannot decode", "airplane/empty.jpg": "empty image",
        "cat/notes.txt": "no format Pillow reads", "cat/noise.png": "byte limit"}

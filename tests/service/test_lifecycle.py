@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from tests.service.conftest import Server, png
+from tests.support.servers import Server, png
 
 
 def test_sigterm_lets_in_flight_requests_finish(bundle_dir, tmp_path, cifar10) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.service.conftest import png
+from tests.support.servers import png
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.conftest import png
+from tests.support.servers import png
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -74,7 +74,7 @@ def test_docs_load_without_a_network(browser, server) -> None:
 
 
 def test_thumbnails_of_bundle_and_added_items(client, cifar10) -> None:
-    from tests.service.gallery_chaos import KEY
+    from tests.support.gallery_chaos import KEY
 
     r = client.get("/v1/thumbnails/airplane/0")
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
@@ -95,7 +95,7 @@ def test_page_loads_thumbnails_when_keys_are_required(browser, bundle_dir, cifar
                                                       tmp_path) -> None:
     """With REQUIRE_API_KEY the page trades the typed key for a session cookie, so its <img>
     tags load; an id is one encoded path segment, so '../..' cannot lead elsewhere."""
-    from tests.service.conftest import API_KEY, Server
+    from tests.support.servers import API_KEY, Server
 
     srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_REQUIRE_API_KEY="true").start()
     try:

@@ -14,8 +14,8 @@ import pytest
 
 from simclr_embed.service.pg_gallery import PgGallery
 from simclr_embed.service.store import Space
-from tests.service.conftest import Server
-from tests.service.gallery_chaos import KEY, chaos_rounds, check_ledger, unit
+from tests.support.gallery_chaos import KEY, chaos_rounds, check_ledger, unit
+from tests.support.servers import Server
 
 pgserver = pytest.importorskip("pgserver")
 psycopg = pytest.importorskip("psycopg")

@@ -14,7 +14,7 @@ import pytest
 
 from simclr_embed.service.bundle import load_bundle
 from simclr_embed.service.runtime import make_session, open_runtime, run_batches
-from tests.service.conftest import Server
+from tests.support.servers import Server
 
 pytest.importorskip("openvino")
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.service.conftest import API_KEY
+from tests.support.servers import API_KEY
 
 
 def test_schemathesis_finds_no_failures(server, tmp_path: Path) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.conftest import API_KEY, Server
-from tests.service.gallery_chaos import unit
+from tests.support.gallery_chaos import unit
+from tests.support.servers import API_KEY, Server
 
 KEY = {"x-api-key": API_KEY}
 DB = "gallery-int8.sqlite3"

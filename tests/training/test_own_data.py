@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from simclr_embed.cli import main
-from tests.service.conftest import Server
+from tests.support.servers import Server
 
 
 def shapes(root: Path, per_class: int = 30, seed: int = 0, size: int = 32) -> Path:

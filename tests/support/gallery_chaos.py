@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 
 from simclr_embed.benchmarks.process import ServiceProcess
-from tests.service.conftest import API_KEY
+from tests.support.servers import API_KEY
 
 KEY = {"x-api-key": API_KEY}
 

@@ -1,0 +1,36 @@
+"""Real service processes with the tests' settings, the bodies tests send, and the metrics they
+read back."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from simclr_embed.benchmarks.process import ServiceProcess
+
+API_KEY = "test-key"
+
+
+def Server(bundle: Path, data_dir: Path, **env: str) -> ServiceProcess:
+    """A service process with the test API key, one thread and ONNX Runtime pinned, so that
+    the servers of a test answer alike (provider=auto times its way to either runtime;
+    tests/service/test_runtime.py serves on it)."""
+    env = {"SIMCLR_EMBED_API_KEY": API_KEY, "SIMCLR_EMBED_THREADS": "1",
+           "SIMCLR_EMBED_PROVIDER": "cpu", **env}
+    return ServiceProcess(bundle, data_dir, data_dir.parent / "server.log", **env)
+
+
+def png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "PNG")  # lossless: the server sees the exact pixels
+    return buf.getvalue()
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    pattern = "^" + re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "")
+    m = re.search(pattern + r" (\S+)$", text, re.MULTILINE)
+    return float(m.group(1)) if m else 0.0
