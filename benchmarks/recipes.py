@@ -4,7 +4,7 @@ batch size and epochs, kNN (k=200, cosine) and the frozen linear probe on the wh
 
     python -m benchmarks.recipes --data ../shared/data/cifar10      # ~12 min on 2 cores
 
-Writes benchmarks/results/recipes_cpu.json; docs/training.md shows it (`<!-- table: recipes -->`).
+Writes benchmarks/results/recipes_cpu.json.
 """
 
 from __future__ import annotations

@@ -219,11 +219,15 @@ async def decode_all(request: Request, engine: Engine, settings: Settings,
         nonlocal waited
         if img.width * img.height <= INLINE_DECODE_PIXELS and not engine.decode_slots.locked():
             return named(name, finish_decode, img, engine.size)
-        async with engine.decode_slots:
-            waited = True
-            await ensure_connected(request)
-            return await loop.run_in_executor(engine.decode_pool, named, name, finish_decode,
-                                              img, engine.size)
+        engine.metrics.decoding.inc()
+        try:
+            async with engine.decode_slots:
+                waited = True
+                await ensure_connected(request)
+                return await loop.run_in_executor(engine.decode_pool, named, name,
+                                                  finish_decode, img, engine.size)
+        finally:
+            engine.metrics.decoding.dec()
 
     arrays = [await one(imgs[0], names[0])] if len(imgs) == 1 else \
         await asyncio.gather(*map(one, imgs, names))

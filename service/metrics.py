@@ -31,6 +31,8 @@ class Metrics:
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.queue_images = Gauge(PREFIX + "queue_images", "images waiting for the model",
                                   registry=r, multiprocess_mode="livesum")
+        self.decoding = Gauge(PREFIX + "decode_images", "images decoding in the pool or waiting "
+                              "for a decode slot", registry=r, multiprocess_mode="livesum")
         self.lone_runs = Counter(PREFIX + "lone_runs", "single-image requests run on the event "
                                  "loop, no other request in flight", registry=r)
         self.rejected = Counter(PREFIX + "rejected_overload", "requests refused with 503",

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import httpx
 import numpy as np
@@ -17,7 +16,7 @@ from PIL import Image
 from simclr_embed.service.admission import Gate, Inflight
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.settings import Settings
-from tests.support.servers import API_KEY, Server, metric, png
+from tests.support.servers import API_KEY, Server, metric, png, wait_for_metric
 
 IMG = png(np.random.default_rng(1).integers(0, 256, (32, 32, 3), np.uint8))
 
@@ -40,9 +39,8 @@ def test_slow_bodies_time_out_with_408_and_the_server_keeps_serving(bundle_dir, 
     srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_BODY_TIMEOUT_S="1").start()
     try:
         socks = [open_body(srv.port, 1000) for _ in range(20)]  # dribblers that never finish
-        t0 = time.perf_counter()
-        codes = [read_status(s, 10) for s in socks]
-        assert codes == [408] * 20 and time.perf_counter() - t0 < 5
+        codes = [read_status(s, 5) for s in socks]  # all time out at once, after 1 s
+        assert codes == [408] * 20
         ok = httpx.post(srv.url + "/v1/embed", content=IMG, headers={"content-type": "image/png"})
         assert ok.status_code == 200
     finally:
@@ -102,18 +100,18 @@ def test_requests_of_clients_that_left_are_dropped_before_decode(bundle_dir, tmp
                                    kwargs={"content": heavy, "timeout": 60,
                                            "headers": {"content-type": "image/png"}})
         blocker.start()
-        time.sleep(0.1)  # the heavy body is in, its decode holds the slot (~250 ms)
+        decoding = "simclr_embed_decode_images"  # in the pool or waiting for a decode slot
+        wait_for_metric(srv.url, decoding, lambda n: n >= 1)  # the heavy decode holds the slot
         early = [open_body(srv.port, len(IMG), IMG) for _ in range(10)]
         for s in early:
             s.close()
         late = [open_body(srv.port, len(IMG), IMG) for _ in range(10)]
-        time.sleep(0.05)  # their bodies are read; they wait for the decode slot
+        wait_for_metric(srv.url, decoding, lambda n: n >= 11)  # the late ones wait for the slot
         for s in late:
             s.close()
         blocker.join()
-        time.sleep(0.5)
+        gone = wait_for_metric(srv.url, "simclr_embed_client_gone_total", lambda n: n >= 20)
         after = httpx.get(srv.url + "/metrics").text
-        gone = metric(after, "simclr_embed_client_gone_total")
         batches = (metric(after, "simclr_embed_batch_size_count")
                    - metric(before, "simclr_embed_batch_size_count"))
         assert gone == 20 and batches == 1, (gone, batches)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.preprocess import decode_image
 from simclr_embed.service.runtime import SPINNING, make_session
 from simclr_embed.service.settings import Settings
-from tests.support.servers import Server, metric, png
+from tests.support.servers import Server, metric, png, wait_for_metric
 
 
 def embed(url: str, body: bytes) -> np.ndarray:
@@ -43,7 +42,7 @@ def test_lone_and_batched_requests_give_the_same_embeddings(bundle_dir: Path, tm
         with ThreadPoolExecutor(25) as pool:
             # 64 images keep the model busy, so the 24 single-image requests queue behind them
             blocker = pool.submit(httpx.post, srv.url + "/v1/embed", files=busy, timeout=60)
-            time.sleep(0.02)
+            wait_for_metric(srv.url, "simclr_embed_queue_images", lambda n: n >= 1)
             together = np.stack(list(pool.map(lambda b: embed(srv.url, b), bodies)))
             assert blocker.result().status_code == 200
         after = httpx.get(srv.url + "/metrics").text
@@ -76,7 +75,8 @@ def test_inline_and_pool_decodes_are_the_same(cifar10) -> None:
         inline = await decode_all(FakeRequest(), engine, settings, [small, big])
         async with engine.decode_slots:  # a decode in progress: the thumbnail queues for a slot
             queued = asyncio.create_task(decode_all(FakeRequest(), engine, settings, [small]))
-            await asyncio.sleep(0.05)
+            for _ in range(100):  # however many turns the loop takes, it stays queued
+                await asyncio.sleep(0)
             assert not queued.done()
         return inline, await queued
 

@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from tests.support.servers import Server, png
+from tests.support.servers import Server, png, wait_for_metric
 
 
 def test_sigterm_lets_in_flight_requests_finish(bundle_dir, tmp_path, cifar10) -> None:
@@ -22,7 +22,9 @@ def test_sigterm_lets_in_flight_requests_finish(bundle_dir, tmp_path, cifar10) -
         nonlocal signalled
         async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
             tasks = [asyncio.create_task(post(c, i)) for i in range(16)]
-            await asyncio.sleep(0.15)  # 128 single-image batches: several hundred ms of work
+            # 128 single-image batches: signal once the first has run and the rest are queued
+            await asyncio.to_thread(wait_for_metric, srv.url, "simclr_embed_batch_size_count",
+                                    lambda n: n >= 1)
             signalled = time.perf_counter()
             srv.proc.send_signal(signal.SIGTERM)
             return await asyncio.gather(*tasks)

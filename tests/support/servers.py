@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import io
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
 from PIL import Image
 
@@ -34,3 +37,16 @@ def metric(text: str, name: str, labels: str = "") -> float:
     pattern = "^" + re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "")
     m = re.search(pattern + r" (\S+)$", text, re.MULTILINE)
     return float(m.group(1)) if m else 0.0
+
+
+def wait_for_metric(url: str, name: str, done: Callable[[float], bool], labels: str = "",
+                    timeout: float = 30.0) -> float:
+    """Poll the server's /metrics until `done(value)`; the value, or AssertionError at the
+    deadline (which only bounds a hang: no assertion rests on how soon it comes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = metric(httpx.get(url + "/metrics").text, name, labels)
+        if done(value):
+            return value
+        assert time.monotonic() < deadline, f"{name}{{{labels}}} stayed at {value}"
+        time.sleep(0.005)
