@@ -155,7 +155,7 @@ def _cached_folder(path: Path, image_size: int, cache_dir: Path) -> ImageArray:
     cache = cache_dir / f"{path.name}-{cache_key(path, image_size)}"
     if not (cache / "images.npy").exists():
         _publish(cache, lambda tmp: decode_folder(path, image_size, tmp))
-        log.info("cached %d decoded images from %s in %s", len(open_cache(cache)), path, cache)
+        log.info("cached the decoded images of %s in %s", path, cache)
     return open_cache(cache)
 
 
@@ -181,15 +181,13 @@ def _publish(cache: Path, write: Callable[[Path], object]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def holdout_split(full: ImageArray, cache: Path | None) -> tuple[ImageArray, ImageArray]:
+def holdout_split(full: ImageArray, cache: Path) -> tuple[ImageArray, ImageArray]:
     """(train, test) with a stratified HOLDOUT_FRACTION as test; a memory-mapped set is split
     into two more cache directories, row chunk by row chunk, rather than copied into RAM."""
     test_idx = stratified_indices(full.labels, fraction=HOLDOUT_FRACTION, seed=0)
     train_mask = np.ones(len(full), bool)
     train_mask[test_idx] = False
     parts = {"train": np.flatnonzero(train_mask), "test": test_idx}
-    if cache is None:
-        return full.subset(parts["train"]), full.subset(parts["test"])
     for name, idx in parts.items():
         if not (cache / name / "images.npy").exists():
             _publish(cache / name, lambda tmp, idx=idx: write_rows(full, idx, tmp))
@@ -258,9 +256,8 @@ def _is_image(m: tarfile.TarInfo) -> bool:
 def _iter_files(path: Path) -> Iterator[tuple[str, str, bytes]]:
     """(class folder name, file name, bytes) for each image directly inside a class folder."""
     if path.is_dir():
-        for f in path.glob("*/*"):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
-                yield f.parent.name, f.name, f.read_bytes()
+        for cls, name in _list_files(path):
+            yield cls, name, (path / cls / name).read_bytes()
         return
     with tarfile.open(path) as tar:
         for m in tar:
