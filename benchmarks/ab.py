@@ -1,9 +1,10 @@
 """Two or more configurations of the service side by side over HTTP, round by round: wrk with one
 client (latency) and with 32 (throughput, p99), and the server's CPU per request split into its
-event loop's and its other threads'. For a setting's evidence, e.g.
+event loop's and its other threads'. A variant is settings (SIMCLR_EMBED_*) and arguments of
+benchmarks.variant_server, which every variant runs under, e.g. for a special case's evidence
 
     python -m benchmarks.ab --bundle bundles/default --out benchmarks/results/gc_settle.json \\
-        settled unsettled:SIMCLR_EMBED_GC_SETTLE=false
+        settled unsettled:--no-settle
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from simclr_embed.benchmarks.process import ServiceProcess
 from simclr_embed.benchmarks.serving import closed_with_cpu, wrk
 
 log = logging.getLogger("benchmarks.ab")
+Variant = tuple[dict[str, str], list[str]]  # environment, variant_server arguments
+SERVER = "simclr_embed.benchmarks.variant_server"
 KEYS = ("p50_ms", "p99_ms", "requests_per_s", "server_loop_cpu_ms_per_request",
         "server_other_cpu_ms_per_request")
 
 
-def compare(bundle: Path, variants: dict[str, dict[str, str]], rounds: int,
+def compare(bundle: Path, variants: dict[str, Variant], rounds: int,
             seconds: float) -> dict:
     """name -> {sequential, closed_32}: medians over rounds of each variant's runs, and the
     per-round values of requests/s and p99 at 32 clients."""
@@ -37,16 +40,18 @@ def compare(bundle: Path, variants: dict[str, dict[str, str]], rounds: int,
                    | {"rounds": len(runs), "requests_per_s_by_round":
                       [run["requests_per_s"] for run in runs],
                       "p99_ms_by_round": [run["p99_ms"] for run in runs]}
-                   for sec, runs in r.items()} | {"env": variants[name]}
+                   for sec, runs in r.items()}
+            | {"env": variants[name][0], "args": variants[name][1]}
             for name, r in res.items()}
 
 
-def _measure(work: Path, bundle: Path, variants: dict[str, dict[str, str]], rounds: int,
+def _measure(work: Path, bundle: Path, variants: dict[str, Variant], rounds: int,
              seconds: float) -> dict[str, dict[str, list[dict]]]:
     png = work / "query.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), np.uint8)).save(png)
     procs = {name: ServiceProcess(bundle, work / f"data-{name}", work / f"{name}.log",
-                                  **env).start() for name, env in variants.items()}
+                                  " ".join([SERVER, *args]), **env).start()
+             for name, (env, args) in variants.items()}
     res: dict = {name: {"sequential": [], "closed_32": []} for name in procs}
     try:
         for r in range(rounds):
@@ -62,18 +67,20 @@ def _measure(work: Path, bundle: Path, variants: dict[str, dict[str, str]], roun
     return res
 
 
-def parse_variant(text: str) -> tuple[str, dict[str, str]]:
-    """'name' or 'name:VAR=value,VAR2=value2'."""
+def parse_variant(text: str) -> tuple[str, Variant]:
+    """'name' or 'name:VAR=value,--flag,--option=value'."""
     name, _, rest = text.partition(":")
-    env = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
-    return name, env
+    items = [item for item in rest.split(",") if item]
+    env = dict(kv.split("=", 1) for kv in items if not kv.startswith("--"))
+    return name, (env, [a for a in items if a.startswith("--")])
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("variants", nargs="+", type=parse_variant,
-                   help="name[:SIMCLR_EMBED_X=value,...]; the first is the reference")
+                   help="name[:SIMCLR_EMBED_X=value,--no-hot-path,...]; the first is the "
+                   "reference")
     p.add_argument("--bundle", type=Path, default=Path("bundles/default"))
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=float, default=8, help="per wrk run")

@@ -5,7 +5,10 @@ released weights (models/simclr-resnet18-cifar10.safetensors).
 
     python -m benchmarks.gpu_reference --data .data/cifar10 --out $OUT --deadline-s 560
 
-`--smoke` runs the same path on a few hundred images (CPU-sized) to check it before a lease.
+`--ablation` spends a second call on the seed's grid (tau {0.05, 0.1, 0.2} x head depth {1, 2},
+ABLATION_EPOCHS each on the whole training split, with alignment and uniformity per cell), cell
+by cell until the deadline; `--smoke` runs either path on a few hundred images (CPU-sized) to
+check it before a lease.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 
 from simclr_embed.benchmarks.common import hardware, write_result
 from simclr_embed.export.build import ExportConfig, build_bundle
+from simclr_embed.training.ablate import AblateConfig, run_ablation, write_report
 from simclr_embed.training.checkpoint import load_checkpoint
 from simclr_embed.training.train import RECIPES, TrainConfig, train
 from simclr_embed.training.weights import save_weights
@@ -34,6 +38,7 @@ WEIGHTS_NAME = "simclr-resnet18-cifar10.safetensors"
 RESERVE_S = 170
 PART_BYTES = 15 * 2**20
 EPOCHS = 500  # the literature's 500-epoch point (dkobak: 90.3 % kNN)
+ABLATION_EPOCHS = 30
 
 
 def run_config(recipe: str, data: str, out_dir: str, budget_s: float | None,
@@ -62,6 +67,7 @@ def main() -> None:
     p.add_argument("--recipe", default="cifar", choices=tuple(RECIPES),
                    help="training/train.py RECIPES (the released model used 'solo')")
     p.add_argument("--smoke", action="store_true", help="a few hundred images, to test the path")
+    p.add_argument("--ablation", action="store_true", help="the tau x head-depth grid instead")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -69,6 +75,8 @@ def main() -> None:
     torch._dynamo.config.suppress_errors = True  # a compile failure falls back to eager
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     shutil.rmtree(args.work, ignore_errors=True)
+    if args.ablation:
+        return ablation(args, start)
     budget = None if args.smoke else args.deadline_s - RESERVE_S
     cfg = run_config(args.recipe, args.data, str(args.work / "run"), budget, args.smoke)
     ckpt = train(cfg)
@@ -97,6 +105,31 @@ def main() -> None:
     write_result(args.out / "summary.json", summary)
     pack_curves(args.work, args.out / "curves.tar.gz", bundle)
     log.info("summary: %s", {k: v for k, v in summary.items() if k not in ("config", "hardware")})
+
+
+def ablation(args: argparse.Namespace, start: float) -> None:
+    """The grid one cell at a time, stopping when the next cell would not end before the
+    deadline (judged by the slowest cell so far); the report is rewritten after each cell."""
+    cfg = AblateConfig(data=args.data, out=str(args.work / "ablate"), recipe=args.recipe,
+                       epochs=2 if args.smoke else ABLATION_EPOCHS,
+                       train_per_class=20 if args.smoke else None,
+                       test_per_class=10 if args.smoke else None,
+                       batch_size=64 if args.smoke else 512, compile=torch.cuda.is_available(),
+                       max_cells=1)
+    cells, slowest = [], 0.0
+    for _ in range(len(cfg.temperatures) * len(cfg.head_layers)):
+        t0 = time.perf_counter()
+        if t0 - start + slowest > args.deadline_s - 20:
+            log.warning("stopping before the deadline after %d cells", len(cells))
+            break
+        cells = run_ablation(cfg)
+        slowest = max(slowest, time.perf_counter() - t0)
+        write_report(cfg, cells)
+        for name in ("ablation.json", "ablation.md", "ablation_heatmap.png",
+                     "ablation_scatter.png"):
+            if (Path(cfg.out) / name).exists():
+                shutil.copy(Path(cfg.out) / name, args.out / name)
+    log.info("ablation: %d cells in %.0f s", len(cells), time.perf_counter() - start)
 
 
 def run_summary(state: dict, cfg: TrainConfig, start: float, train_s: float,

@@ -62,8 +62,7 @@ def raw_engine(settings: Settings, pixels: np.ndarray) -> float:
     """images/s of the bare session on batches of 64 (after one warm-up batch)."""
     bundle = load_bundle(settings.bundle, verify=False)
     s, _ = open_runtime(bundle.encoder_path(settings.precision), bundle.manifest,
-                        settings.precision, settings.threads, settings.provider,
-                        settings.ort_spinning)  # the indexer's own choice
+                        settings.precision, settings.threads, settings.provider)  # as the indexer
     name = s.get_inputs()[0].name
     s.run(None, {name: pixels[:64]})
     t0 = time.perf_counter()

@@ -78,12 +78,12 @@ def pct(values: list[float]) -> dict[str, float]:
 def runners(bundle, threads: int) -> dict:
     """name -> session: each runtime on each of the bundle's encoders, with the session settings
     the service runs with."""
-    out, spinning = {}, Settings().ort_spinning
+    out = {}
     for provider, prefix in (("cpu", "ort"), ("openvino", "openvino")):
         for precision in ("fp32", "int8"):
             try:
                 out[f"{prefix}_{precision}"] = make_session(
-                    bundle.encoder_path(precision), threads, provider, spinning)
+                    bundle.encoder_path(precision), threads, provider)
             except ValueError as e:  # openvino not installed
                 log.warning("%s", e)
     return out

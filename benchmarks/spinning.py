@@ -1,4 +1,4 @@
-"""How ONNX Runtime's idle threads wait (SIMCLR_EMBED_ORT_SPINNING: run / always / off), measured
+"""How ONNX Runtime's idle threads wait (run / always / off; the service runs "run"), measured
 twice, each round interleaving the three settings: the model alone, called from a worker thread
 as the service calls it, back to back and after an idle gap; and the service over HTTP, one
 client and 32, with its event loop's and its other threads' CPU per request.
@@ -57,7 +57,8 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/spinning.json")
     args = p.parse_args()
     rows = engine(args.bundle, args.threads, args.rounds, args.reps)
-    served = compare(args.bundle, {mode: {"SIMCLR_EMBED_ORT_SPINNING": mode} for mode in SPINNING},
+    served = compare(args.bundle, {mode: ({"SIMCLR_EMBED_PROVIDER": "cpu"}, [f"--spinning={mode}"])
+                                  for mode in SPINNING},
                      args.rounds, args.seconds)
     write_result(args.out, {"benchmark": "spinning", "hardware": hardware(),
                             "threads": args.threads, "rows": rows, "http": served})

@@ -20,20 +20,24 @@ from simclr_embed.service.hot_path import HotPath
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.routes import gallery, inference, ops
 from simclr_embed.service.settings import Settings
+from simclr_embed.service.startup import check_before_workers
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, hot_path: bool = True, settle: bool = True,
+               spinning: str = "run", lone_run: bool = True) -> FastAPI:
+    """The keyword arguments exist for benchmarks that measure what each special case buys
+    (benchmarks/variant_server.py); the service always runs with the defaults."""
     settings = settings or Settings()
     metrics = Metrics()
     inflight = Inflight()
-    engine = Engine(settings, metrics, inflight)
+    engine = Engine(settings, metrics, inflight, spinning, lone_run)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await engine.start()
-        if settings.gc_settle:
+        if settle:
             settle_heap()
         yield
         await engine.stop()
@@ -47,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     for module in (ops, inference, gallery, openai_api, page):
         app.include_router(module.router)
-    if settings.hot_path:  # added first: it runs inside the Gate
+    if hot_path:  # added first: it runs inside the Gate
         app.add_middleware(HotPath, engine=engine, settings=settings)
     app.add_middleware(Gate, settings=settings, metrics=metrics, inflight=inflight,
                        queued_images=lambda: engine.pending)
@@ -77,5 +81,9 @@ def settle_heap() -> None:
 
 
 def app_from_env() -> FastAPI:
-    """uvicorn factory: `uvicorn --factory service.app:app_from_env`."""
-    return create_app(Settings())
+    """The uvicorn factory, in every worker of `simclr-embed serve`; started by hand
+    (`uvicorn --factory simclr_embed.service.app:app_from_env`) it first makes the checks that
+    serve makes before its workers (service/startup.py: skipped where serve made them)."""
+    settings = Settings()
+    check_before_workers(settings)
+    return create_app(settings)

@@ -47,9 +47,12 @@ async def get_settings(request: Request) -> Settings:
 
 
 def check_ready(engine: Engine) -> Engine:
-    """503 + Retry-After while the model loads: for the dependency and the hot path alike."""
+    """503 + Retry-After once the batch loop has crashed past recovery (service/engine.py,
+    _supervise): for the dependency and the hot path alike. A server still loading does not
+    listen yet."""
     if not engine.ready:
-        raise NotReady("model is loading", headers={"Retry-After": "2"})
+        raise NotReady("the model is not ready: its batch loop failed; see the server's log",
+                       headers={"Retry-After": "2"})
     return engine
 
 

@@ -57,9 +57,10 @@ def open_gallery(settings: Settings, space: Space) -> GalleryStore:
 
 
 class Engine:
-    def __init__(self, settings: Settings, metrics: Metrics,
-                 inflight: Inflight | None = None) -> None:
-        self.settings, self.metrics = settings, metrics
+    def __init__(self, settings: Settings, metrics: Metrics, inflight: Inflight | None = None,
+                 spinning: str = "run", lone_run: bool = True) -> None:
+        self.settings, self.metrics, self.spinning = settings, metrics, spinning
+        self.lone_run = lone_run  # False only in benchmarks.variant_server --no-lone-run
         self.inflight = inflight or Inflight()
         self._running = False  # a batch is in the model thread
         self.ready = False
@@ -87,7 +88,7 @@ class Engine:
             gallery = pool.submit(self._load_gallery)
             self.session, self.runtime_reason = open_runtime(
                 self.bundle.encoder_path(s.precision), self.bundle.manifest, s.precision,
-                s.threads, s.provider, s.ort_spinning, s.data_dir / CHOICE_FILE)
+                s.threads, s.provider, s.data_dir / CHOICE_FILE, spinning=self.spinning)
             self.input_name = self.session.get_inputs()[0].name
             self.size = int(self.bundle.manifest["input"]["size"])
             self.pca = self.bundle.pca()  # for `dimensions`; None in older bundles
@@ -156,7 +157,7 @@ class Engine:
         """(n, S, S, 3) uint8 -> this caller's own (embeddings (n, D), logits (n, C))."""
         n = len(images)
         self.admit(n)
-        if n == 1 and self._idle():
+        if n == 1 and self.lone_run and self._idle():
             await asyncio.sleep(0)  # requests already read off the sockets enter the Gate first
             if self._idle():
                 return self._run_alone(images)
@@ -178,7 +179,7 @@ class Engine:
         the gallery is in memory, else in a thread beside the others. The hop to a thread and
         back costs 0.14-0.21 ms against a 0.38-0.46 ms HNSW search at 200k
         (benchmarks/search_hop.py)."""
-        if self.gallery.in_memory and self.inflight.requests <= 1:
+        if self.lone_run and self.gallery.in_memory and self.inflight.requests <= 1:
             await asyncio.sleep(0)  # requests already read off the sockets enter the Gate first
             if self.inflight.requests <= 1:
                 return self.gallery.search(queries, k, f)

@@ -61,8 +61,7 @@ class Embedder:
         fd, path = tempfile.mkstemp(suffix=".onnx")
         with os.fdopen(fd, "wb") as f:
             f.write(model)
-        self.session = make_session(path, settings.threads, settings.provider,
-                                    settings.ort_spinning)
+        self.session = make_session(path, settings.threads, settings.provider)
         self.name = self.session.get_inputs()[0].name
         os.unlink(path)
 
@@ -102,8 +101,7 @@ def _run(job: IndexJob, settings: Settings, bundle: Bundle, source: Source, todo
     model = path.read_bytes()
     # The driver's choice for every actor: one gallery, one runtime's vectors.
     session, why = open_runtime(path, bundle.manifest, settings.precision, settings.threads,
-                                settings.provider, settings.ort_spinning,
-                                settings.data_dir / CHOICE_FILE)
+                                settings.provider, settings.data_dir / CHOICE_FILE)
     log.info("actors embed on %s (%s)", provider_name(session), why)
     settings = settings.model_copy(update={"provider": provider_name(session)})
     del session

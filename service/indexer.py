@@ -383,7 +383,7 @@ def embed_here(job: IndexJob, settings: Settings, bundle, source: Source, todo: 
     """Decode on a thread pool, embed and write here; (items written, entries skipped)."""
     session, why = open_runtime(bundle.encoder_path(settings.precision), bundle.manifest,
                                 settings.precision, settings.threads, settings.provider,
-                                settings.ort_spinning, settings.data_dir / CHOICE_FILE)
+                                settings.data_dir / CHOICE_FILE)
     log.info("embedding on %s (%s)", session.get_providers()[0], why)
     name = session.get_inputs()[0].name
     size = int(bundle.manifest["input"]["size"])

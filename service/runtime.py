@@ -177,8 +177,8 @@ def _cpuinfo() -> str:
 
 
 def open_runtime(path: Path, manifest: dict, precision: str, threads: int = 0,
-                 provider: str = "auto", spinning: str = "run",
-                 choice_file: Path | None = None) -> tuple[Any, str]:
+                 provider: str = "auto", choice_file: Path | None = None, *,
+                 spinning: str = "run") -> tuple[Any, str]:
     """(session, why this runtime): the asked provider, or for "auto" the fastest at batch 64
     on this host among the runtimes that passed the bundle's gates and are installed. The
     choice is kept in `choice_file` (the data directory's), so that later starts, their other

@@ -15,8 +15,13 @@ from simclr_embed.service.gallery import CHECKED_ENV, SQLiteStore
 from simclr_embed.service.settings import Settings
 from simclr_embed.service.store import Space
 
+PREPARED_ENV = "SIMCLR_EMBED_PREPARED"  # what this process and its workers were checked for
+
 
 def check_before_workers(settings: Settings) -> None:
+    key = f"{settings.bundle.resolve()}|{settings.data_dir.resolve()}|{settings.precision}"
+    if os.environ.get(PREPARED_ENV) == key:  # a worker of `simclr-embed serve`
+        return
     bundle = load_bundle(settings.bundle)
     os.environ[VERIFIED_ENV] = stamp(settings.bundle, bundle.manifest["files"])
     space = Space(model_id(bundle.manifest), settings.precision,
@@ -31,3 +36,4 @@ def check_before_workers(settings: Settings) -> None:
         shutil.rmtree(metrics_dir, ignore_errors=True)  # counters start at zero with the server
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    os.environ[PREPARED_ENV] = key

@@ -19,7 +19,7 @@ import numpy as np
 
 from simclr_embed.training.audit import Embedder, geometry
 from simclr_embed.training.data import load_dataset, stratified_subset
-from simclr_embed.training.model import PROJ_LAYERS, ModelConfig
+from simclr_embed.training.model import PROJ_LAYERS
 from simclr_embed.training.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ class AblateConfig:
     test_per_class: int | None = 100
     batch_size: int = 128
     seed: int = 0
+    recipe: str = "default"  # training/train.py RECIPES: everything but tau and the head
+    compile: bool = False
     max_cells: int | None = None  # stop after this many cells trained in this call
 
     def __post_init__(self) -> None:
@@ -51,12 +53,12 @@ def cell_name(tau: float, depth: int) -> str:
 
 def cell_config(cfg: AblateConfig, tau: float, depth: int) -> TrainConfig:
     """Every cell shares data, budget, seed and recipe; only tau and the head differ."""
-    return TrainConfig(
-        data=cfg.data, out_dir=str(Path(cfg.out) / cell_name(tau, depth)),
+    return TrainConfig.recipe(
+        cfg.recipe, data=cfg.data, out_dir=str(Path(cfg.out) / cell_name(tau, depth)),
         train_per_class=cfg.train_per_class, test_per_class=cfg.test_per_class,
         epochs=cfg.epochs, batch_size=cfg.batch_size, warmup_epochs=max(1, cfg.epochs // 10),
-        temperature=tau, seed=cfg.seed, knn_every=0,
-        model=ModelConfig(proj_layers=depth - 1),
+        temperature=tau, seed=cfg.seed, knn_every=0, compile=cfg.compile,
+        model_proj_layers=depth - 1,
     )
 
 

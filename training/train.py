@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from simclr_embed.training import distributed
@@ -276,23 +277,27 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
     report_every = max(1, run.steps_per_epoch // 10)
     bar = tqdm(range(run.steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}",
                disable=run.rank != 0)
-    for step in bar:
-        idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]  # (B,)
-        idx = idx[run.rank * per_rank : (run.rank + 1) * per_rank]  # (n,)
-        batch = run.train_images[idx.to(run.train_images.device)].to(run.device, non_blocking=True)
-        x1, x2 = two_views(batch, cfg.augment, run.norm)  # (n, 3, S, S) each
-        x = torch.cat([x1, x2])  # (2n, 3, S, S): one forward keeps BN statistics shared
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with run.autocast():
+    for step in bar:  # the labels name the stages in benchmarks/step_profile.py
+        with record_function("data"):
+            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]  # (B,)
+            idx = idx[run.rank * per_rank : (run.rank + 1) * per_rank]  # (n,)
+            batch = run.train_images[idx.to(run.train_images.device)].to(run.device,
+                                                                        non_blocking=True)
+        with record_function("augment"):
+            x1, x2 = two_views(batch, cfg.augment, run.norm)  # (n, 3, S, S) each
+            x = torch.cat([x1, x2])  # (2n, 3, S, S): one forward keeps BN statistics shared
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        with record_function("forward_loss"), run.autocast():
             _, z = model(x)  # (2n, d)
             loss = distributed.simclr_loss(*z.chunk(2), cfg.temperature)
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        run.scheduler.step()
-        total += loss.detach()
+        with record_function("backward_step"):
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scaler.scale(loss).backward()
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            run.scheduler.step()
+            total += loss.detach()
         if (step + 1) % report_every == 0 and run.rank == 0:  # one sync per tenth of an epoch
             rate = (step + 1) * cfg.batch_size / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}")

@@ -1,5 +1,5 @@
-"""The A/B benchmark runs two real servers that differ in one setting and reports both; its
-variant syntax reads names and environment assignments."""
+"""The A/B benchmark runs two real servers that differ in one setting or special case and
+reports both; its variant syntax reads names, environment assignments and server arguments."""
 
 import json
 import subprocess
@@ -10,18 +10,18 @@ from simclr_embed.benchmarks.ab import parse_variant
 
 
 def test_variant_syntax() -> None:
-    assert parse_variant("base") == ("base", {})
-    assert parse_variant("x:SIMCLR_EMBED_GC_SETTLE=false,SIMCLR_EMBED_THREADS=1") == (
-        "x", {"SIMCLR_EMBED_GC_SETTLE": "false", "SIMCLR_EMBED_THREADS": "1"})
+    assert parse_variant("base") == ("base", ({}, []))
+    assert parse_variant("x:--no-settle,SIMCLR_EMBED_THREADS=1,--spinning=off") == (
+        "x", ({"SIMCLR_EMBED_THREADS": "1"}, ["--no-settle", "--spinning=off"]))
 
 
 def test_quick_ab_run(bundle_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "ab.json"
     subprocess.run([sys.executable, "-m", "simclr_embed.benchmarks.ab", "--bundle",
                     str(bundle_dir), "--rounds", "1", "--seconds", "2", "--out", str(out),
-                    "a", "b:SIMCLR_EMBED_GC_SETTLE=false"], check=True, timeout=300)
+                    "a", "b:--no-settle"], check=True, timeout=300)
     res = json.loads(out.read_text())["variants"]
-    assert res["b"]["env"] == {"SIMCLR_EMBED_GC_SETTLE": "false"}
+    assert res["b"]["args"] == ["--no-settle"]
     for name in ("a", "b"):
         closed = res[name]["closed_32"]
         assert closed["requests_per_s"] > 0 and closed["server_loop_cpu_ms_per_request"] > 0

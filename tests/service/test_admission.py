@@ -4,6 +4,7 @@ leave, the API key on every route, what /metrics and /v1/model reveal, and 500s 
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -180,7 +181,9 @@ def test_model_and_metrics_reveal_no_paths_or_history(client, bundle_dir):
     for text in (model, metrics):
         assert str(bundle_dir) not in text and str(bundle_dir.parent) not in text
     assert "probe_history" not in model and "config" not in client.get("/v1/model").json()
-    assert client.get("/v1/model").json()["checkpoint"]["eval"]["linear_top1"] >= 0
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    assert (client.get("/v1/model").json()["checkpoint"]["eval"]["linear_top1"]
+            == manifest["checkpoint"]["eval"]["linear_top1"])
 
 
 def test_500s_reach_the_metrics() -> None:

@@ -4,17 +4,14 @@ correct answers afterwards; overload gets 503 + Retry-After."""
 import asyncio
 import base64
 import io
-from types import SimpleNamespace
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from simclr_embed.service.deps import ready_engine
-from simclr_embed.service.engine import Engine
-from simclr_embed.service.errors import NotReady
-from simclr_embed.service.metrics import Metrics
+from simclr_embed.service.app import create_app
+from simclr_embed.service.engine import CRASH_LIMIT
 from simclr_embed.service.settings import Settings
 from tests.support.servers import API_KEY, Server, png
 
@@ -111,11 +108,8 @@ def test_405_names_every_method_of_the_path(client, method, path, allow) -> None
 
 
 def test_overload_answers_503_with_retry_after(bundle_dir, tmp_path, cifar10) -> None:
-    srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_MAX_BATCH_SIZE="1",
+    srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_MAX_BATCH_SIZE="2",
                  SIMCLR_EMBED_MAX_QUEUE_IMAGES="2", SIMCLR_EMBED_MAX_IMAGES_PER_REQUEST="2").start()
-    with pytest.raises(ValueError, match=r"MAX_IMAGES_PER_REQUEST \(64\) is larger than "
-                       r"SIMCLR_EMBED_MAX_QUEUE_IMAGES \(2\)"):
-        Settings(max_queue_images=2)
     images = [png(x) for x in cifar10[1].images[:8]]
 
     async def burst() -> list[httpx.Response]:
@@ -142,8 +136,29 @@ def test_overload_answers_503_with_retry_after(bundle_dir, tmp_path, cifar10) ->
         srv.stop()
 
 
-def test_not_ready_is_503() -> None:
-    engine = Engine(Settings(), Metrics())  # never loaded
-    request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(engine=engine)))
-    with pytest.raises(NotReady):
-        asyncio.run(ready_engine(request))  # type: ignore[arg-type]
+def test_a_model_that_keeps_crashing_answers_503_not_ready(bundle_dir, tmp_path) -> None:
+    """The one state in which a listening server is not ready: its batch loop crashed
+    CRASH_LIMIT times (service/engine.py). Driven through the whole app, in process."""
+    app = create_app(Settings(bundle=bundle_dir, data_dir=tmp_path, threads=1))
+    files = [("files", ("a.png", png(IMG), "image/png"))] * 2  # two images: the batch loop
+
+    def broken():  # the fault: every batch dies
+        raise RuntimeError("broken for good")
+
+    async def run() -> list[httpx.Response]:
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app), base_url="http://app") as c:
+            assert (await c.get("/readyz")).status_code == 200
+            app.state.engine._take_batch = broken
+            crashed = [await c.post("/v1/embed", files=files) for _ in range(CRASH_LIMIT)]
+            for _ in range(200):  # poll: the supervisor gives up right after the last crash
+                if (await c.get("/readyz")).status_code == 503:
+                    break
+                await asyncio.sleep(0.01)
+            return [*crashed, await c.get("/readyz"), await c.post("/v1/embed", files=files)]
+
+    *crashed, readyz, refused = asyncio.run(run())
+    assert [r.status_code for r in crashed] == [500] * CRASH_LIMIT
+    for r in (readyz, refused):
+        assert r.status_code == 503 and r.headers["retry-after"] == "2", r.text
+        assert r.json()["error"]["code"] == "not_ready"

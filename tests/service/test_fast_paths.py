@@ -130,7 +130,7 @@ def test_startup_settles_the_heap_unless_told_not_to(bundle_dir: Path, tmp_path:
     from simclr_embed.service.app import GC_GEN0_THRESHOLD, create_app
 
     async def started() -> tuple[int, int]:
-        app = create_app(Settings(bundle=bundle_dir, data_dir=tmp_path, gc_settle=settle))
+        app = create_app(Settings(bundle=bundle_dir, data_dir=tmp_path), settle=settle)
         async with app.router.lifespan_context(app):
             return gc.get_freeze_count(), gc.get_threshold()[0]
 

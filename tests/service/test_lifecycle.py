@@ -10,7 +10,8 @@ from tests.support.servers import Server, png, wait_for_metric
 
 
 def test_sigterm_lets_in_flight_requests_finish(bundle_dir, tmp_path, cifar10) -> None:
-    srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_MAX_BATCH_SIZE="1").start()
+    srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_MAX_BATCH_SIZE="8",
+                 SIMCLR_EMBED_MAX_IMAGES_PER_REQUEST="8").start()
     images = [png(x) for x in cifar10[1].images[:16]]
     signalled = 0.0
 
@@ -22,7 +23,7 @@ def test_sigterm_lets_in_flight_requests_finish(bundle_dir, tmp_path, cifar10) -
         nonlocal signalled
         async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
             tasks = [asyncio.create_task(post(c, i)) for i in range(16)]
-            # 128 single-image batches: signal once the first has run and the rest are queued
+            # 16 batches of one request each: signal once the first has run and the rest are queued
             await asyncio.to_thread(wait_for_metric, srv.url, "simclr_embed_batch_size_count",
                                     lambda n: n >= 1)
             signalled = time.perf_counter()

@@ -12,7 +12,7 @@ import torch
 from simclr_embed.cli import main
 from simclr_embed.training.ablate import AblateConfig, cell_config, correlations, run_ablation
 from simclr_embed.training.checkpoint import load_checkpoint
-from simclr_embed.training.train import train
+from simclr_embed.training.train import RECIPES, train
 
 
 def tiny(cifar10_dir: Path, out: Path, **kw) -> AblateConfig:
@@ -68,3 +68,12 @@ def test_bad_head_depth_names_valid_choices(tmp_path: Path) -> None:
     assert main(["ablate", "--head-layers", "9", "--out", str(tmp_path)]) == 2
     with pytest.raises(ValueError, match="1, 2, 3, 4"):
         AblateConfig(head_layers=(9,))
+
+
+def test_a_cell_takes_the_recipe_but_its_own_tau_and_head() -> None:
+    cell = cell_config(AblateConfig(recipe="cifar", epochs=30, batch_size=512), 0.05, 1)
+    recipe = RECIPES["cifar"]
+    assert (cell.optimizer, cell.weight_decay) == (recipe["optimizer"], recipe["weight_decay"])
+    assert cell.model.proj_hidden_dim == recipe["model_proj_hidden_dim"]
+    assert cell.augment.gray_p == recipe["aug_gray_p"]
+    assert (cell.temperature, cell.model.proj_layers, cell.epochs) == (0.05, 0, 30)

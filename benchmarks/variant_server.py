@@ -1,0 +1,46 @@
+"""The service with one of its request-path special cases taken out, for benchmarks that
+measure what each buys (benchmarks.ab, benchmarks.spinning) and for the test that the hot path
+answers as the routes do. Settings from SIMCLR_EMBED_* as for `simclr-embed serve`; one worker.
+
+    python -m simclr_embed.benchmarks.variant_server --no-hot-path --no-settle
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from simclr_embed.service import deps
+from simclr_embed.service.app import create_app
+from simclr_embed.service.protocol import LingeringHttp
+from simclr_embed.service.runtime import SPINNING
+from simclr_embed.service.settings import Settings
+from simclr_embed.service.startup import check_before_workers
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--no-hot-path", dest="hot_path", action="store_false",
+                   help="POST /v1/embed and /v1/search through FastAPI's routes")
+    p.add_argument("--no-settle", dest="settle", action="store_false",
+                   help="leave the garbage collector as CPython starts it")
+    p.add_argument("--no-lone-run", dest="lone_run", action="store_false",
+                   help="a lone image or search waits for the model or search thread too")
+    p.add_argument("--no-inline-decode", dest="inline", action="store_false",
+                   help="thumbnails decode in the pool like larger images")
+    p.add_argument("--spinning", choices=SPINNING, default="run",
+                   help="how ONNX Runtime's idle threads wait")
+    args = p.parse_args(argv)
+    if not args.inline:
+        deps.INLINE_DECODE_PIXELS = 0
+    settings = Settings()
+    check_before_workers(settings)
+    app = create_app(settings, hot_path=args.hot_path, settle=args.settle,
+                     spinning=args.spinning, lone_run=args.lone_run)
+    uvicorn.run(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=20,
+                access_log=False, http=LingeringHttp)
+
+
+if __name__ == "__main__":
+    main()
