@@ -116,6 +116,7 @@ def ablation(args: argparse.Namespace, start: float) -> None:
                        test_per_class=10 if args.smoke else None,
                        batch_size=64 if args.smoke else 512, compile=torch.cuda.is_available(),
                        max_cells=1)
+    args.out.mkdir(parents=True, exist_ok=True)
     cells, slowest = [], 0.0
     for _ in range(len(cfg.temperatures) * len(cfg.head_layers)):
         t0 = time.perf_counter()
