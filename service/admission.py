@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from prometheus_client import Gauge
 from starlette.requests import ClientDisconnect
 
 from simclr_embed.service.auth import authorize
@@ -55,6 +56,12 @@ class Inflight:
 
     requests: int = 0
     bytes: int = 0
+    gauge: Gauge | None = None  # simclr_embed_body_bytes, kept equal to `bytes`
+
+    def add_bytes(self, n: int) -> None:
+        self.bytes += n
+        if self.gauge is not None:
+            self.gauge.set(self.bytes)
 
 
 def body_limit(settings: Settings, path: str) -> int:
@@ -105,14 +112,14 @@ class Gate:
         try:
             self._admit()
         except ServiceError as e:  # the body is read: the connection may stay open
-            self.inflight.bytes -= held
+            self.inflight.add_bytes(-held)
             return await self._refuse(e, path, scope, receive, send, body_read=True)
         self.inflight.requests += 1
         try:
             await self.app(scope, _replay(body, receive), send)
         finally:
             self.inflight.requests -= 1
-            self.inflight.bytes -= held
+            self.inflight.add_bytes(-held)
 
     async def _refuse(self, e: ServiceError, path: str, scope, receive, send,
                       body_read: bool = False) -> None:
@@ -150,13 +157,13 @@ class Gate:
                 # A lone body may exceed the budget; one among others may not.
                 if now.bytes - held and now.bytes + len(chunk) > s.max_inflight_bytes:
                     raise self._overloaded()
-                now.bytes += len(chunk)
+                now.add_bytes(len(chunk))
                 held += len(chunk)
                 chunks.append(chunk)
                 if not msg.get("more_body", False):
                     return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), held
         except BaseException:
-            now.bytes -= held
+            now.add_bytes(-held)
             raise
 
     def _overloaded(self) -> Overloaded:

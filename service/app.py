@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None, *, hot_path: bool = True, settl
     (benchmarks/variant_server.py); the service always runs with the defaults."""
     settings = settings or Settings()
     metrics = Metrics()
-    inflight = Inflight()
+    inflight = Inflight(gauge=metrics.body_bytes)
     engine = Engine(settings, metrics, inflight, spinning, lone_run)
 
     @asynccontextmanager

@@ -33,6 +33,9 @@ class Metrics:
                                   registry=r, multiprocess_mode="livesum")
         self.decoding = Gauge(PREFIX + "decode_images", "images decoding in the pool or waiting "
                               "for a decode slot", registry=r, multiprocess_mode="livesum")
+        self.body_bytes = Gauge(PREFIX + "body_bytes", "request body bytes held, by requests "
+                                "being received or served", registry=r,
+                                multiprocess_mode="livesum")
         self.lone_runs = Counter(PREFIX + "lone_runs", "single-image requests run on the event "
                                  "loop, no other request in flight", registry=r)
         self.rejected = Counter(PREFIX + "rejected_overload", "requests refused with 503",

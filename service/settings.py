@@ -132,8 +132,6 @@ class Settings(BaseSettings, *GROUPS):  # type: ignore[misc]
                  "such requests could never be queued")
         _at_most("max_images_per_request", self, "max_batch_size",
                  "such requests would run in batch shapes never warmed up")
-        _at_most("max_body_bytes", self, "max_inflight_bytes",
-                 "one such body could never be admitted")
         return self
 
 

@@ -139,7 +139,8 @@ def test_overload_answers_503_with_retry_after(bundle_dir, tmp_path, cifar10) ->
 def test_a_model_that_keeps_crashing_answers_503_not_ready(bundle_dir, tmp_path) -> None:
     """The one state in which a listening server is not ready: its batch loop crashed
     CRASH_LIMIT times (service/engine.py). Driven through the whole app, in process."""
-    app = create_app(Settings(bundle=bundle_dir, data_dir=tmp_path, threads=1))
+    # settle=False: a settled heap would stay frozen in the test process for every later test
+    app = create_app(Settings(bundle=bundle_dir, data_dir=tmp_path, threads=1), settle=False)
     files = [("files", ("a.png", png(IMG), "image/png"))] * 2  # two images: the batch loop
 
     def broken():  # the fault: every batch dies

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support.servers import API_KEY, Server, metric, png
+from tests.support.servers import API_KEY, Server, metric, png, wait_for_metric
 
 IMG = png(np.random.default_rng(1).integers(0, 256, (32, 32, 3), np.uint8))
 PNG = {"content-type": "image/png"}
@@ -93,8 +93,8 @@ def test_chunked_bodies_count_against_the_byte_budget(bundle_dir, tmp_path):
         srv.url + "/v1/search", content=chunked(960 * 1024, release),
         headers={"content-type": "application/json"}, timeout=60)))
     try:
-        holder.start()
-        time.sleep(1.0)  # 896 KiB of it arrived; it waits before its last chunk
+        holder.start()  # it waits before its last chunk, with 896 KiB of it held
+        wait_for_metric(srv.url, "simclr_embed_body_bytes", lambda b: b >= 896 * 1024)
         r = httpx.post(srv.url + "/v1/search", content=chunked(500 * 1024),
                        headers={"content-type": "application/json"}, timeout=30)
         assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
