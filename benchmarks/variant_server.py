@@ -13,7 +13,7 @@ import uvicorn
 
 from simclr_embed.service import deps
 from simclr_embed.service.app import create_app
-from simclr_embed.service.protocol import LingeringHttp
+from simclr_embed.service.protocol import UVICORN_OPTIONS
 from simclr_embed.service.runtime import SPINNING
 from simclr_embed.service.settings import Settings
 from simclr_embed.service.startup import check_before_workers
@@ -38,8 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     check_before_workers(settings)
     app = create_app(settings, hot_path=args.hot_path, settle=args.settle,
                      spinning=args.spinning, lone_run=args.lone_run)
-    uvicorn.run(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=20,
-                access_log=False, http=LingeringHttp)
+    uvicorn.run(app, host=settings.host, port=settings.port, **UVICORN_OPTIONS)
 
 
 if __name__ == "__main__":

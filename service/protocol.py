@@ -53,3 +53,8 @@ class LingeringHttp(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()  # a fresh scope per request
         self.scope.setdefault("extensions", {})[EXTENSION] = {}  # the Gate may close
+
+
+# How `simclr-embed serve` (and benchmarks.variant_server) run uvicorn: this protocol, up to
+# 20 s for requests in flight at SIGTERM, no access log.
+UVICORN_OPTIONS = {"http": LingeringHttp, "timeout_graceful_shutdown": 20, "access_log": False}

@@ -242,11 +242,10 @@ def _run_serve(args: argparse.Namespace) -> None:
     from simclr_embed.service.startup import check_before_workers
 
     check_before_workers(settings)
-    from simclr_embed.service.protocol import LingeringHttp
+    from simclr_embed.service.protocol import UVICORN_OPTIONS
 
     uvicorn.run("simclr_embed.service.app:app_from_env", factory=True, host=settings.host,
-                port=settings.port, workers=settings.workers, timeout_graceful_shutdown=20,
-                access_log=False, http=LingeringHttp)
+                port=settings.port, workers=settings.workers, **UVICORN_OPTIONS)
 
 
 def _gallery_parser(sub: argparse._SubParsersAction) -> None:
