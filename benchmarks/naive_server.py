@@ -1,5 +1,6 @@
 """The baseline our service is measured against: what one writes first with FastAPI and ONNX
-Runtime. One uvicorn worker, Pillow decode, one session, no batching, no admission control;
+Runtime (or OpenVINO, SIMCLR_EMBED_PROVIDER=openvino, so that the comparison can be on the same
+engine). One uvicorn worker, Pillow decode, one session, no batching, no admission control;
 the route blocks the event loop for the decode and the model, so requests run one at a time.
 
     SIMCLR_EMBED_BUNDLE=bundles/default python -m simclr_embed.benchmarks.naive_server
@@ -23,10 +24,23 @@ PRECISION = os.environ.get("SIMCLR_EMBED_PRECISION", "int8")
 MANIFEST = json.loads((BUNDLE / "manifest.json").read_text())
 SIZE = int(MANIFEST["input"]["size"])
 
-opts = ort.SessionOptions()
-opts.intra_op_num_threads = int(os.environ.get("SIMCLR_EMBED_THREADS", "0"))
-session = ort.InferenceSession(str(BUNDLE / MANIFEST["encoders"][PRECISION]), opts,
-                               providers=["CPUExecutionProvider"])
+THREADS = int(os.environ.get("SIMCLR_EMBED_THREADS", "0"))
+MODEL = str(BUNDLE / MANIFEST["encoders"][PRECISION])
+if os.environ.get("SIMCLR_EMBED_PROVIDER") == "openvino":
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(MODEL, "CPU", {"INFERENCE_NUM_THREADS": THREADS} if
+                                       THREADS else {})
+
+    def infer(pixels: np.ndarray) -> np.ndarray:
+        return compiled(pixels)[0]
+else:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    session = ort.InferenceSession(MODEL, opts, providers=["CPUExecutionProvider"])
+
+    def infer(pixels: np.ndarray) -> np.ndarray:
+        return session.run(None, {"pixels": pixels})[0]
 app = FastAPI()
 
 
@@ -38,8 +52,7 @@ async def ready() -> dict:
 @app.post("/v1/embed")
 async def embed(request: Request) -> dict:
     image = Image.open(io.BytesIO(await request.body())).convert("RGB").resize((SIZE, SIZE))
-    emb, _ = session.run(None, {"pixels": np.asarray(image)[None]})
-    return {"embeddings": emb.tolist()}
+    return {"embeddings": infer(np.asarray(image)[None]).tolist()}
 
 
 if __name__ == "__main__":

@@ -113,12 +113,13 @@ def vm_hwm_mb(pid: int) -> float:
 
 
 def run(bundle: Path, body: bytes, clients: int, seconds: int, threads: int,
-        rate: float) -> dict:
+        rate: float, workers: int = 1) -> dict:
     """One server, one burst. rate 0: closed loop (each client sends again at once, refused or
     not: the worst case); rate r: open loop, each client r requests/s whatever the answers."""
     with tempfile.TemporaryDirectory() as tmp:
         srv = ServiceProcess(bundle, Path(tmp) / "data", Path(tmp) / "server.log",
-                             SIMCLR_EMBED_THREADS=str(threads)).start()
+                             SIMCLR_EMBED_THREADS=str(threads),
+                             SIMCLR_EMBED_WORKERS=str(workers)).start()
         try:
             start_rss = srv.rss_mb()
             img = Path(tmp) / "big.png"
@@ -148,6 +149,7 @@ def run(bundle: Path, body: bytes, clients: int, seconds: int, threads: int,
         "mode": f"open loop, {rate:g} req/s per client ({rate * clients:g} offered)" if rate
         else "closed loop (no pause between requests)",
         "clients": clients, "seconds": seconds, "body_bytes": len(body), "ort_threads": threads,
+        "workers": workers,
         "requests": len(results), "status_counts": {str(k): len(v) for k, v in by_status.items()},
         "other_half": failures, "failed": sum(failures["errors"].values()),
         "answered": summary(by_status.get(200, [])),
@@ -192,6 +194,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=200)
     p.add_argument("--seconds", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=1)
     p.add_argument("--rates", type=float, nargs="+", default=[0, 1, 5],
                    help="per-client requests/s; 0 = closed loop")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/overload"))
@@ -199,7 +202,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     body = megabyte_png(args.data)
     log.info("body: %d bytes; %d clients for %d s", len(body), args.clients, args.seconds)
-    runs = [run(args.bundle, body, args.clients, args.seconds, args.threads, rate)
+    runs = [run(args.bundle, body, args.clients, args.seconds, args.threads, rate, args.workers)
             for rate in args.rates]
     write_result(args.out / "overload.json", {"benchmark": "overload", "hardware": hardware(),
                                               "bundle": args.bundle.name, "runs": runs})

@@ -19,6 +19,7 @@ from simclr_embed.service.handlers import install_handlers
 from simclr_embed.service.hot_path import HotPath
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.routes import gallery, inference, ops
+from simclr_embed.service.schemas import with_setting_limits
 from simclr_embed.service.settings import Settings
 from simclr_embed.service.startup import check_before_workers
 
@@ -48,6 +49,14 @@ def create_app(settings: Settings | None = None, *, hot_path: bool = True, settl
                   description="Image embeddings, nearest-neighbour search and classification "
                   "from a SimCLR ResNet-18 on ONNX Runtime (INT8 or FP32).")
     app.state.settings, app.state.metrics, app.state.engine = settings, metrics, engine
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = with_setting_limits(type(app).openapi(app),
+                                                     settings.max_list_items)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     install_handlers(app)
     for module in (ops, inference, gallery, openai_api, page):
         app.include_router(module.router)

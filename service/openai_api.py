@@ -29,7 +29,7 @@ router = APIRouter(tags=["openai"])
 
 
 class EmbeddingsRequest(schemas.Strict):
-    input: str | Annotated[list[str], Field(min_length=1)] = Field(
+    input: schemas.Base64Image | Annotated[list[schemas.Base64Image], Field(min_length=1)] = Field(
         ..., description="images as data URLs (data:image/png;base64,...) or plain base64")
     model: str = Field(..., description="the served model id (GET /v1/models) or "
                        "'simclr-embed'")

@@ -58,6 +58,11 @@ class ClassifyRequest(ImagesRequest):
 
 
 class GalleryItem(Strict):
+    # exactly one of image or embedding, as the route checks (a 400 otherwise)
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [
+        {"required": ["image"], "properties": {"image": {"type": "string"}}},
+        {"required": ["embedding"], "properties": {"embedding": {"type": "array"}}}]})
+
     id: str = Field(..., min_length=1, max_length=MAX_ID_CHARS, description="may contain '/'")
     label: str | None = Field(None, max_length=256)
     image: str | None = Field(None, description="base64 image or data URL")
@@ -126,6 +131,14 @@ ERRORS = {code: {"model": ErrorResponse}
           for code in (400, 401, 403, 404, 408, 413, 415, 422, 499, 500, 503, 507)}
 
 
+def with_setting_limits(schema: dict, max_list_items: int) -> dict:
+    """The OpenAPI document with the limits that come from settings, not from code."""
+    for param in schema["paths"]["/v1/gallery"]["get"]["parameters"]:
+        if param["name"] == "limit":
+            param["schema"]["maximum"] = max_list_items
+    return schema
+
+
 def inline_schema(model: type[BaseModel]) -> dict:
     """model's JSON schema with its $defs written in place: a $ref would be read against the
     whole OpenAPI document, where "#/$defs" does not exist."""
@@ -152,7 +165,9 @@ def image_body(json_model: type[BaseModel]) -> dict:
     """OpenAPI for routes that take JSON, multipart files or one raw image body."""
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": inline_schema(json_model)},
-        "multipart/form-data": {"schema": {"type": "object", "properties": {
-            "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+        "multipart/form-data": {"schema": {"type": "object", "required": ["files"],
+                                           "properties": {"files": {
+                                               "type": "array", "minItems": 1,
+                                               "items": {"type": "string", "format": "binary"}}}}},
         "image/*": {"schema": {"type": "string", "format": "binary"}},
     }}}

@@ -17,8 +17,10 @@ def test_quick_serving_benchmark(bundle_dir: Path, cifar10_dir: Path, tmp_path: 
     for variant in res["engines"].values():
         assert variant["b1"]["p50_ms"] <= variant["b1"]["p99_ms"]
         assert variant["b64"]["images_per_s"] > 0
-    for server in ("service", "naive"):
-        http = res["http"][server]
+    assert set(res["http"]) == {"service", "service_ort", "service_2_workers", "naive",
+                                "naive_openvino"}
+    for server, http in res["http"].items():
+        assert http["engine"] in res["engines"], server
         for run in http["sequential"] + http["closed_32"]:
             assert run["requests"] > 0 and run["non2xx"] == 0 and run["socket_errors"] == 0
             assert 0 < run["p50_ms"] <= run["p99_ms"] and run["tool_cpu_s"] > 0
@@ -29,8 +31,12 @@ def test_quick_serving_benchmark(bundle_dir: Path, cifar10_dir: Path, tmp_path: 
         for runs in http["open"].values():
             assert all(r["requests"] > 0 and r["non2xx"] == 0 for r in runs)
         assert http["rss_mb"] > 0
+    for run in res["http"]["service"]["batch_16"]:  # 16 PNGs per multipart request
+        assert run["requests"] > 0 and run["non2xx"] == 0 and run["socket_errors"] == 0
+        assert run["images_per_s"] == 16 * run["requests_per_s"]
     assert {"int8_vs_fp32_b1", "int8_vs_fp32_b64", "http_p50_vs_engine_b1",
-            "throughput_32_vs_engine_b64", "throughput_32_vs_naive"} <= set(res["ratios"])
+            "throughput_32_vs_engine_b64", "throughput_32_vs_naive_same_engine",
+            "batch16_images_vs_engine_b64", "auto_took_the_fastest_engine"} <= set(res["ratios"])
     assert res["hardware"]["versions"]["onnxruntime"]
     assert (tmp_path / "serving.png").stat().st_size > 10_000
     assert "| goal | value | target | met |" in (tmp_path / "serving.md").read_text()
