@@ -194,7 +194,8 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=200)
     p.add_argument("--seconds", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1,
+                   help="uvicorn workers; above 1 the RSS columns are the supervisor's")
     p.add_argument("--rates", type=float, nargs="+", default=[0, 1, 5],
                    help="per-client requests/s; 0 = closed loop")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/overload"))
