@@ -1,15 +1,17 @@
 """Serving performance in one run, every comparison interleaved round by round so that the
-VM's drift hits all variants alike; each goal of issue #11 is a ratio within this run.
+VM's drift hits all variants alike; each goal (issue #22; #11 before it) is a ratio within
+this run.
 
-    python -m benchmarks.serving --bundle bundles/default            # full: ~16 minutes
+    python -m benchmarks.serving --bundle bundles/default            # full: ~15 minutes
     python -m benchmarks.serving --bundle bundles/default --quick    # CI: about a minute
 
 engines  the raw model in process: ONNX Runtime FP32 / INT8 and, where installed, OpenVINO
          reading the same ONNX files, at batch 1 and 64.
-http     our service (default, on OpenVINO, as 2 workers x 1 ORT thread) and the naive baseline
-         (benchmarks/naive_server.py) on the same INT8 model, one 32x32 PNG per request:
-         wrk (closed loop) at 1 and 32 connections, hey (open loop) at fixed offered
-         rates; each load generator's own CPU time is recorded.
+http     our service on its default provider=auto, pinned to ONNX Runtime, and as 2 workers x
+         1 thread; the naive baseline (benchmarks/naive_server.py) on ONNX Runtime and on
+         OpenVINO; one 32x32 PNG per request: wrk (closed loop) at 1 and 32 connections, hey
+         (open loop) at fixed offered rates; each load generator's own CPU time is recorded.
+         The default service also gets 16 PNGs per request at 32 connections.
 search   a 50k x 512 gallery with the service's default index settings against exact search.
 
 Writes serving.json, serving.md and serving.png to --out.
