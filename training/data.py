@@ -204,7 +204,7 @@ def write_rows(data: ImageArray, idx: np.ndarray, out: Path, chunk: int = 4096) 
     (out / "classes.json").write_text(json.dumps(data.classes))
 
 
-def decode_folder(path: Path, image_size: int, out: Path, window: int = 2048) -> None:
+def decode_folder(path: Path, image_size: int, out: Path, window: int = 256) -> None:
     """Decode every image of `<class>/<image>` (a directory or .tar.gz) into out/images.npy,
     (N, S, S, 3) uint8 in sorted (class, name) order, a window of files at a time, so neither
     the files nor the decoded set need to fit in memory."""
