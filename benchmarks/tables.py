@@ -80,6 +80,35 @@ def search_hop(root: Path) -> str:
         f"\nThe hop, paired per query: {d['hop_p50_ms']:.3f} ms at p50.\n"
 
 
+def model_swap(root: Path) -> str:
+    d = _load(root, "model_swap.json")
+
+    def med(runs: list[dict], key: str) -> str:
+        return f"{sorted(r[key] for r in runs)[len(runs) // 2]:.1f}"
+
+    hey = d["hey_swap"]
+    rows = [["wrk, no swap", med(d["wrk_baseline"], "req_per_s"),
+             med(d["wrk_baseline"], "p50_ms"), med(d["wrk_baseline"], "p99_ms"),
+             sum(r["non2xx"] + r["socket_errors"] for r in d["wrk_baseline"])],
+            ["wrk, one swap a third of the way in", med(d["wrk_swap"], "req_per_s"),
+             med(d["wrk_swap"], "p50_ms"), med(d["wrk_swap"], "p99_ms"),
+             sum(r["non2xx"] + r["socket_errors"] for r in d["wrk_swap"])],
+            ["hey, requests sent during the swap", "",
+             med([r["during_swap"] for r in hey], "p50_ms"),
+             med([r["during_swap"] for r in hey], "p99_ms"), sum(r["non2xx"] for r in hey)],
+            ["hey, the other requests of those runs", "",
+             med([r["outside_swap"] for r in hey], "p50_ms"),
+             med([r["outside_swap"] for r in hey], "p99_ms"), ""]]
+    mem = d["memory_mb"]
+    return _table([f"{d['clients']} clients, {d['seconds']} s, medians of {d['rounds']} rounds",
+                   "req/s", "p50 (ms)", "p99 (ms)", "non-2xx + socket errors"], rows) + (
+        f"\nSIGHUP to the new model answering: {med(d['wrk_swap'], 'swap_s')} s (median); to "
+        f"the old one drained: {med(d['wrk_swap'], 'drained_s')} s. Server RSS: "
+        f"{med(mem, 'one_model')} MB with {d['bundles'][0]} alone, {med(mem, 'two_models')} MB "
+        f"with {d['bundles'][1]} beside it: **{d['extra_model_mb_median']:.0f} MB** for the "
+        "second model (median of the rounds' differences).\n")
+
+
 def settings(root: Path) -> str:
     from simclr_embed.service.settings import settings_table
 
@@ -88,7 +117,7 @@ def settings(root: Path) -> str:
 
 TABLES: dict[str, Callable[[Path], str]] = {
     f.__name__: f for f in (gallery_growth, gallery_growth_pgvector, gallery_million,
-                            search_hop, settings)}
+                            model_swap, search_hop, settings)}
 
 
 def render(name: str, root: Path) -> str:

@@ -4,8 +4,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
+import signal
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -18,6 +21,7 @@ from simclr_embed.service.engine import Engine
 from simclr_embed.service.handlers import install_handlers
 from simclr_embed.service.hot_path import HotPath
 from simclr_embed.service.metrics import Metrics
+from simclr_embed.service.models import Models
 from simclr_embed.service.routes import gallery, inference, ops
 from simclr_embed.service.schemas import with_setting_limits
 from simclr_embed.service.settings import Settings
@@ -33,27 +37,31 @@ def create_app(settings: Settings | None = None, *, hot_path: bool = True, settl
     settings = settings or Settings()
     metrics = Metrics()
     inflight = Inflight(gauge=metrics.body_bytes)
-    engine = Engine(settings, metrics, inflight, spinning, lone_run)
+    models = Models(settings.bundle_dirs(), metrics,
+                    settings.body_timeout_s + settings.model_timeout_s,
+                    lambda d, previous: Engine(settings, metrics, inflight, spinning, lone_run,
+                                               d, previous))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await engine.start()
+        await models.start()
+        on_sighup(models)
         if settle:
             settle_heap()
         yield
-        await engine.stop()
+        await models.stop()
 
     # FastAPIOffline: /docs and /redoc serve their assets from a package, not a CDN.
     app = FastAPIOffline(title="simclr-embed", version="1", lifespan=lifespan,
                   default_response_class=NumpyJSON,
                   description="Image embeddings, nearest-neighbour search and classification "
-                  "from a SimCLR ResNet-18 on ONNX Runtime (INT8 or FP32).")
-    app.state.settings, app.state.metrics, app.state.engine = settings, metrics, engine
+                  "from SimCLR ResNet-18 bundles (INT8 or FP32) on ONNX Runtime or OpenVINO.")
+    app.state.settings, app.state.metrics, app.state.models = settings, metrics, models
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             app.openapi_schema = with_setting_limits(type(app).openapi(app),
-                                                     settings.max_list_items)
+                                                     settings.max_list_items, models.names)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -61,9 +69,9 @@ def create_app(settings: Settings | None = None, *, hot_path: bool = True, settl
     for module in (ops, inference, gallery, openai_api, page):
         app.include_router(module.router)
     if hot_path:  # added first: it runs inside the Gate
-        app.add_middleware(HotPath, engine=engine, settings=settings)
+        app.add_middleware(HotPath, models=models, settings=settings)
     app.add_middleware(Gate, settings=settings, metrics=metrics, inflight=inflight,
-                       queued_images=lambda: engine.pending)
+                       queued_images=lambda: models.pending)
     if settings.api_key is None:
         log.info("no API key (SIMCLR_EMBED_API_KEY unset or empty): gallery management is off")
     else:
@@ -74,6 +82,22 @@ def create_app(settings: Settings | None = None, *, hot_path: bool = True, settl
             log.warning("gallery listings, vectors and thumbnails are open to anyone who "
                         "reaches the port: set SIMCLR_EMBED_READ_KEY to close them")
     return app
+
+
+def on_sighup(models: Models) -> None:
+    """SIGHUP reloads the bundles that changed on disk (service/models.py). Under
+    `--workers N` uvicorn's supervisor takes SIGHUP itself and restarts the workers one by
+    one; send it to each worker process instead for a swap in place."""
+    loop = asyncio.get_running_loop()
+
+    def reload() -> None:
+        log.info("SIGHUP: reloading the bundles that changed")
+        task = loop.create_task(models.reload())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception() is None or
+                               log.error("reload failed: %r", t.exception()))
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
+        loop.add_signal_handler(signal.SIGHUP, reload)
 
 
 GC_GEN0_THRESHOLD = 20_000  # CPython's default is 700 allocations

@@ -30,7 +30,8 @@ def scope_of(method: str, path: str) -> str | None:
     if path in OPEN_PATHS and method in ("GET", "HEAD"):
         return None
     gallery_item = path.startswith("/v1/gallery/")
-    if (method == "POST" and path in ("/v1/gallery", "/v1/gallery/delete")) or \
+    if (method == "POST" and path in ("/v1/gallery", "/v1/gallery/delete",
+                                      "/v1/models/reload")) or \
             (method == "DELETE" and gallery_item):
         return "write"
     if (method in ("GET", "HEAD") and (path == "/v1/gallery" or gallery_item

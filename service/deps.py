@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from PIL import Image
@@ -56,8 +58,21 @@ def check_ready(engine: Engine) -> Engine:
     return engine
 
 
-async def ready_engine(request: Request) -> Engine:
-    return check_ready(request.app.state.engine)
+async def ready_engine(request: Request, model: Annotated[str | None, Query(
+        description="which served model (GET /v1/models: its id or its bundle's name); "
+        "default the first")] = None) -> AsyncIterator[Engine]:
+    """The chosen model's engine, held for the request (a swap drains on it)."""
+    with holding(check_ready(request.app.state.models.get(model))) as engine:
+        yield engine
+
+
+@contextmanager
+def holding(engine: Engine) -> Iterator[Engine]:
+    engine.users += 1
+    try:
+        yield engine
+    finally:
+        engine.users -= 1
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -23,7 +26,7 @@ from simclr_embed.service.admission import Inflight
 from simclr_embed.service.bundle import Bundle, load_bundle, model_id
 from simclr_embed.service.errors import ModelFailure, Overloaded
 from simclr_embed.service.gallery import Gallery
-from simclr_embed.service.metrics import Metrics
+from simclr_embed.service.metrics import Metrics, ModelMetrics
 from simclr_embed.service.runtime import CHOICE_FILE, open_runtime
 from simclr_embed.service.settings import Settings
 from simclr_embed.service.store import Filter, GalleryStore, Neighbor, Space
@@ -51,17 +54,53 @@ def open_gallery(settings: Settings, space: Space) -> GalleryStore:
     if old.exists():
         log.warning("%s is the old JSON-lines journal and is no longer read: re-add its items "
                     "through the API, then remove it", old)
-    return Gallery(space, settings.data_dir / f"gallery-{space.precision}.sqlite3",
-                   settings.index, settings.hnsw_m, settings.hnsw_ef_search,
-                   settings.accept_gallery_loss, settings.faiss_threads)
+    return Gallery(space, gallery_path(settings.data_dir, space), settings.index,
+                   settings.hnsw_m, settings.hnsw_ef_search, settings.accept_gallery_loss,
+                   settings.faiss_threads)
+
+
+def gallery_path(data_dir: Path, space: Space) -> Path:
+    """Each model's gallery lives in its own embedding space: the first model a data directory
+    served keeps DATA_DIR/gallery-<precision>.sqlite3 (the layout of one-model servers); every
+    other model, and a model swapped in with new weights, DATA_DIR/<model id>/."""
+    shared = data_dir / f"gallery-{space.precision}.sqlite3"
+    owner = _owner(shared)
+    if owner in (None, space.model_id):
+        return shared
+    log.info("%s belongs to %s: the gallery of %s is in %s/", shared, owner, space.model_id,
+             data_dir / space.model_id)
+    return data_dir / space.model_id / shared.name
+
+
+def _owner(db: Path) -> str | None:
+    """The model a gallery database was made for; None when there is none yet, or when it
+    cannot be read (the store's own checks then name the damage)."""
+    if not db.exists() or db.stat().st_size == 0:
+        return None
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as c:
+            row = c.execute("SELECT value FROM meta WHERE key = 'model_id'").fetchone()
+    except sqlite3.Error:
+        return None
+    return row[0] if row else None
 
 
 class Engine:
+    """One model: its bundle, runtime session, gallery and batch loop. `previous`: the engine
+    this one is to replace (service/models.py), whose gallery it shares when both serve the
+    same model."""
+
     def __init__(self, settings: Settings, metrics: Metrics, inflight: Inflight | None = None,
-                 spinning: str = "run", lone_run: bool = True) -> None:
-        self.settings, self.metrics, self.spinning = settings, metrics, spinning
+                 spinning: str = "run", lone_run: bool = True, bundle_dir: Path | None = None,
+                 previous: Engine | None = None) -> None:
+        self.settings, self.spinning = settings, spinning
+        self.metrics: Metrics | ModelMetrics = metrics  # bound to the model once it is known
+        self.bundle_dir = bundle_dir or settings.bundle
         self.lone_run = lone_run  # False only in benchmarks.variant_server --no-lone-run
         self.inflight = inflight or Inflight()
+        self.users = 0  # requests holding this engine (service/models.py drains on it)
+        self.owns_gallery = True  # closes it at stop; a swap hands a shared one over
+        self._previous = previous
         self._running = False  # a batch is in the model thread
         self.ready = False
         self.bundle: Bundle | None = None
@@ -81,8 +120,9 @@ class Engine:
         beside it (its SQLite check and index snapshot are I/O and C code: ~1 s of a 200k
         gallery's start that the model's ~0.5 s no longer adds to)."""
         s = self.settings
-        self.bundle = load_bundle(s.bundle)
+        self.bundle = load_bundle(self.bundle_dir)
         self.model_id = model_id(self.bundle.manifest)
+        self.metrics = self.metrics.bind(self.model_id)
         self.dim = int(self.bundle.manifest["embedding_dim"])
         with ThreadPoolExecutor(1, thread_name_prefix="gallery-load") as pool:
             gallery = pool.submit(self._load_gallery)
@@ -93,17 +133,36 @@ class Engine:
             self.size = int(self.bundle.manifest["input"]["size"])
             self.pca = self.bundle.pca()  # for `dimensions`; None in older bundles
             for batch in (1, s.max_batch_size):  # first runs allocate and pick kernels
-                self._run(np.zeros((batch, self.size, self.size, 3), np.uint8))
+                self._check_output(batch, *self._run(
+                    np.zeros((batch, self.size, self.size, 3), np.uint8)))
             gallery.result()
+        self._previous = None  # not kept alive by its successor
         self.thumbs = self.bundle.thumbnails()
-        self.metrics.set_model(self.model_id, s.precision, self.session.get_providers()[0],
-                               s.bundle.name)  # a name, not a server path
+        self.metrics.set_model(*self.labels)
         self.metrics.gallery_size.set(len(self.gallery))
         log.info("engine ready: %s %s on %s (%s), gallery %d", self.model_id, s.precision,
                  self.session.get_providers()[0], self.runtime_reason, len(self.gallery))
 
+    @property
+    def labels(self) -> tuple[str, str, str, str]:
+        """Its model_info labels: the bundle by its name, not its path on the server."""
+        return (self.model_id, self.settings.precision, self.session.get_providers()[0],
+                self.bundle_dir.name)
+
+    def _check_output(self, batch: int, emb: np.ndarray, logits: np.ndarray) -> None:
+        """A bundle whose graph does not give what its manifest says is refused at load."""
+        want = ((batch, self.dim), (batch, len(self.bundle.classes)))
+        if (emb.shape, logits.shape) != want or not np.isfinite(emb).all():
+            raise ValueError(f"{self.bundle_dir}: the encoder gives {emb.shape} embeddings and "
+                             f"{logits.shape} logits for {batch} images, not {want}")
+
     def _load_gallery(self) -> None:
         s = self.settings
+        if self._previous is not None and self._previous.model_id == self.model_id:
+            self.gallery, self.owns_gallery = self._previous.gallery, False
+            self.bundle_rows = {i: n for n, i in enumerate(self.bundle.gallery(s.precision)[0]
+                                                           .tolist())}
+            return
         self.gallery = open_gallery(s, Space(self.model_id, s.precision, self.dim))
         ids, labels, emb = self.bundle.gallery(s.precision)
         classes = self.bundle.classes
@@ -132,7 +191,7 @@ class Engine:
             self._worker.cancel()
         self._model_pool.shutdown(wait=True)
         self.decode_pool.shutdown(wait=False)
-        if self.gallery is not None:
+        if self.gallery is not None and self.owns_gallery:
             self.gallery.close()
 
     # --- inference -------------------------------------------------------------------------

@@ -26,6 +26,10 @@ class NotFound(ServiceError):
     status, code = 404, "not_found"
 
 
+class Conflict(ServiceError):
+    status, code = 409, "conflict"
+
+
 class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
 

@@ -398,7 +398,7 @@ class Gallery:
         rebuilt in the background while this one serves."""
         # `simclr-embed serve` ran quick_check (a read of the whole file) before the workers.
         self._threads()
-        checked = os.environ.get(CHECKED_ENV) == str(self.db_path)
+        checked = str(self.db_path) in os.environ.get(CHECKED_ENV, "").split("\n")
         self.store = SQLiteStore(self.db_path, self.space, self.accept_loss, not checked)
         emb = np.ascontiguousarray(emb, np.float32)
         self.bundle_key = hashlib.sha256(emb.tobytes() + "\0".join(ids).encode()).hexdigest()

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from simclr_embed.service.deps import check_ready
-from simclr_embed.service.engine import Engine
+from simclr_embed.service.deps import check_ready, holding
 from simclr_embed.service.handlers import exception_response
+from simclr_embed.service.models import Models
 from simclr_embed.service.routes import inference
 from simclr_embed.service.settings import Settings
 
@@ -28,8 +28,8 @@ ROUTES = {r.path: r for r in inference.router.routes if getattr(r, "path", None)
 
 
 class HotPath:
-    def __init__(self, app, engine: Engine, settings: Settings) -> None:
-        self.app, self.engine, self.settings = app, engine, settings
+    def __init__(self, app, models: Models, settings: Settings) -> None:
+        self.app, self.models, self.settings = app, models, settings
 
     async def __call__(self, scope, receive, send) -> None:
         respond = RESPONSES.get(scope["path"]) if scope["type"] == "http" else None
@@ -38,8 +38,8 @@ class HotPath:
         scope["route"] = ROUTES[scope["path"]]  # what the Gate labels its metrics with
         request = Request(scope, receive)
         try:
-            engine = check_ready(self.engine)
-            response = await respond(request, engine, self.settings)
+            with holding(check_ready(self.models.get(request.query_params.get("model")))) as e:
+                response = await respond(request, e, self.settings)
         except Exception as e:  # each kind to its own handler, as FastAPI would
             response = await exception_response(request, e)
         try:

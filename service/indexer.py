@@ -350,7 +350,7 @@ def run_index(job: IndexJob, settings: Settings) -> dict[str, Any]:
     source = list_source(job.source, job.labels, job.path_column)
     listed = len(source.entries) + len(source.rejected)
     entries = check_entries(source, settings.max_label_chars)
-    bundle = load_bundle(settings.bundle)
+    bundle = load_bundle(settings.bundle_dirs()[0])  # the default model
     space = Space(model_id(bundle.manifest), settings.precision,
                   int(bundle.manifest["embedding_dim"]))
     target = open_target(settings, space)  # GalleryMismatch for another model's gallery

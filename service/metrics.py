@@ -23,40 +23,49 @@ class Metrics:
                                 ["route", "status"], registry=r)
         self.latency = Histogram(PREFIX + "request_latency_seconds", "HTTP request latency",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        # The engine's own metrics carry the model they are about (service/models.py).
         self.batch_size = Histogram(PREFIX + "batch_size", "images per model batch",
-                                    buckets=BATCH_BUCKETS, registry=r)
+                                    ["model"], buckets=BATCH_BUCKETS, registry=r)
         self.queue_wait = Histogram(PREFIX + "queue_wait_seconds", "time from enqueue to batch",
-                                    buckets=LATENCY_BUCKETS, registry=r)
+                                    ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.inference = Histogram(PREFIX + "inference_seconds", "model time per batch",
-                                   buckets=LATENCY_BUCKETS, registry=r)
+                                   ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_images = Gauge(PREFIX + "queue_images", "images waiting for the model",
-                                  registry=r, multiprocess_mode="livesum")
+                                  ["model"], registry=r, multiprocess_mode="livesum")
         self.decoding = Gauge(PREFIX + "decode_images", "images decoding in the pool or waiting "
                               "for a decode slot", registry=r, multiprocess_mode="livesum")
         self.body_bytes = Gauge(PREFIX + "body_bytes", "request body bytes held, by requests "
                                 "being received or served", registry=r,
                                 multiprocess_mode="livesum")
         self.lone_runs = Counter(PREFIX + "lone_runs", "single-image requests run on the event "
-                                 "loop, no other request in flight", registry=r)
+                                 "loop, no other request in flight", ["model"], registry=r)
         self.rejected = Counter(PREFIX + "rejected_overload", "requests refused with 503",
                                 registry=r)
         self.client_gone = Counter(PREFIX + "client_gone", "requests dropped because the "
                                    "client had closed the connection", registry=r)
         self.model_crashes = Counter(PREFIX + "model_loop_crashes", "times the batch loop "
                                      "died of an unexpected error and was restarted",
-                                     registry=r)
+                                     ["model"], registry=r)
         self.storage_errors = Counter(PREFIX + "storage_errors", "gallery writes refused by "
                                       "the store (disk full, I/O error)", ["kind"], registry=r)
         # Set by the worker that made the last change, after it: the most recent value is
         # right for every worker ("max" kept a size from before a delete).
         self.gallery_size = Gauge(PREFIX + "gallery_size", "vectors in the search index",
-                                  registry=r, multiprocess_mode="mostrecent")
+                                  ["model"], registry=r, multiprocess_mode="mostrecent")
+        self.swaps = Counter(PREFIX + "model_swaps", "bundles reloaded from disk, by outcome "
+                             "(swapped, unchanged, refused)", ["outcome"], registry=r)
         self.model = Gauge(PREFIX + "model_info", "the loaded model (value 1)",
                            ["model_id", "precision", "provider", "bundle"], registry=r,
                            multiprocess_mode="max")
 
     def set_model(self, model_id: str, precision: str, provider: str, bundle: str) -> None:
         self.model.labels(model_id, precision, provider, bundle).set(1)
+
+    def unset_model(self, model_id: str, precision: str, provider: str, bundle: str) -> None:
+        self.model.labels(model_id, precision, provider, bundle).set(0)
+
+    def bind(self, model_id: str) -> ModelMetrics:
+        return ModelMetrics(self, model_id)
 
     def exposition(self) -> bytes:
         """The text /metrics serves: every worker's values in multiprocess mode."""
@@ -65,3 +74,19 @@ class Metrics:
         merged = CollectorRegistry()
         MultiProcessCollector(merged)
         return generate_latest(merged)
+
+
+class ModelMetrics:
+    """One model's view of the metrics: the per-model ones labelled with its id, the rest the
+    server's own."""
+
+    PER_MODEL = ("batch_size", "queue_wait", "inference", "queue_images", "lone_runs",
+                 "model_crashes", "gallery_size")
+
+    def __init__(self, metrics: Metrics, model_id: str) -> None:
+        self._metrics = metrics
+        for name in self.PER_MODEL:
+            setattr(self, name, getattr(metrics, name).labels(model_id))
+
+    def __getattr__(self, name: str):
+        return getattr(self._metrics, name)

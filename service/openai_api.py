@@ -14,14 +14,17 @@ from pydantic import Field
 
 from simclr_embed.service import encodings, schemas
 from simclr_embed.service.deps import (
-    EngineDep,
     NumpyJSON,
     SettingsDep,
+    check_ready,
     decode_all,
     decode_base64_images,
+    holding,
     read_json,
 )
-from simclr_embed.service.errors import NotFound
+from simclr_embed.service.engine import Engine
+from simclr_embed.service.models import Models
+from simclr_embed.service.settings import Settings
 
 ALIASES = ("simclr-embed", "simclr-resnet18")
 
@@ -43,11 +46,15 @@ class EmbeddingsRequest(schemas.Strict):
 
 @router.post("/v1/embeddings", responses=schemas.ERRORS,
              openapi_extra=schemas.json_body(EmbeddingsRequest))
-async def embeddings(request: Request, engine: EngineDep, settings: SettingsDep) -> NumpyJSON:
+async def embeddings(request: Request, settings: SettingsDep) -> NumpyJSON:
     body = await read_json(request, EmbeddingsRequest)
-    if body.model not in (engine.model_id, *ALIASES):
-        raise NotFound(f"model {body.model!r} is not served here; GET /v1/models lists "
-                       f"{engine.model_id!r}")
+    models: Models = request.app.state.models
+    with holding(check_ready(models.get(None if body.model in ALIASES else body.model))) as e:
+        return await embed(request, e, settings, body)
+
+
+async def embed(request: Request, engine: Engine, settings: Settings, body: EmbeddingsRequest
+                ) -> NumpyJSON:
     encodings.check(body.encoding_format, body.dimensions, engine.dim, engine.pca)
     items = [body.input] if isinstance(body.input, str) else body.input
     names = ["input"] if isinstance(body.input, str) else [f"input[{n}]"
@@ -65,7 +72,14 @@ async def embeddings(request: Request, engine: EngineDep, settings: SettingsDep)
 
 
 @router.get("/v1/models", responses=schemas.ERRORS)
-async def models(engine: EngineDep) -> dict:
+async def models(request: Request) -> dict:
+    """Every served model, the default first; `bundle` is another name `model` accepts."""
+    return {"object": "list", "data": [model_card(e) for e in request.app.state.models.engines]}
+
+
+def model_card(engine: Engine) -> dict:
     created = int(np.datetime64(engine.bundle.manifest["created"].rstrip("Z"), "s").astype(int))
-    return {"object": "list", "data": [{"id": engine.model_id, "object": "model",
-                                        "created": created, "owned_by": "simclr-embed"}]}
+    return {"id": engine.model_id, "object": "model", "created": created,
+            "owned_by": "simclr-embed", "bundle": engine.bundle_dir.name,
+            "precision": engine.settings.precision,
+            "provider": engine.session.get_providers()[0], "gallery_size": len(engine.gallery)}

@@ -131,11 +131,17 @@ ERRORS = {code: {"model": ErrorResponse}
           for code in (400, 401, 403, 404, 408, 413, 415, 422, 499, 500, 503, 507)}
 
 
-def with_setting_limits(schema: dict, max_list_items: int) -> dict:
-    """The OpenAPI document with the limits that come from settings, not from code."""
+def with_setting_limits(schema: dict, max_list_items: int, models: list[str]) -> dict:
+    """The OpenAPI document with what comes from settings, not from code: the listing's page
+    size limit and the models that `model` may name."""
     for param in schema["paths"]["/v1/gallery"]["get"]["parameters"]:
         if param["name"] == "limit":
             param["schema"]["maximum"] = max_list_items
+    for ops in schema["paths"].values():
+        for op in ops.values():
+            for param in op.get("parameters", []):
+                if param["name"] == "model" and param["in"] == "query":
+                    param["schema"] = {"type": "string", "enum": models}
     return schema
 
 

@@ -17,7 +17,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ModelSettings(BaseModel):
     """Which encoder serves, on which runtime."""
 
-    bundle: Path = Field(Path("bundles/default"), description="the model bundle directory")
+    bundle: Path = Field(Path("bundles/default"), description="the model bundle directory, "
+                         "or a directory of bundles (each served as its own model)")
+    more_bundles: str = Field("", description="comma-separated bundle directories served "
+                              "beside it (service/models.py)")
     precision: Literal["int8", "fp32"] = Field("int8", description="which of the bundle's "
                                                "encoders serves")
     provider: Literal["auto", "cpu", "cuda", "openvino"] = Field(
@@ -25,6 +28,16 @@ class ModelSettings(BaseModel):
         "bundle's gates (service/runtime.py); cpu / cuda: ONNX Runtime; openvino")
     threads: int = Field(0, ge=0, description="intra-op threads of the runtime; 0 = one per "
                          "core")
+
+
+    def bundle_dirs(self) -> list[Path]:
+        """Every bundle served, the default model first: a directory of bundles gives its
+        subdirectories in name order."""
+        first = [self.bundle]
+        if not (self.bundle / "manifest.json").exists() and self.bundle.is_dir():
+            first = sorted(d for d in self.bundle.iterdir() if (d / "manifest.json").exists())
+        return (first or [self.bundle]) + [Path(b.strip()) for b in self.more_bundles.split(",")
+                                           if b.strip()]
 
 
 class BatchingSettings(BaseModel):

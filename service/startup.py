@@ -11,6 +11,7 @@ import os
 import shutil
 
 from simclr_embed.service.bundle import VERIFIED_ENV, load_bundle, model_id, stamp
+from simclr_embed.service.engine import gallery_path
 from simclr_embed.service.gallery import CHECKED_ENV, SQLiteStore
 from simclr_embed.service.settings import Settings
 from simclr_embed.service.store import Space
@@ -19,18 +20,23 @@ PREPARED_ENV = "SIMCLR_EMBED_PREPARED"  # what this process and its workers were
 
 
 def check_before_workers(settings: Settings) -> None:
-    key = f"{settings.bundle.resolve()}|{settings.data_dir.resolve()}|{settings.precision}"
+    dirs = settings.bundle_dirs()
+    key = "|".join([*(str(d.resolve()) for d in dirs), str(settings.data_dir.resolve()),
+                    settings.precision])
     if os.environ.get(PREPARED_ENV) == key:  # a worker of `simclr-embed serve`
         return
-    bundle = load_bundle(settings.bundle)
-    os.environ[VERIFIED_ENV] = stamp(settings.bundle, bundle.manifest["files"])
-    space = Space(model_id(bundle.manifest), settings.precision,
-                  int(bundle.manifest["embedding_dim"]))
-    if settings.gallery_url is None:  # raises GalleryMismatch for another model's database
-        path = settings.data_dir / f"gallery-{space.precision}.sqlite3"
-        store = SQLiteStore(path, space, settings.accept_gallery_loss)  # GalleryDamaged too
-        store.close()
-        os.environ[CHECKED_ENV] = str(path)  # the workers need not read the file again
+    verified, checked = [], []
+    for d in dirs:  # in the engines' order: the first model takes the data directory's gallery
+        bundle = load_bundle(d)
+        verified.append(stamp(d, bundle.manifest["files"]))
+        space = Space(model_id(bundle.manifest), settings.precision,
+                      int(bundle.manifest["embedding_dim"]))
+        if settings.gallery_url is None:
+            path = gallery_path(settings.data_dir, space)
+            store = SQLiteStore(path, space, settings.accept_gallery_loss)  # GalleryDamaged
+            store.close()
+            checked.append(str(path))  # the workers need not read the file again
+    os.environ[VERIFIED_ENV], os.environ[CHECKED_ENV] = "\n".join(verified), "\n".join(checked)
     if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         metrics_dir = settings.data_dir / "prometheus-multiproc"
         shutil.rmtree(metrics_dir, ignore_errors=True)  # counters start at zero with the server

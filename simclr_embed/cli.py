@@ -194,8 +194,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the HTTP service on a model bundle (no torch needed)",
                        description="Serve embed, search and classify over HTTP. Every option "
                        "also reads from SIMCLR_EMBED_<NAME> (see service/settings.py).")
-    p.add_argument("bundle", nargs="?", default=None, help="bundle directory (default: "
-                   "$SIMCLR_EMBED_BUNDLE or bundles/default)")
+    p.add_argument("bundle", nargs="*", default=None, help="bundle directories, or a "
+                   "directory of bundles, each served as its own model, the first by default "
+                   "(default: $SIMCLR_EMBED_BUNDLE or bundles/default)")
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--precision", choices=("int8", "fp32"), default=None)
@@ -230,8 +231,13 @@ def _run_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     # The app factory reads the environment, in every worker.
-    settings_from_args(args, "bundle", "host", "port", "precision", "provider", "threads",
-                       "workers", "api_key")
+    if args.bundle:
+        args.more_bundles = ",".join(args.bundle[1:])
+        args.bundle = args.bundle[0]
+    else:
+        args.bundle = args.more_bundles = None
+    settings_from_args(args, "bundle", "more_bundles", "host", "port", "precision", "provider",
+                       "threads", "workers", "api_key")
     from simclr_embed.service.settings import Settings
 
     settings = Settings()
@@ -263,6 +269,7 @@ def _run_gallery(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from simclr_embed.service.bundle import load_bundle, model_id
+    from simclr_embed.service.engine import gallery_path
     from simclr_embed.service.gallery import SQLiteStore
     from simclr_embed.service.settings import Settings
     from simclr_embed.service.store import Space
@@ -270,12 +277,12 @@ def _run_gallery(args: argparse.Namespace) -> None:
     s = Settings()
     if s.gallery_url is not None:
         raise ValueError("SIMCLR_EMBED_GALLERY_URL is set: back PostgreSQL up with pg_dump")
-    manifest = load_bundle(s.bundle).manifest
-    path = s.data_dir / f"gallery-{s.precision}.sqlite3"
+    manifest = load_bundle(s.bundle_dirs()[0]).manifest
+    space = Space(model_id(manifest), s.precision, int(manifest["embedding_dim"]))
+    path = gallery_path(s.data_dir, space)
     if not path.exists():
         raise ValueError(f"no gallery database at {path}: check SIMCLR_EMBED_DATA_DIR")
-    store = SQLiteStore(path, Space(model_id(manifest), s.precision,
-                                    int(manifest["embedding_dim"])))
+    store = SQLiteStore(path, space)
     try:
         seq = store.backup(Path(args.dest))
     finally:

@@ -48,3 +48,20 @@ def bundle_dir(short_checkpoint: Path, tmp_path_factory) -> Path:
     return build_bundle(ExportConfig(str(short_checkpoint), out=str(out), calibration_per_class=5,
                                      gallery_per_class=20, test_per_class=10, latency_rounds=1,
                                      tolerance=5.0))
+
+
+@pytest.fixture(scope="session")
+def second_bundle_dir(cifar10_dir: Path, tmp_path_factory) -> Path:
+    """Another model (other weights: another seed and other images), for servers of several
+    models and for swaps."""
+    from simclr_embed.export.build import ExportConfig, build_bundle
+    from simclr_embed.training.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("second_run")
+    ckpt = train(TrainConfig(data=str(cifar10_dir), out_dir=str(run), train_per_class=8,
+                             test_per_class=4, epochs=1, batch_size=32, warmup_epochs=1,
+                             knn_every=0, probe_epochs=5, seed=1))
+    out = tmp_path_factory.mktemp("bundle2") / "b2"
+    return build_bundle(ExportConfig(str(ckpt), out=str(out), calibration_per_class=5,
+                                     gallery_per_class=20, test_per_class=10, latency_rounds=1,
+                                     tolerance=5.0))

@@ -9,8 +9,8 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from simclr_embed.service import schemas
-from simclr_embed.service.deps import EngineDep, SettingsDep
-from simclr_embed.service.errors import StorageError
+from simclr_embed.service.deps import EngineDep, SettingsDep, check_ready
+from simclr_embed.service.errors import Conflict, StorageError
 
 router = APIRouter()
 
@@ -21,11 +21,29 @@ async def healthz() -> dict:
 
 
 @router.get("/readyz", tags=["ops"], responses=schemas.ERRORS)
-async def readyz(engine: EngineDep) -> dict:
-    """Ready: the model loaded and warmed, and the gallery's store reachable."""
-    if not await asyncio.to_thread(engine.gallery.healthy):
-        raise StorageError("the gallery database is unreachable", headers={"Retry-After": "2"})
-    return {"status": "ready", "model": engine.model_id}
+async def readyz(request: Request) -> dict:
+    """Ready: every model loaded and warmed, and each gallery's store reachable."""
+    engines = request.app.state.models.engines
+    for engine in engines:
+        check_ready(engine)
+        if not await asyncio.to_thread(engine.gallery.healthy):
+            raise StorageError(f"the gallery database of {engine.model_id} is unreachable",
+                               headers={"Retry-After": "2"})
+    return {"status": "ready", "model": engines[0].model_id,
+            "models": [e.model_id for e in engines]}
+
+
+@router.post("/v1/models/reload", tags=["model"], responses=schemas.ERRORS)
+async def reload(request: Request) -> dict:
+    """What SIGHUP does, with the API key: each bundle that changed on disk is loaded beside
+    the serving one, verified, warmed and swapped in; a bundle that fails is refused (409)
+    and the old model keeps serving (service/models.py)."""
+    outcomes = await request.app.state.models.reload()
+    refused = [o for o in outcomes if o["outcome"] == "refused"]
+    if refused:
+        raise Conflict("; ".join(f"{o['bundle']}: {o['error']}" for o in refused)
+                       + f" (refused; {', '.join(o['model'] for o in refused)} keeps serving)")
+    return {"models": outcomes}
 
 
 @router.get("/metrics", tags=["ops"], response_class=Response,

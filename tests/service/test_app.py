@@ -117,10 +117,10 @@ def test_metrics_move(client, test_images) -> None:
     after = scrape()
     key = 'simclr_embed_requests_total{route="/v1/embed",status="200"}'
     assert after[key] == before.get(key, 0) + 1
-    assert after["simclr_embed_batch_size_count"] > before["simclr_embed_batch_size_count"]
-    inference = "simclr_embed_inference_seconds_count"
-    assert after[inference] > before[inference]
-    assert after["simclr_embed_gallery_size"] >= 200
+    model = f'model="{client.get("/v1/models").json()["data"][0]["id"]}"'
+    for name in ("simclr_embed_batch_size_count", "simclr_embed_inference_seconds_count"):
+        assert after[f"{name}{{{model}}}"] > before[f"{name}{{{model}}}"]
+    assert after[f"simclr_embed_gallery_size{{{model}}}"] >= 200
     assert 'simclr_embed_request_latency_seconds_bucket{le="0.005",route="/v1/embed"}' in after
     assert any(k.startswith("simclr_embed_model_info{") for k in after)
 

@@ -150,7 +150,7 @@ def test_a_model_that_keeps_crashing_answers_503_not_ready(bundle_dir, tmp_path)
         async with app.router.lifespan_context(app), httpx.AsyncClient(
                 transport=httpx.ASGITransport(app), base_url="http://app") as c:
             assert (await c.get("/readyz")).status_code == 200
-            app.state.engine._take_batch = broken
+            app.state.models.default._take_batch = broken
             crashed = [await c.post("/v1/embed", files=files) for _ in range(CRASH_LIMIT)]
             for _ in range(200):  # poll: the supervisor gives up right after the last crash
                 if (await c.get("/readyz")).status_code == 503:

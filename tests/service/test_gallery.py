@@ -1,11 +1,9 @@
 """The embedded gallery (SQLite + FAISS): durability under kill -9 with concurrent writers, two
-workers that agree, the API (ids with '/', get, listing, bulk delete, limits), and the refusal
-of another model's gallery. Real servers over real HTTP, a real SQLite database."""
+workers that agree, the API (ids with '/', get, listing, bulk delete, limits), and another model's
+gallery left alone. Real servers over real HTTP, a real SQLite database."""
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -15,7 +13,7 @@ import pytest
 from simclr_embed.service.gallery import Gallery, GalleryMismatch, SQLiteStore
 from simclr_embed.service.store import Space
 from tests.support.gallery_chaos import KEY, chaos_rounds, check_ledger, unit
-from tests.support.servers import API_KEY, Server
+from tests.support.servers import Server
 
 SPACE = Space("model-a", "int8", 512)
 
@@ -138,16 +136,31 @@ def test_bundle_items_can_be_deleted_and_stay_deleted(bundle_dir, tmp_path) -> N
         srv.stop()
 
 
-def test_another_models_gallery_is_refused_at_startup(bundle_dir, tmp_path) -> None:
+def test_another_models_gallery_is_left_alone(bundle_dir, tmp_path) -> None:
+    """A data directory whose gallery another model made: this model gets its own beside it
+    (DATA_DIR/<model id>/), and the other one is neither read nor changed."""
     data = tmp_path / "data"
-    SQLiteStore(data / "gallery-int8.sqlite3", Space("other-model", "int8", 512))
-    env = {**os.environ, "SIMCLR_EMBED_DATA_DIR": str(data), "SIMCLR_EMBED_API_KEY": API_KEY}
-    r = subprocess.run([sys.executable, "-m", "simclr_embed.cli", "serve",
-                        str(bundle_dir)], env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "belongs to model other-model" in r.stderr
-    # Another precision is another space, kept in its own database: fp32 starts.
-    srv = Server(bundle_dir, data, SIMCLR_EMBED_PRECISION="fp32").start()
-    srv.stop()
+    SQLiteStore(data / "gallery-int8.sqlite3", Space("other-model", "int8", 512)).close()
+    srv = Server(bundle_dir, data).start()
+    try:
+        model = httpx.get(srv.url + "/v1/models").json()["data"][0]["id"]
+        item = {"id": "mine", "embedding": unit(1, seed=3)[0].tolist()}
+        assert httpx.post(srv.url + "/v1/gallery", json={"items": [item]},
+                          headers=KEY).status_code == 200
+    finally:
+        srv.stop()
+    other = SQLiteStore(data / "gallery-int8.sqlite3", Space("other-model", "int8", 512))
+    try:
+        assert other.seq() == 0  # nothing written there
+    finally:
+        other.close()
+    with pytest.raises(GalleryMismatch, match="belongs to model other-model"):
+        SQLiteStore(data / "gallery-int8.sqlite3", Space(model, "int8", 512))
+    mine = SQLiteStore(data / model / "gallery-int8.sqlite3", Space(model, "int8", 512))
+    try:
+        assert mine.seq() == 1
+    finally:
+        mine.close()
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
@@ -209,7 +222,6 @@ def test_every_thread_that_searches_keeps_faiss_to_its_thread_count(tmp_path: Pa
     """libgomp keeps the OpenMP thread count per thread: set only where the gallery loaded, the
     threads that search would run FAISS on every core (and its spinning workers slowed numpy's
     exact filter path 8x)."""
-    import os
     import threading
 
     from simclr_embed.service.index import faiss

@@ -18,6 +18,7 @@ from simclr_embed.benchmarks.process import ServiceProcess
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.hot_path import HotPath
 from simclr_embed.service.metrics import Metrics
+from simclr_embed.service.models import Models
 from simclr_embed.service.settings import Settings
 from tests.support.servers import Server, metric, png
 
@@ -107,8 +108,10 @@ def test_hot_path_takes_only_post_embed(bundle_dir: Path, tmp_path: Path, cifar1
         await send({"type": "http.response.body", "body": b""})
 
     settings = Settings(bundle=bundle_dir, data_dir=tmp_path, threads=1)
-    engine = Engine(settings, Metrics())
-    hot = HotPath(behind, engine, settings)
+    metrics = Metrics()
+    models = Models([bundle_dir], metrics, 1.0,
+                    lambda d, previous: Engine(settings, metrics, bundle_dir=d, previous=previous))
+    hot = HotPath(behind, models, settings)
     body = png(cifar10[1].images[0])
 
     async def call(method: str, path: str) -> tuple[int, bytes]:
@@ -127,16 +130,17 @@ def test_hot_path_takes_only_post_embed(bundle_dir: Path, tmp_path: Path, cifar1
 
     async def run() -> list[tuple[int, bytes]]:
         loading = await call("POST", "/v1/embed")
-        await engine.start()
+        await models.start()
         try:
             return [loading, await call("POST", "/v1/embed"), await call("GET", "/v1/embed"),
                     await call("POST", "/v1/classify"), await call("POST", "/v1/embed/")]
         finally:
-            await engine.stop()
+            await models.stop()
 
     loading, embedded, *others = asyncio.run(run())
     assert loading[0] == 503 and json.loads(loading[1])["error"]["code"] == "not_ready"
-    assert embedded[0] == 200 and len(json.loads(embedded[1])["embeddings"][0]) == engine.dim
+    assert embedded[0] == 200 and len(json.loads(embedded[1])["embeddings"][0]) == \
+        models.default.dim
     assert [s for s, _ in others] == [204, 204, 204]
     assert passed == [("GET", "/v1/embed"), ("POST", "/v1/classify"), ("POST", "/v1/embed/")]
 

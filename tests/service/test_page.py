@@ -6,6 +6,7 @@ with no network (its assets come from a package)."""
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.servers import png
@@ -119,4 +120,43 @@ def test_page_loads_thumbnails_when_keys_are_required(browser, bundle_dir, cifar
             assert path.startswith("/v1/thumbnails/") and path.count("/") == 3, path
     finally:
         browser.execute_script("localStorage.clear()")
+        srv.stop()
+
+
+def test_page_picks_among_several_models(browser, bundle_dir, second_bundle_dir, cifar10,
+                                         tmp_path) -> None:
+    """Two models: the page lists both; with the second picked, its neighbours, classes and
+    thumbnails are the second model's (each model has its own gallery)."""
+    from selenium.webdriver.support.ui import Select
+
+    from tests.support.servers import Server
+
+    srv = Server(bundle_dir, tmp_path / "data",
+                 SIMCLR_EMBED_MORE_BUNDLES=str(second_bundle_dir)).start()
+    try:
+        second = httpx.get(srv.url + "/v1/models").json()["data"][1]["id"]
+        image = tmp_path / "query.png"
+        image.write_bytes(png(cifar10[1].images[7]))
+        browser.get(srv.url + "/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-models"))
+        assert browser.find_element(By.ID, "model-pick").is_displayed()
+        Select(browser.find_element(By.ID, "model")).select_by_value(second)
+        browser.find_element(By.ID, "k").clear()
+        browser.find_element(By.ID, "k").send_keys("5")
+        browser.find_element(By.ID, "file").send_keys(str(image))
+        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state"))
+        assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done"
+        files = [("files", ("q.png", image.read_bytes(), "image/png"))]
+        want = httpx.post(srv.url + "/v1/search", params={"k": 5, "model": second},
+                          files=files).json()["results"][0]
+        other = httpx.post(srv.url + "/v1/search", params={"k": 5}, files=files).json()
+        hits = browser.find_elements(By.CSS_SELECTOR, "#hits .hit")
+        assert [h.get_attribute("data-id") for h in hits] == [r["id"] for r in want]
+        assert [r["score"] for r in want] != [r["score"] for r in other["results"][0]]
+        imgs = browser.find_elements(By.CSS_SELECTOR, "#hits img")
+        assert all(f"model={second}" in i.get_attribute("src") for i in imgs)
+        wait.until(lambda d: all(d.execute_script("return arguments[0].naturalWidth", i) > 0
+                                 for i in imgs))
+    finally:
         srv.stop()

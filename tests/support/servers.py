@@ -34,9 +34,14 @@ def png(image: np.ndarray) -> bytes:
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
-    pattern = "^" + re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "")
-    m = re.search(pattern + r" (\S+)$", text, re.MULTILINE)
-    return float(m.group(1)) if m else 0.0
+    """The sample with exactly these labels; with none given, the sum over every label set
+    (the engine's metrics carry a model label)."""
+    if labels:
+        m = re.search("^" + re.escape(name) + r"\{" + re.escape(labels) + r"\} (\S+)$", text,
+                      re.MULTILINE)
+        return float(m.group(1)) if m else 0.0
+    found = re.findall("^" + re.escape(name) + r"(?:\{[^}]*\})? (\S+)$", text, re.MULTILINE)
+    return sum(map(float, found))
 
 
 def wait_for_metric(url: str, name: str, done: Callable[[float], bool], labels: str = "",

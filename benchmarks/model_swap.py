@@ -1,0 +1,185 @@
+"""Several models in one server, and a model swap under load (#23).
+
+- memory: the server's RSS serving bundle A alone and A + B, each warmed and answering, in
+  interleaved rounds: what one more model costs.
+- swap: wrk, 32 clients, examples/cat.png (96x96) per request, against a server on A; a third
+  of the way in, A's directory is replaced by B (staged beside it, renamed in) and the server
+  gets SIGHUP.
+  The same run without a swap is the baseline. hey through a second swap gives each request's
+  start and latency, for the p99 of the requests sent while the swap ran (from the SIGHUP to
+  the old model's drain).
+
+    python -m benchmarks.model_swap --bundles bundles/default bundles/own
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.benchmarks.process import ServiceProcess
+from simclr_embed.benchmarks.serving import WRK_SCRIPT, _tool
+
+log = logging.getLogger("benchmarks.model_swap")
+CLIENTS = 32
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cat.png"  # 32x32 CIFAR-10
+
+
+def served(url: str) -> list[str]:
+    return [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]]
+
+
+def warm(srv: ServiceProcess, body: bytes) -> None:
+    for model in served(srv.url):
+        for _ in range(50):
+            httpx.post(srv.url + "/v1/embed", params={"model": model}, content=body,
+                       headers={"content-type": "image/png"}).raise_for_status()
+
+
+def memory_round(a: Path, b: Path, work: Path, body: bytes) -> dict:
+    out = {}
+    for name, more in (("one_model", ""), ("two_models", str(b))):
+        data = work / f"mem-{name}"
+        shutil.rmtree(data, ignore_errors=True)
+        srv = ServiceProcess(a, data, work / f"{name}.log", SIMCLR_EMBED_MORE_BUNDLES=more)
+        srv.start(timeout=300)
+        try:
+            warm(srv, body)
+            out[name] = srv.rss_mb()
+        finally:
+            srv.stop()
+    return out
+
+
+class Live:
+    """A server on a copy of A, whose directory a swap replaces with B."""
+
+    def __init__(self, a: Path, work: Path) -> None:
+        self.a, self.dir = a, work / "live" / "model"
+        shutil.rmtree(self.dir.parent, ignore_errors=True)
+        shutil.copytree(a, self.dir)
+        shutil.rmtree(work / "live-data", ignore_errors=True)
+        self.srv = ServiceProcess(self.dir, work / "live-data", work / "live.log").start(300)
+        self.first = served(self.srv.url)[0]
+
+    def swap_to(self, b: Path) -> tuple[float, float]:
+        """(seconds from the SIGHUP until the new model answers, until the old one drained)."""
+        staged = self.dir.with_name("model.new")
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(b, staged)
+        old = self.dir.with_name("model.old")
+        shutil.rmtree(old, ignore_errors=True)
+        self.dir.rename(old)
+        staged.rename(self.dir)
+        log_len = len(self.srv.log_path.read_text())
+        t0 = time.perf_counter()
+        self.srv.proc.send_signal(signal.SIGHUP)
+        while served(self.srv.url)[0] == self.first:
+            time.sleep(0.01)
+        swapped = time.perf_counter() - t0
+        while "drained and stopped" not in self.srv.log_path.read_text()[log_len:]:
+            time.sleep(0.01)
+        return swapped, time.perf_counter() - t0
+
+
+def wrk_run(url: str, png: Path, seconds: int, during=None) -> dict:
+    env = {**os.environ, "WRK_BODY": str(png), "WRK_TYPE": "image/png"}
+    proc = subprocess.Popen([_tool("wrk"), "-t1", f"-c{CLIENTS}", f"-d{seconds}s", "-s",
+                             str(WRK_SCRIPT), url + "/v1/embed"], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    extra = {}
+    if during is not None:
+        time.sleep(seconds / 3)
+        extra["swap_s"], extra["drained_s"] = during()
+    r = json.loads(proc.communicate()[0].strip().splitlines()[-1])
+    return {"requests": r["requests"], "non2xx": r["non2xx"],
+            "socket_errors": r["socket_errors"], "req_per_s": r["requests"] / r["duration_us"]
+            * 1e6, **{k.replace("_us", "_ms"): v / 1000 for k, v in r.items()
+                      if k.startswith("p") and k.endswith("_us")}, **extra}
+
+
+def hey_swap(live: Live, b: Path, png: Path, seconds: int) -> dict:
+    """Each request's start and latency through a swap: the p99 of those sent during it."""
+    proc = subprocess.Popen([_tool("hey"), "-o", "csv", "-c", str(CLIENTS), "-z",
+                             f"{seconds}s", "-m", "POST", "-T", "image/png", "-D", str(png),
+                             live.srv.url + "/v1/embed"], stdout=subprocess.PIPE, text=True)
+    t_start = time.perf_counter()
+    time.sleep(seconds / 3)
+    t_sig = time.perf_counter() - t_start
+    swapped, drained = live.swap_to(b)
+    rows = list(csv.DictReader(io.StringIO(proc.communicate()[0])))
+    start = np.array([float(r["offset"]) for r in rows])
+    ms = np.array([float(r["response-time"]) for r in rows]) * 1000
+    status = np.array([int(r["status-code"]) for r in rows])
+    inside = (start >= t_sig) & (start <= t_sig + drained)
+    return {"requests": len(rows), "non2xx": int((status // 100 != 2).sum()),
+            "swap_s": swapped, "drained_s": drained, "during_swap": pct(ms[inside]),
+            "outside_swap": pct(ms[~inside])}
+
+
+def pct(ms: np.ndarray) -> dict:
+    return {"n": len(ms), **{f"p{q}_ms": float(np.percentile(ms, q)) for q in (50, 95, 99)}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bundles", nargs=2, type=Path, required=True, metavar=("A", "B"))
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=int, default=12)
+    p.add_argument("--out", default="benchmarks/results/model_swap.json")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    a, b = args.bundles
+    body = EXAMPLE.read_bytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        png = work / "q.png"
+        png.write_bytes(body)
+        memory, baseline, swaps, hey_swaps = [], [], [], []
+        for n in range(args.rounds):
+            log.info("round %d: memory", n + 1)
+            memory.append(memory_round(a, b, work, body))
+            live = Live(a, work)
+            try:
+                warm(live.srv, body)
+                log.info("round %d: wrk without a swap, then through one", n + 1)
+                baseline.append(wrk_run(live.srv.url, png, args.seconds))
+                swaps.append(wrk_run(live.srv.url, png, args.seconds,
+                                     lambda live=live: live.swap_to(b)))
+            finally:
+                live.srv.stop()
+            live = Live(a, work)
+            try:
+                warm(live.srv, body)
+                hey_swaps.append(hey_swap(live, b, png, args.seconds))
+            finally:
+                live.srv.stop()
+    extra = [m["two_models"] - m["one_model"] for m in memory]
+    result = {"benchmark": "model_swap", "hardware": hardware(), "clients": CLIENTS,
+              "seconds": args.seconds, "rounds": args.rounds,
+              "bundles": [a.name, b.name], "memory_mb": memory,
+              "extra_model_mb_median": statistics.median(extra),
+              "wrk_baseline": baseline, "wrk_swap": swaps, "hey_swap": hey_swaps,
+              "non2xx_during_swaps": sum(r["non2xx"] + r["socket_errors"] for r in swaps)
+              + sum(r["non2xx"] for r in hey_swaps)}
+    log.info("wrote %s", write_result(args.out, result))
+
+
+if __name__ == "__main__":
+    main()
