@@ -7,7 +7,7 @@
   gets SIGHUP.
   The same run without a swap is the baseline. hey through a second swap gives each request's
   start and latency, for the p99 of the requests sent while the swap ran (from the SIGHUP to
-  the old model's drain).
+  the old model's drain), and the answers per half second through it (model_swap.png).
 
     python -m benchmarks.model_swap --bundles bundles/default bundles/own
 """
@@ -37,6 +37,7 @@ from simclr_embed.benchmarks.serving import WRK_SCRIPT, _tool
 
 log = logging.getLogger("benchmarks.model_swap")
 CLIENTS = 32
+BIN_S = 0.5  # the plot's resolution
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cat.png"  # 32x32 CIFAR-10
 
 
@@ -127,9 +128,32 @@ def hey_swap(live: Live, b: Path, png: Path, seconds: int) -> dict:
     ms = np.array([float(r["response-time"]) for r in rows]) * 1000
     status = np.array([int(r["status-code"]) for r in rows])
     inside = (start >= t_sig) & (start <= t_sig + drained)
+    answered = start + ms / 1000
     return {"requests": len(rows), "non2xx": int((status // 100 != 2).sum()),
-            "swap_s": swapped, "drained_s": drained, "during_swap": pct(ms[inside]),
-            "outside_swap": pct(ms[~inside])}
+            "swap_s": swapped, "drained_s": drained, "sighup_at_s": t_sig,
+            "during_swap": pct(ms[inside]), "outside_swap": pct(ms[~inside]),
+            "answers_per_bin": np.histogram(answered, bins=np.arange(0, seconds + BIN_S / 2,
+                                                                      BIN_S))[0].tolist()}
+
+
+def plot(result: dict, out: Path) -> None:
+    """Answers per second through each hey run's swap, the SIGHUP marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for n, run in enumerate(result["hey_swap"]):
+        rate = np.asarray(run["answers_per_bin"]) / BIN_S
+        ax.step(np.arange(len(rate)) * BIN_S, rate, where="post", label=f"round {n + 1}")
+        ax.axvline(run["sighup_at_s"], color=f"C{n}", ls=":", lw=1)
+    ax.set(xlabel="seconds into the run (dotted: SIGHUP)", ylabel="answers / s",
+           title=f"{CLIENTS} clients through a model swap ({' -> '.join(result['bundles'])})")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
 
 
 def pct(ms: np.ndarray) -> dict:
@@ -179,6 +203,7 @@ def main() -> None:
               "non2xx_during_swaps": sum(r["non2xx"] + r["socket_errors"] for r in swaps)
               + sum(r["non2xx"] for r in hey_swaps)}
     log.info("wrote %s", write_result(args.out, result))
+    plot(result, Path(args.out).with_suffix(".png"))
 
 
 if __name__ == "__main__":

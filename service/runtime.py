@@ -207,25 +207,31 @@ def open_runtime(path: Path, manifest: dict, precision: str, threads: int = 0,
               else f"auto: {best}, the only candidate")
     if why_not:
         reason += "; not eligible: " + "; ".join(why_not)
-    _write_choice(choice_file, {"key": key, "provider": best, "reason": reason})
+    _write_choice(choice_file, key, {"provider": best, "reason": reason})
     return sessions[best], reason
 
 
-def _read_choice(path: Path | None, key: str) -> dict | None:
+def _choices(path: Path | None) -> dict:
+    """Every graph's choice, by key: the models of one server share the file."""
     try:
-        kept = json.loads(path.read_text()) if path is not None else None
+        kept = json.loads(path.read_text()) if path is not None else {}
     except (OSError, ValueError):
-        return None
-    return kept if isinstance(kept, dict) and kept.get("key") == key else None
+        return {}
+    return {k: v for k, v in kept.items() if isinstance(v, dict)} if isinstance(kept, dict) \
+        else {}
 
 
-def _write_choice(path: Path | None, choice: dict) -> None:
+def _read_choice(path: Path | None, key: str) -> dict | None:
+    return _choices(path).get(key)
+
+
+def _write_choice(path: Path | None, key: str, choice: dict) -> None:
     if path is None:
         return
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(choice) + "\n")
+        tmp.write_text(json.dumps({**_choices(path), key: choice}, indent=1) + "\n")
         os.replace(tmp, path)
     except OSError as e:  # a read-only directory: the next start times again
         log.warning("could not keep the runtime choice in %s: %s", path, e)

@@ -177,3 +177,31 @@ def test_a_bundle_that_fails_verification_is_refused(bundle_dir, second_bundle_d
         assert metric(text, "simclr_embed_model_swaps_total", 'outcome="refused"') == 1
     finally:
         srv.stop()
+
+
+def test_bundles_named_on_the_command_line_or_in_a_directory(bundle_dir, second_bundle_dir,
+                                                              tmp_path) -> None:
+    """`serve B A` serves B first (the default); a directory of bundles serves its
+    subdirectories in name order."""
+    env = {"SIMCLR_EMBED_API_KEY": "k", "SIMCLR_EMBED_THREADS": "1",
+           "SIMCLR_EMBED_PROVIDER": "cpu"}
+    cli = ServiceProcess(bundle_dir, tmp_path / "cli", tmp_path / "cli.log",
+                         module=f"simclr_embed.cli serve {second_bundle_dir} {bundle_dir}",
+                         **env).start()
+    try:
+        by_cli = httpx.get(cli.url + "/v1/models").json()["data"]
+    finally:
+        cli.stop()
+    assert [m["bundle"] for m in by_cli] == [second_bundle_dir.name, bundle_dir.name]
+    folder = tmp_path / "bundles"
+    folder.mkdir()
+    (folder / "1-second").symlink_to(second_bundle_dir)
+    (folder / "2-first").symlink_to(bundle_dir)
+    (folder / "notes").mkdir()  # not a bundle: no manifest
+    srv = ServiceProcess(folder, tmp_path / "dir", tmp_path / "dir.log", **env).start()
+    try:
+        by_dir = httpx.get(srv.url + "/v1/models").json()["data"]
+    finally:
+        srv.stop()
+    assert [m["bundle"] for m in by_dir] == ["1-second", "2-first"]
+    assert [m["id"] for m in by_dir] == [m["id"] for m in by_cli]

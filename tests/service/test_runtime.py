@@ -77,7 +77,7 @@ def test_a_server_on_auto_says_what_it_chose_and_keeps_it(bundle_dir: Path,
         srv.stop()
     assert info["provider_reason"].startswith("auto: ")
     assert info["provider"] in ("CPUExecutionProvider", "OpenVINO-CPU")
-    kept = json.loads((data / "runtime-choice.json").read_text())
+    (kept,) = json.loads((data / "runtime-choice.json").read_text()).values()
     assert kept["provider"] == ("openvino" if info["provider"] == "OpenVINO-CPU" else "cpu")
     srv = Server(bundle_dir, data, SIMCLR_EMBED_PROVIDER="auto").start()
     try:
@@ -103,3 +103,19 @@ def test_the_choice_is_kept_for_later_starts(bundle_dir: Path, tmp_path: Path) -
     m["metrics"]["runtimes"]["openvino"]["int8"]["passed"] = False  # no longer eligible
     session, _ = open_runtime(path, m, "int8", 2, choice_file=kept)
     assert session.get_providers() == ["CPUExecutionProvider"]  # whatever was kept
+
+
+def test_several_graphs_keep_their_choices_side_by_side(bundle_dir: Path,
+                                                        tmp_path: Path) -> None:
+    """The models of one server share the data directory's choice file: a second graph's
+    choice does not push out the first's (which would time it again at every start)."""
+    bundle = load_bundle(bundle_dir)
+    m = copy.deepcopy(bundle.manifest)
+    for precision in ("int8", "fp32"):
+        m["metrics"]["runtimes"]["openvino"][precision]["passed"] = True
+    kept = tmp_path / "runtime-choice.json"
+    for precision in ("int8", "fp32"):
+        open_runtime(bundle.encoder_path(precision), m, precision, 1, choice_file=kept)
+    for precision in ("int8", "fp32"):
+        _, why = open_runtime(bundle.encoder_path(precision), m, precision, 1, choice_file=kept)
+        assert why.endswith(f"(kept in {kept.name})"), (precision, why)
