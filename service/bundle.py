@@ -112,10 +112,16 @@ def load_bundle(root: Path | str, verify: bool = True) -> Bundle:
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise BundleError(f"{path}: expected format {FORMAT} version {VERSION}, got "
                           f"{manifest.get('format')} version {manifest.get('version')}")
-    if verify and stamp(root, manifest["files"]) not in os.environ.get(VERIFIED_ENV, "").split(
-            "\n"):
+    if verify and not verified(root, manifest["files"]):
         verify_files(root, manifest["files"])
     return Bundle(root, manifest)
+
+
+def verified(root: Path, files: dict[str, dict[str, Any]]) -> bool:
+    """Whether `simclr-embed serve` verified this very bundle before its workers (one stamp a
+    line in VERIFIED_ENV, one per served bundle); a bundle with a file missing never was."""
+    mark = stamp(root, files)
+    return bool(mark) and mark in os.environ.get(VERIFIED_ENV, "").split("\n")
 
 
 def stamp(root: Path, files: dict[str, dict[str, Any]]) -> str:
