@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from simclr_embed import LOG_FORMAT
 from simclr_embed.service import openai_api, page
 from simclr_embed.service.admission import Gate, Inflight
 from simclr_embed.service.deps import NumpyJSON
@@ -42,10 +43,12 @@ def create_app(settings: Settings | None = None, *, hot_path: bool = True, settl
                     lambda d, previous: Engine(settings, metrics, inflight, spinning, lone_run,
                                                d, previous))
 
+    sighup = Sighup()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await models.start()
-        on_sighup(models)
+        sighup.serve(models)
         if settle:
             settle_heap()
         yield
@@ -84,20 +87,33 @@ def create_app(settings: Settings | None = None, *, hot_path: bool = True, settl
     return app
 
 
-def on_sighup(models: Models) -> None:
-    """SIGHUP reloads the bundles that changed on disk (service/models.py). Under
-    `--workers N` uvicorn's supervisor takes SIGHUP itself and restarts the workers one by
-    one; send it to each worker process instead for a swap in place."""
-    loop = asyncio.get_running_loop()
+class Sighup:
+    """SIGHUP reloads the bundles that changed on disk (service/models.py); under `serve
+    --workers N` the supervisor sends it on to each worker (service/supervisor.py). One that
+    comes while the models still load is kept and acted on once they have: SIGHUP's default
+    action would end the process."""
 
-    def reload() -> None:
-        log.info("SIGHUP: reloading the bundles that changed")
-        task = loop.create_task(models.reload())
-        task.add_done_callback(lambda t: t.cancelled() or t.exception() is None or
-                               log.error("reload failed: %r", t.exception()))
+    def __init__(self) -> None:
+        self.seen = False
+        with contextlib.suppress(ValueError):  # signals are set in the main thread only
+            signal.signal(signal.SIGHUP, self._early)
 
-    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
-        loop.add_signal_handler(signal.SIGHUP, reload)
+    def _early(self, *_) -> None:
+        self.seen = True
+
+    def serve(self, models: Models) -> None:
+        loop = asyncio.get_running_loop()
+
+        def reload() -> None:
+            log.info("SIGHUP: reloading the bundles that changed")
+            task = loop.create_task(models.reload())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception() is None or
+                                   log.error("reload failed: %r", t.exception()))
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+            loop.add_signal_handler(signal.SIGHUP, reload)
+        if self.seen:
+            reload()
 
 
 GC_GEN0_THRESHOLD = 20_000  # CPython's default is 700 allocations
@@ -117,6 +133,9 @@ def app_from_env() -> FastAPI:
     """The uvicorn factory, in every worker of `simclr-embed serve`; started by hand
     (`uvicorn --factory simclr_embed.service.app:app_from_env`) it first makes the checks that
     serve makes before its workers (service/startup.py: skipped where serve made them)."""
+    # A worker of `serve --workers N` is a fresh process: without this its INFO lines (the
+    # engine's start, swaps, drains) would be lost, and the rest would come unformatted.
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = Settings()
     check_before_workers(settings)
     return create_app(settings)

@@ -13,6 +13,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from simclr_embed import LOG_FORMAT
+
 log = logging.getLogger("simclr_embed")
 
 # Errors whose message already says what went wrong and what to do: no traceback for them.
@@ -250,8 +252,15 @@ def _run_serve(args: argparse.Namespace) -> None:
     check_before_workers(settings)
     from simclr_embed.service.protocol import UVICORN_OPTIONS
 
-    uvicorn.run("simclr_embed.service.app:app_from_env", factory=True, host=settings.host,
-                port=settings.port, workers=settings.workers, **UVICORN_OPTIONS)
+    app = "simclr_embed.service.app:app_from_env"
+    if settings.workers == 1:
+        uvicorn.run(app, factory=True, host=settings.host, port=settings.port, **UVICORN_OPTIONS)
+        return
+    from simclr_embed.service.supervisor import SwappingSupervisor
+
+    config = uvicorn.Config(app, factory=True, host=settings.host, port=settings.port,
+                            workers=settings.workers, **UVICORN_OPTIONS)
+    SwappingSupervisor(config, sockets=[config.bind_socket()]).run()
 
 
 def _gallery_parser(sub: argparse._SubParsersAction) -> None:
@@ -409,10 +418,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format=LOG_FORMAT)
     try:
         args.func(args)
     except Exception as e:  # expected failures get one clear line, anything else a traceback
