@@ -76,9 +76,10 @@ def create_app(settings: Settings | None = None, *, hot_path: bool = True, settl
     app.add_middleware(Gate, settings=settings, metrics=metrics, inflight=inflight,
                        queued_images=lambda: models.pending)
     if settings.api_key is None:
-        log.info("no API key (SIMCLR_EMBED_API_KEY unset or empty): gallery management is off")
+        log.info("no API key (SIMCLR_EMBED_API_KEY unset or empty): gallery changes and "
+                 "POST /v1/models/reload are off")
     else:
-        log.info("API key set: required for gallery changes%s",
+        log.info("API key set: required for gallery changes, model reloads%s",
                  " and every route but /healthz, /readyz and /" if settings.require_api_key
                  else "")
         if settings.read_key is None and not settings.require_api_key:

@@ -1,9 +1,9 @@
 """Who may do what, from the request's headers alone (the Gate asks before reading a body).
 
-Three scopes: `write` (gallery changes) needs SIMCLR_EMBED_API_KEY; `read` (listings, stored
-vectors, thumbnails of uploaded images) needs the API key or SIMCLR_EMBED_READ_KEY once either
-READ_KEY or REQUIRE_API_KEY is set; everything else needs a key only under REQUIRE_API_KEY. The
-probes and the page's HTML are always open.
+Three scopes: `write` (gallery changes, model reloads) needs SIMCLR_EMBED_API_KEY; `read`
+(listings, stored vectors, thumbnails of uploaded images) needs the API key or
+SIMCLR_EMBED_READ_KEY once either READ_KEY or REQUIRE_API_KEY is set; everything else needs a
+key only under REQUIRE_API_KEY. The probes and the page's HTML are always open.
 
 A browser's <img> cannot send a header, so the page trades the key it was given for a session
 cookie (POST /v1/session): HttpOnly, SameSite=Strict, signed with a secret derived from the
@@ -61,7 +61,8 @@ def check_api_key(settings: Settings, authorization: str | None, x_api_key: str 
                   read_ok: bool = False) -> None:
     """401 without a usable key, 403 with a wrong one (or a read key where writing)."""
     if settings.api_key is None and not (read_ok and settings.read_key is not None):
-        what = "this route needs a key" if read_ok else "gallery management is disabled"
+        what = "this route needs a key" if read_ok else \
+            "changes (gallery writes, model reloads) are disabled"
         raise Forbidden(f"{what}: start the server with --api-key KEY (or "
                         "SIMCLR_EMBED_API_KEY) to enable it")
     given = _given_key(authorization, x_api_key)
@@ -70,7 +71,7 @@ def check_api_key(settings: Settings, authorization: str | None, x_api_key: str 
     if _matches(given, settings.api_key) or (read_ok and _matches(given, settings.read_key)):
         return
     if _matches(given, settings.read_key):
-        raise Forbidden("the read key cannot change the gallery: use SIMCLR_EMBED_API_KEY")
+        raise Forbidden("the read key cannot make changes: use SIMCLR_EMBED_API_KEY")
     raise Forbidden("wrong API key")
 
 

@@ -23,7 +23,9 @@ async def healthz() -> dict:
 @router.get("/readyz", tags=["ops"], responses=schemas.ERRORS)
 async def readyz(request: Request) -> dict:
     """Ready: every model loaded and warmed, and each gallery's store reachable."""
-    engines = request.app.state.models.engines
+    models = request.app.state.models
+    check_ready(models.get(None))  # 503 while the models load
+    engines = models.engines
     for engine in engines:
         check_ready(engine)
         if not await asyncio.to_thread(engine.gallery.healthy):
