@@ -102,7 +102,7 @@ class Engine:
         self.owns_gallery = True  # closes it at stop; a swap hands a shared one over
         self._previous = previous
         self._running = False  # a batch is in the model thread
-        self.ready = False
+        self.ready = self._stopped = False
         self.bundle: Bundle | None = None
         self.gallery: GalleryStore | None = None
         self._jobs: deque[_Job] = deque()
@@ -186,7 +186,10 @@ class Engine:
         self.ready = True
 
     async def stop(self) -> None:
-        self.ready = False
+        """Idempotent: a server stopping while a swap drains stops the old engine too."""
+        if self._stopped:
+            return
+        self._stopped, self.ready = True, False
         if self._worker:
             self._worker.cancel()
         self._model_pool.shutdown(wait=True)

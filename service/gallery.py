@@ -84,17 +84,8 @@ class SQLiteStore:
             self.db.execute("PRAGMA busy_timeout=10000")  # other workers write too
             if existed and check:
                 self._check()
-            self.db.executescript(
-                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-                "CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY, label TEXT, embedding "
-                "BLOB, seq INTEGER NOT NULL, thumb BLOB);"
-                "CREATE INDEX IF NOT EXISTS items_seq ON items (seq);")
-            columns = {r[1] for r in self.db.execute("PRAGMA table_info(items)")}
-            # Columns newer than the gallery (metadata; origin and fingerprint: which SOURCE of
-            # `simclr-embed index` a file came from, and its size and mtime there).
-            for column in ("metadata", "origin", "fingerprint"):
-                if column not in columns:
-                    self.db.execute(f"ALTER TABLE items ADD COLUMN {column} TEXT")
+            with self._write():  # the workers of a swap create a new model's database at once
+                self._schema()
             self._claim(space)
             # Reads (the sequence, changes, thumbnails) on a connection of their own: in WAL
             # mode they never wait for a commit in progress, so searches do not either.
@@ -105,6 +96,20 @@ class SQLiteStore:
                                  "it from a backup (docs/gallery.md, \"Backup\") or move it "
                                  "away to start an empty gallery") from e
         self._check_mark(accept_loss)
+
+    def _schema(self) -> None:
+        for statement in (
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY, label TEXT, embedding "
+                "BLOB, seq INTEGER NOT NULL, thumb BLOB)",
+                "CREATE INDEX IF NOT EXISTS items_seq ON items (seq)"):
+            self.db.execute(statement)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(items)")}
+        # Columns newer than the gallery (metadata; origin and fingerprint: which SOURCE of
+        # `simclr-embed index` a file came from, and its size and mtime there).
+        for column in ("metadata", "origin", "fingerprint"):
+            if column not in columns:
+                self.db.execute(f"ALTER TABLE items ADD COLUMN {column} TEXT")
 
     def _check(self) -> None:
         problems = [r[0] for r in self.db.execute("PRAGMA quick_check(5)").fetchall()]

@@ -35,7 +35,7 @@ class Models:
         self.dirs, self.metrics, self.drain_s, self.make = dirs, metrics, drain_s, make
         self.engines: list[Engine] = []
         self._reload_lock = asyncio.Lock()
-        self._draining: set[asyncio.Task] = set()
+        self._draining: dict[asyncio.Task, Engine] = {}
 
     # --- choosing ----------------------------------------------------------------------------
     @property
@@ -78,9 +78,10 @@ class Models:
                                  "model once, from directories with distinct names")
 
     async def stop(self) -> None:
-        for t in list(self._draining):
-            t.cancel()
-        for e in self.engines:
+        """Every engine, those still draining after a swap too (their galleries close)."""
+        for task in list(self._draining):
+            task.cancel()
+        for e in [*self._draining.values(), *self.engines]:
             await e.stop()
 
     # --- swaps -------------------------------------------------------------------------------
@@ -116,8 +117,8 @@ class Models:
         log.info("swapped %s -> %s from %s in %.2f s; draining the old one", old.model_id,
                  new.model_id, old.bundle_dir, time.perf_counter() - start)
         task = asyncio.create_task(self._drain(old))
-        self._draining.add(task)
-        task.add_done_callback(self._draining.discard)
+        self._draining[task] = old
+        task.add_done_callback(lambda t: self._draining.pop(t, None))
         return {**out, "model": new.model_id, "outcome": "swapped"}
 
     async def _drain(self, old: Engine) -> None:

@@ -307,3 +307,28 @@ def test_searches_run_alongside_writes(tmp_path: Path) -> None:
         t.join()
     assert not errors and g.size() == 200 + 100 - len(range(201, 300, 3))
     assert g.search(emb[299:300], 1)[0][0].id == "a299"
+
+
+def test_workers_creating_one_database_at_once_agree(tmp_path: Path) -> None:
+    """The workers of a swap to new weights open the new model's database together: its
+    schema is made by one of them at a time (before, one of two failed on 'duplicate column
+    name' and refused the swap)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    def open_one(path: Path, start) -> SQLiteStore | Exception:
+        start.wait()
+        try:
+            return SQLiteStore(path, SPACE)
+        except Exception as e:  # the failure is what the test looks for
+            return e
+
+    with ThreadPoolExecutor(3) as pool:
+        for round_ in range(30):
+            path, start = tmp_path / f"r{round_}" / "gallery-int8.sqlite3", threading.Barrier(3)
+            got = list(pool.map(open_one, [path] * 3, [start] * 3))
+            errors = [g for g in got if isinstance(g, Exception)]
+            for store in got:
+                if not isinstance(store, Exception):
+                    store.close()
+            assert not errors, errors
