@@ -22,6 +22,7 @@ enough.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -52,6 +53,16 @@ SNAPSHOT_EVERY = 20_000  # changes applied since the last snapshot that call for
 PAGE_SIZE = 16_384
 
 
+@contextlib.contextmanager
+def _one_opener(path: Path) -> Iterator[None]:
+    """One process or thread at a time opens the database (the workers of a swap to new
+    weights create the new model's together): a new database is in rollback-journal mode until
+    WAL is set, and there SQLite answers 'database is locked' at once instead of waiting."""
+    with path.with_name(path.name + ".lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, or its process dies
+        yield
+
+
 class GalleryMismatch(RuntimeError):
     """The stored gallery belongs to another embedding space than the served model."""
 
@@ -73,6 +84,11 @@ class SQLiteStore:
                  check: bool = True) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.mark_path = path, path.with_name(path.name + ".seq")
+        with _one_opener(path):
+            self._open(path, space, check)
+        self._check_mark(accept_loss)
+
+    def _open(self, path: Path, space: Space, check: bool) -> None:
         existed = path.exists() and path.stat().st_size > 0
         try:
             self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -84,7 +100,7 @@ class SQLiteStore:
             self.db.execute("PRAGMA busy_timeout=10000")  # other workers write too
             if existed and check:
                 self._check()
-            with self._write():  # the workers of a swap create a new model's database at once
+            with self._write():
                 self._schema()
             self._claim(space)
             # Reads (the sequence, changes, thumbnails) on a connection of their own: in WAL
@@ -95,7 +111,6 @@ class SQLiteStore:
             raise GalleryDamaged(f"the gallery database {path} cannot be read ({e}): restore "
                                  "it from a backup (docs/gallery.md, \"Backup\") or move it "
                                  "away to start an empty gallery") from e
-        self._check_mark(accept_loss)
 
     def _schema(self) -> None:
         for statement in (

@@ -310,9 +310,9 @@ def test_searches_run_alongside_writes(tmp_path: Path) -> None:
 
 
 def test_workers_creating_one_database_at_once_agree(tmp_path: Path) -> None:
-    """The workers of a swap to new weights open the new model's database together: its
-    schema is made by one of them at a time (before, one of two failed on 'duplicate column
-    name' and refused the swap)."""
+    """The workers of a swap to new weights open the new model's database together: one opens
+    it at a time (before, one of them failed on 'duplicate column name' while the schema was
+    made, or on 'database is locked' before WAL was set, and refused the swap)."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
@@ -324,7 +324,7 @@ def test_workers_creating_one_database_at_once_agree(tmp_path: Path) -> None:
             return e
 
     with ThreadPoolExecutor(3) as pool:
-        for round_ in range(30):
+        for round_ in range(100):
             path, start = tmp_path / f"r{round_}" / "gallery-int8.sqlite3", threading.Barrier(3)
             got = list(pool.map(open_one, [path] * 3, [start] * 3))
             errors = [g for g in got if isinstance(g, Exception)]
