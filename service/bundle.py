@@ -75,10 +75,14 @@ class Bundle:
             raise BundleError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
         return self.root / self.manifest["encoders"][precision]
 
+    def gallery_ids(self) -> np.ndarray:
+        """(N,) str: the gallery's ids, without reading its vectors."""
+        return np.load(self.root / self.manifest["gallery"]["ids"], allow_pickle=False)
+
     def gallery(self, precision: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids (N,) str, labels (N,) int64, embeddings (N, D) float32) for one precision."""
         g = self.manifest["gallery"]
-        ids = np.load(self.root / g["ids"], allow_pickle=False)
+        ids = self.gallery_ids()
         labels = np.load(self.root / g["labels"], allow_pickle=False)
         emb = np.load(self.root / g["embeddings"][precision], allow_pickle=False)
         return ids, labels, emb.astype(np.float32, copy=False)

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import numpy as np
 from simclr_embed.service.admission import Inflight
 from simclr_embed.service.bundle import Bundle, load_bundle, model_id
 from simclr_embed.service.errors import ModelFailure, Overloaded
-from simclr_embed.service.gallery import Gallery
+from simclr_embed.service.gallery import Gallery, gallery_path
 from simclr_embed.service.metrics import Metrics, ModelMetrics
 from simclr_embed.service.runtime import CHOICE_FILE, open_runtime
 from simclr_embed.service.settings import Settings
@@ -57,32 +55,6 @@ def open_gallery(settings: Settings, space: Space) -> GalleryStore:
     return Gallery(space, gallery_path(settings.data_dir, space), settings.index,
                    settings.hnsw_m, settings.hnsw_ef_search, settings.accept_gallery_loss,
                    settings.faiss_threads)
-
-
-def gallery_path(data_dir: Path, space: Space) -> Path:
-    """Each model's gallery lives in its own embedding space: the first model a data directory
-    served keeps DATA_DIR/gallery-<precision>.sqlite3 (the layout of one-model servers); every
-    other model, and a model swapped in with new weights, DATA_DIR/<model id>/."""
-    shared = data_dir / f"gallery-{space.precision}.sqlite3"
-    owner = _owner(shared)
-    if owner in (None, space.model_id):
-        return shared
-    log.info("%s belongs to %s: the gallery of %s is in %s/", shared, owner, space.model_id,
-             data_dir / space.model_id)
-    return data_dir / space.model_id / shared.name
-
-
-def _owner(db: Path) -> str | None:
-    """The model a gallery database was made for; None when there is none yet, or when it
-    cannot be read (the store's own checks then name the damage)."""
-    if not db.exists() or db.stat().st_size == 0:
-        return None
-    try:
-        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as c:
-            row = c.execute("SELECT value FROM meta WHERE key = 'model_id'").fetchone()
-    except sqlite3.Error:
-        return None
-    return row[0] if row else None
 
 
 class Engine:
@@ -160,13 +132,12 @@ class Engine:
         s = self.settings
         if self._previous is not None and self._previous.model_id == self.model_id:
             self.gallery, self.owns_gallery = self._previous.gallery, False
-            self.bundle_rows = {i: n for n, i in enumerate(self.bundle.gallery(s.precision)[0]
-                                                           .tolist())}
-            return
-        self.gallery = open_gallery(s, Space(self.model_id, s.precision, self.dim))
-        ids, labels, emb = self.bundle.gallery(s.precision)
-        classes = self.bundle.classes
-        self.gallery.load(ids.tolist(), [classes[y] for y in labels.tolist()], emb)
+            ids = self.bundle.gallery_ids()  # the vectors are in the shared gallery already
+        else:
+            self.gallery = open_gallery(s, Space(self.model_id, s.precision, self.dim))
+            ids, labels, emb = self.bundle.gallery(s.precision)
+            classes = self.bundle.classes
+            self.gallery.load(ids.tolist(), [classes[y] for y in labels.tolist()], emb)
         self.bundle_rows = {i: n for n, i in enumerate(ids.tolist())}
 
     def thumbnail(self, id_: str) -> np.ndarray | bytes | None:

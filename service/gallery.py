@@ -30,6 +30,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,32 @@ def _one_opener(path: Path) -> Iterator[None]:
     with path.with_name(path.name + ".lock").open("a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, or its process dies
         yield
+
+
+def gallery_path(data_dir: Path, space: Space) -> Path:
+    """Each model's gallery lives in its own embedding space: the first model a data directory
+    served keeps DATA_DIR/gallery-<precision>.sqlite3 (the layout of one-model servers); every
+    other model, and a model swapped in with new weights, DATA_DIR/<model id>/."""
+    shared = data_dir / f"gallery-{space.precision}.sqlite3"
+    owner = _owner(shared)
+    if owner in (None, space.model_id):
+        return shared
+    log.info("%s belongs to %s: the gallery of %s is in %s/", shared, owner, space.model_id,
+             data_dir / space.model_id)
+    return data_dir / space.model_id / shared.name
+
+
+def _owner(db: Path) -> str | None:
+    """The model a gallery database was made for; None when there is none yet, or when it
+    cannot be read (the store's own checks then name the damage)."""
+    if not db.exists() or db.stat().st_size == 0:
+        return None
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as c:
+            row = c.execute("SELECT value FROM meta WHERE key = 'model_id'").fetchone()
+    except sqlite3.Error:
+        return None
+    return row[0] if row else None
 
 
 class GalleryMismatch(RuntimeError):

@@ -7,7 +7,7 @@ shapes, a warm-up at batch 1 and the largest batch), then replaces the old engin
 assignment: requests that already hold the old one finish on it, new ones get the new one,
 and the old one stops once no request holds it. A bundle that fails any check is refused and
 the old one keeps serving. With the same weights (model id) the new engine keeps the old one's
-gallery object; with new weights it opens the new model's own gallery (service/engine.py,
+gallery object; with new weights it opens the new model's own gallery (service/gallery.py,
 gallery_path), since vectors of one model mean nothing to another.
 """
 

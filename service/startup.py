@@ -11,8 +11,7 @@ import os
 import shutil
 
 from simclr_embed.service.bundle import VERIFIED_ENV, load_bundle, model_id, stamp
-from simclr_embed.service.engine import gallery_path
-from simclr_embed.service.gallery import CHECKED_ENV, SQLiteStore
+from simclr_embed.service.gallery import CHECKED_ENV, SQLiteStore, gallery_path
 from simclr_embed.service.settings import Settings
 from simclr_embed.service.store import Space
 

@@ -278,8 +278,7 @@ def _run_gallery(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from simclr_embed.service.bundle import load_bundle, model_id
-    from simclr_embed.service.engine import gallery_path
-    from simclr_embed.service.gallery import SQLiteStore
+    from simclr_embed.service.gallery import SQLiteStore, gallery_path
     from simclr_embed.service.settings import Settings
     from simclr_embed.service.store import Space
 
