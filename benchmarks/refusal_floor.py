@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import shutil
 import socket
 import subprocess
@@ -36,6 +35,7 @@ import numpy as np
 from simclr_embed.benchmarks.common import hardware, write_result
 from simclr_embed.benchmarks.overload import hey, hey_summary, megabyte_png, rows, summary
 from simclr_embed.benchmarks.process import ServiceProcess, free_port
+from simclr_embed.service.protocol import Drain
 
 log = logging.getLogger("refusal_floor")
 
@@ -62,7 +62,6 @@ class _Refuse(asyncio.Protocol):
     """A 503 as soon as the headers are in, a FIN, then the rest of the body dropped."""
 
     drop_in_kernel = True
-    scratch = bytearray(1 << 20)
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.t, self.head, self.answered = transport, b"", False
@@ -76,23 +75,9 @@ class _Refuse(asyncio.Protocol):
         self.answered = True
         self.t.write(REFUSAL)
         self.t.write_eof()
-        if self.drop_in_kernel:
+        if self.drop_in_kernel:  # as the service's lingering close does
             self.t.pause_reading()
-            sock = socket.socket(fileno=os.dup(self.t.get_extra_info("socket").fileno()))
-            sock.setblocking(False)
-            asyncio.get_running_loop().add_reader(sock.fileno(), self._drop, sock)
-
-    def _drop(self, sock: socket.socket) -> None:
-        try:
-            if sock.recv_into(self.scratch, len(self.scratch), socket.MSG_TRUNC):
-                return
-        except BlockingIOError:
-            return
-        except OSError:
-            pass
-        asyncio.get_running_loop().remove_reader(sock.fileno())
-        sock.close()
-        self.t.close()
+            Drain(self.t, asyncio.get_running_loop())
 
     def eof_received(self) -> None:
         self.t.close()

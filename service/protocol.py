@@ -40,7 +40,7 @@ class _LingeringTransport:
             return
         t.write_eof()  # the answer goes out, then a FIN
         t.pause_reading()  # what still arrives is dropped in the kernel, below
-        _Drain(t, self._loop)
+        Drain(t, self._loop)
 
     def is_closing(self) -> bool:
         return self._closing or self._t.is_closing()
@@ -49,7 +49,7 @@ class _LingeringTransport:
         return getattr(self._t, name)
 
 
-class _Drain:
+class Drain:
     """Drops what arrives on a closing connection until the client closes or LINGER_S pass.
     `recv(MSG_TRUNC)` on a TCP socket discards in the kernel (Linux): no copy to user space,
     no bytes object, no trip through the HTTP parser, which a refused 1 MB body would
