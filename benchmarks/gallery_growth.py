@@ -7,9 +7,14 @@ search over the same vectors, a filter matching ~1 % of the gallery, RSS, and th
 from process start to `/readyz`.
 
 Added vectors are the bundle's own embeddings with noise (sigma 0.05, renormalized), so they
-keep its cluster structure; queries are stored vectors with a little noise (sigma 0.01).
+keep its cluster structure; queries are stored vectors with a little noise (sigma 0.01). With
+--random they are random unit vectors instead (no cluster structure: the hard case for HNSW,
+where recall has to be measured and held, #39). Each step also searches 1,000 stored vectors
+with k=1: how many come back as their own first hit, and what `/v1/model` says of the recall.
 
     python -m benchmarks.gallery_growth --bundle bundles/default
+    python -m benchmarks.gallery_growth --bundle bundles/default --random --added 200000 \
+        --out benchmarks/results/gallery_growth_random.json
 """
 
 from __future__ import annotations
@@ -123,7 +128,8 @@ def step(name: str, srv: ServiceProcess, c: httpx.Client, all_ids, emb, live, la
     f_want = exact(all_ids, emb, rare, queries[:50])
     base = pct(healthz)
     out = {"step": name, "quiet_after_s": quiet_after_s, "index": model["gallery_index"],
-           "size": model["gallery_size"],
+           "size": model["gallery_size"], "gallery_recall": model.get("gallery_recall"),
+           "self_hit_k1": self_hits(c, all_ids, emb, live),
            "search": pct(times), "healthz": base,
            "search_over_healthz_p50_ms": pct(times)["p50_ms"] - base["p50_ms"],
            # Each search minus the /healthz right after it: drift within the step cancels.
@@ -137,6 +143,20 @@ def step(name: str, srv: ServiceProcess, c: httpx.Client, all_ids, emb, live, la
     return out
 
 
+def self_hits(c: httpx.Client, all_ids: np.ndarray, emb: np.ndarray, live: np.ndarray,
+              n: int = 1000) -> dict:
+    """Stored vectors searched with k=1 (64 a request): the fraction that find themselves."""
+    rows = np.random.default_rng(5).choice(np.flatnonzero(live), min(n, int(live.sum())),
+                                           replace=False)
+    found = 0
+    for s in range(0, len(rows), 64):
+        part = rows[s:s + 64]
+        r = post(c, "/v1/search", {"embeddings": emb[part], "k": 1})
+        found += sum(row[0]["id"] == all_ids[i] for row, i in zip(r.json()["results"], part,
+                                                                    strict=True))
+    return {"n": len(rows), "found": int(found), "fraction": found / len(rows)}
+
+
 def wait_index(c: httpx.Client, kind: str, timeout: float = 1800) -> float:
     t0 = time.perf_counter()
     while c.get("/v1/model").json()["gallery_index"] != kind:
@@ -147,13 +167,16 @@ def wait_index(c: httpx.Client, kind: str, timeout: float = 1800) -> float:
 
 
 def run(bundle_dir: Path, added: int, deleted: int, keep: Path | None = None,
-        pg_url: str | None = None) -> dict:
+        pg_url: str | None = None, random: bool = False) -> dict:
     bundle = load_bundle(bundle_dir)
     b_ids, b_labels, b_emb = bundle.gallery("int8")
     classes = bundle.classes
     rng = np.random.default_rng(0)
-    src = b_emb[rng.integers(0, len(b_emb), added)]
-    new = src + rng.normal(0, 0.05, src.shape).astype(np.float32)
+    if random:
+        new = rng.standard_normal((added, b_emb.shape[1])).astype(np.float32)
+    else:
+        src = b_emb[rng.integers(0, len(b_emb), added)]
+        new = src + rng.normal(0, 0.05, src.shape).astype(np.float32)
     new /= np.linalg.norm(new, axis=1, keepdims=True)
     new_ids = [f"added/{n}" for n in range(added)]
     new_labels = [f"c{n % 100}" for n in range(added)]  # each label ~1 % of what is added
@@ -176,8 +199,9 @@ def run(bundle_dir: Path, added: int, deleted: int, keep: Path | None = None,
             steps.append(step("bundle", srv, c, all_ids, emb, live, labels, queries))
             events["add_vectors_per_s"] = add_all(srv.url, new_ids, new_labels, new)
             live[:] = True
-            events["hnsw_ready_after_adds_s"] = wait_index(c, "pgvector-hnsw" if pg_url
-                                                           else "hnsw")
+            if not random:  # random vectors may be served exactly (service/recall.py)
+                events["hnsw_ready_after_adds_s"] = wait_index(c, "pgvector-hnsw" if pg_url
+                                                               else "hnsw")
             steps.append(step(f"+{added} added", srv, c, all_ids, emb, live, labels, queries))
             gone = rng.choice(np.arange(len(b_ids), len(all_ids)), deleted, replace=False)
             events.update(delete_under_searches(c, all_ids[gone].tolist(), queries))
@@ -227,6 +251,8 @@ def main() -> None:
     p.add_argument("--deleted", type=int, default=20_000)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/gallery_growth.json"))
     p.add_argument("--keep", type=Path, help="keep the data directory and server log here")
+    p.add_argument("--random", action="store_true", help="added vectors are random unit "
+                   "vectors, not the bundle's with noise")
     p.add_argument("--pg", action="store_true",
                    help="the gallery in PostgreSQL + pgvector (a pgserver instance started here)")
     args = p.parse_args()
@@ -234,9 +260,10 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(postgres()) if args.pg else None
-        result = run(args.bundle, args.added, args.deleted, args.keep, url)
+        result = run(args.bundle, args.added, args.deleted, args.keep, url, args.random)
     write_result(args.out, {"benchmark": "gallery_growth", "hardware": hardware(),
                             "store": "pgvector" if args.pg else "sqlite+faiss",
+                            "added_vectors": "random" if args.random else "bundle + noise",
                             "bundle": args.bundle.name, **result})
 
 

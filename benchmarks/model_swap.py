@@ -9,7 +9,15 @@
   start and latency, for the p99 of the requests sent while the swap ran (from the SIGHUP to
   the old model's drain), and the answers per half second through it (model_swap.png).
 
+- freeze (--freeze N, #39): the live server's gallery holds N random unit vectors (written
+  into the database it serves before it starts, then an HNSW graph built over them), a few
+  more added through the API so that stopping the old engine writes a whole index snapshot;
+  8 clients embed in a closed loop while one more calls /healthz back to back; the swap to B
+  (new weights) runs from the SIGHUP to the old model's drain. The longest /healthz answer in
+  that window says how long the event loop stood still.
+
     python -m benchmarks.model_swap --bundles bundles/default bundles/own
+    python -m benchmarks.model_swap --bundles A B --freeze 200000 --rounds 3
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from simclr_embed.benchmarks.serving import WRK_SCRIPT, _tool
 
 log = logging.getLogger("benchmarks.model_swap")
 CLIENTS = 32
+KEY = "bench-key"
 BIN_S = 0.5  # the plot's resolution
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cat.png"  # 32x32 CIFAR-10
 
@@ -70,12 +79,15 @@ def memory_round(a: Path, b: Path, work: Path, body: bytes) -> dict:
 class Live:
     """A server on a copy of A, whose directory a swap replaces with B."""
 
-    def __init__(self, a: Path, work: Path) -> None:
+    def __init__(self, a: Path, work: Path, gallery: int = 0) -> None:
         self.a, self.dir = a, work / "live" / "model"
         shutil.rmtree(self.dir.parent, ignore_errors=True)
         shutil.copytree(a, self.dir)
         shutil.rmtree(work / "live-data", ignore_errors=True)
-        self.srv = ServiceProcess(self.dir, work / "live-data", work / "live.log").start(300)
+        if gallery:
+            fill_gallery(a, work / "live-data", gallery)
+        self.srv = ServiceProcess(self.dir, work / "live-data", work / "live.log",
+                                  SIMCLR_EMBED_API_KEY=KEY).start(600)
         self.first = served(self.srv.url)[0]
 
     def swap_to(self, b: Path) -> tuple[float, float]:
@@ -136,6 +148,87 @@ def hey_swap(live: Live, b: Path, png: Path, seconds: int) -> dict:
                                                                       BIN_S))[0].tolist()}
 
 
+def fill_gallery(bundle: Path, data: Path, n: int) -> None:
+    """n random unit vectors in the gallery the server on `bundle` will open (its own
+    function finds the file), committed in chunks as the API would."""
+    from simclr_embed.service.bundle import load_bundle, model_id
+    from simclr_embed.service.gallery import SQLiteStore, gallery_path
+    from simclr_embed.service.store import Space
+
+    manifest = load_bundle(bundle).manifest
+    space = Space(model_id(manifest), "int8", int(manifest["embedding_dim"]))
+    store = SQLiteStore(gallery_path(data, space), space)
+    rng = np.random.default_rng(0)
+    for start in range(0, n, 20_000):
+        m = min(20_000, n - start)
+        v = rng.standard_normal((m, space.dim)).astype(np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        store.add([f"r{start + i}" for i in range(m)], [None] * m, v, [None] * m, [None] * m)
+    store.close()
+
+
+def built(model: dict) -> bool:
+    """The background rebuild over the filled gallery is done: an HNSW graph whose recall was
+    measured, or exact search chosen by that measurement (before #39: any HNSW graph)."""
+    recall = model.get("gallery_recall")
+    if recall is None:
+        return model["gallery_index"] == "hnsw"
+    return bool(recall.get("measured_at") or recall.get("hnsw"))
+
+
+def freeze_round(a: Path, b: Path, work: Path, n: int, body: bytes) -> dict:
+    """The longest /healthz answers while a server whose gallery holds n vectors swaps A for
+    B under load (see the module's docstring)."""
+    import threading
+
+    live = Live(a, work, gallery=n)
+    try:
+        url = live.srv.url
+        while not built(httpx.get(url + "/v1/model", timeout=60).json()):
+            time.sleep(0.5)  # the graph over the n vectors is built in the background
+        dim = len(httpx.post(url + "/v1/embed", content=body,
+                             headers={"content-type": "image/png"}).json()["embeddings"][0])
+        extra = np.random.default_rng(1).standard_normal((64, dim))
+        httpx.post(url + "/v1/gallery", json={"items": [
+            {"id": f"api{i}", "embedding": (v / np.linalg.norm(v)).tolist()}
+            for i, v in enumerate(extra)]}, headers={"x-api-key": KEY},
+            timeout=60).raise_for_status()
+        stop, health, loads = threading.Event(), [], []
+
+        def healthz() -> None:
+            with httpx.Client(base_url=url, timeout=60) as c:
+                while not stop.is_set():
+                    t0 = time.perf_counter()
+                    c.get("/healthz").raise_for_status()
+                    health.append((t0, (time.perf_counter() - t0) * 1000))
+
+        def embed() -> None:
+            with httpx.Client(base_url=url, timeout=60) as c:
+                while not stop.is_set():
+                    loads.append(c.post("/v1/embed", content=body,
+                                        headers={"content-type": "image/png"}).status_code)
+
+        threads = [threading.Thread(target=healthz)] + [threading.Thread(target=embed)
+                                                        for _ in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(2)
+        t_sig = time.perf_counter()
+        swapped, drained = live.swap_to(b)
+        time.sleep(1)
+        stop.set()
+        for t in threads:
+            t.join()
+    finally:
+        live.srv.stop()
+    inside = np.array([ms for t0, ms in health if t_sig <= t0 <= t_sig + drained + 0.5])
+    before = np.array([ms for t0, ms in health if t0 < t_sig])
+    return {"gallery_vectors": n, "swap_s": swapped, "drained_s": drained,
+            "healthz_during_swap": {**pct(inside), "max_ms": float(inside.max())},
+            "healthz_before_swap": {**pct(before), "max_ms": float(before.max())},
+            "embeds": len(loads), "embeds_non2xx": sum(s // 100 != 2 for s in loads)}
+
+
 def plot(result: dict, out: Path) -> None:
     """Answers per second through each hey run's swap, the SIGHUP marked."""
     import matplotlib
@@ -165,12 +258,25 @@ def main() -> None:
     p.add_argument("--bundles", nargs=2, type=Path, required=True, metavar=("A", "B"))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=int, default=12)
-    p.add_argument("--out", default="benchmarks/results/model_swap.json")
+    p.add_argument("--freeze", type=int, default=0, metavar="N", help="only the freeze "
+                   "measurement, with N vectors in the gallery")
+    p.add_argument("--out", default=None)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     a, b = args.bundles
     body = EXAMPLE.read_bytes()
+    if args.freeze:
+        with tempfile.TemporaryDirectory() as tmp:
+            rounds = [freeze_round(a, b, Path(tmp), args.freeze, body)
+                      for _ in range(args.rounds)]
+        result = {"benchmark": "model_swap --freeze", "hardware": hardware(),
+                  "bundles": [a.name, b.name], "rounds": rounds,
+                  "healthz_max_ms_during_swap": [r["healthz_during_swap"]["max_ms"]
+                                                 for r in rounds]}
+        out = args.out or "benchmarks/results/swap_freeze.json"
+        log.info("wrote %s", write_result(out, result))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         png = work / "q.png"
@@ -202,8 +308,9 @@ def main() -> None:
               "wrk_baseline": baseline, "wrk_swap": swaps, "hey_swap": hey_swaps,
               "non2xx_during_swaps": sum(r["non2xx"] + r["socket_errors"] for r in swaps)
               + sum(r["non2xx"] for r in hey_swaps)}
-    log.info("wrote %s", write_result(args.out, result))
-    plot(result, Path(args.out).with_suffix(".png"))
+    out = args.out or "benchmarks/results/model_swap.json"
+    log.info("wrote %s", write_result(out, result))
+    plot(result, Path(out).with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -62,9 +62,13 @@ def create_app(settings: Settings | None = None, *, hot_path: bool = True, settl
     app.state.settings, app.state.metrics, app.state.models = settings, metrics, models
 
     def openapi() -> dict:
+        if not models.engines:  # still loading: the limits that come from models wait
+            return type(app).openapi(app)
         if app.openapi_schema is None:
-            app.openapi_schema = with_setting_limits(type(app).openapi(app),
-                                                     settings.max_list_items, models.names)
+            app.openapi_schema = with_setting_limits(
+                type(app).openapi(app), settings.max_list_items, models.names, settings.max_k,
+                min(len(e.bundle.classes) for e in models.engines),
+                sorted(e.dim for e in models.engines))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -22,7 +22,7 @@ import numpy as np
 
 from simclr_embed.service.admission import Inflight
 from simclr_embed.service.bundle import Bundle, load_bundle, model_id
-from simclr_embed.service.errors import ModelFailure, Overloaded
+from simclr_embed.service.errors import ModelFailure, NotReady, Overloaded, ServiceError
 from simclr_embed.service.gallery import Gallery, gallery_path
 from simclr_embed.service.metrics import Metrics, ModelMetrics
 from simclr_embed.service.runtime import CHOICE_FILE, open_runtime
@@ -54,7 +54,7 @@ def open_gallery(settings: Settings, space: Space) -> GalleryStore:
                     "through the API, then remove it", old)
     return Gallery(space, gallery_path(settings.data_dir, space), settings.index,
                    settings.hnsw_m, settings.hnsw_ef_search, settings.accept_gallery_loss,
-                   settings.faiss_threads)
+                   settings.faiss_threads, settings.recall_target)
 
 
 class Engine:
@@ -75,6 +75,8 @@ class Engine:
         self._previous = previous
         self._running = False  # a batch is in the model thread
         self.ready = self._stopped = False
+        self.failed = False  # the model can no longer run: /healthz answers 503
+        self._crashes: deque[float] = deque(maxlen=CRASH_LIMIT)
         self.bundle: Bundle | None = None
         self.gallery: GalleryStore | None = None
         self._jobs: deque[_Job] = deque()
@@ -163,10 +165,22 @@ class Engine:
         self._stopped, self.ready = True, False
         if self._worker:
             self._worker.cancel()
+        self._fail_all(self._taken + list(self._jobs),
+                       NotReady("the model was stopped (a swap or a shutdown); retry",
+                                headers={"Retry-After": "1"}))
+        # Off the event loop: joining the model thread, the index snapshot and the WAL
+        # checkpoint of a 200k gallery took 5 s, and every other request waited for them.
+        await asyncio.to_thread(self._release)
+
+    def _release(self) -> None:
         self._model_pool.shutdown(wait=True)
         self.decode_pool.shutdown(wait=False)
         if self.gallery is not None and self.owns_gallery:
             self.gallery.close()
+
+    async def gallery_size(self) -> int:
+        """In a thread: PostgreSQL's is a count(*) over the network."""
+        return await asyncio.to_thread(len, self.gallery)
 
     # --- inference -------------------------------------------------------------------------
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -189,6 +203,9 @@ class Engine:
     async def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(n, S, S, 3) uint8 -> this caller's own (embeddings (n, D), logits (n, C))."""
         n = len(images)
+        if not self.ready:  # held since before a stop or a failure: never queued to wait
+            raise NotReady("the model is not running (stopped, or failed); retry",
+                           headers={"Retry-After": "1"})
         self.admit(n)
         if n == 1 and self.lone_run and self._idle():
             await asyncio.sleep(0)  # requests already read off the sockets enter the Gate first
@@ -229,7 +246,12 @@ class Engine:
         gap costs more than the INT8 model itself (docs/benchmarks.md, "Serving"), and with no
         other request in flight there is nothing the loop could do meanwhile."""
         start = time.perf_counter()
-        out = self._run(images)
+        try:
+            out = self._run(images)
+        except Exception as e:
+            log.exception("inference failed (lone run)")
+            self._model_failed()
+            raise ModelFailure(f"inference failed: {e}") from e
         self.metrics.lone_runs.inc()
         self.metrics.queue_wait.observe(0.0)
         self.metrics.batch_size.observe(1)
@@ -252,30 +274,39 @@ class Engine:
         """Runs the batch loop; when it dies of an unexpected error, that batch's and every
         queued caller get a 500, the crash is counted and logged, and the loop starts again.
         Crashing CRASH_LIMIT times within CRASH_WINDOW_S means it cannot recover: the engine
-        reports not ready (/readyz 503) for the orchestrator to replace it."""
-        crashes: deque[float] = deque(maxlen=CRASH_LIMIT)
-        while True:
+        fails for good (/readyz and /healthz 503) for the orchestrator to replace it."""
+        while not self.failed:
             try:
                 await self._batch_loop()
             except Exception as e:
                 log.exception("the model's batch loop crashed; failing its requests")
-                self.metrics.model_crashes.inc()
-                self._fail_all(self._taken + list(self._jobs), e)
-                crashes.append(time.monotonic())
-                if len(crashes) == CRASH_LIMIT and crashes[-1] - crashes[0] < CRASH_WINDOW_S:
-                    log.error("the batch loop crashed %d times in %g s: not ready",
-                              CRASH_LIMIT, CRASH_WINDOW_S)
-                    self.ready = False
-                    return
+                self._fail_all(self._taken + list(self._jobs),
+                               ModelFailure(f"the model failed: {type(e).__name__}"))
+                self._model_failed()
+        self._fail_all(list(self._jobs), NotReady("the model can no longer run; see the "
+                                                  "server's log"))
 
-    def _fail_all(self, jobs: list[_Job], e: Exception) -> None:
+    def _model_failed(self) -> None:
+        """Counts a crash of the batch loop or a failed model run (batched or lone): CRASH_LIMIT
+        of them within CRASH_WINDOW_S mean the model cannot recover, and the engine fails for
+        good: not ready, and not alive, so that a liveness probe restarts the process."""
+        self.metrics.model_crashes.inc()
+        self._crashes.append(time.monotonic())
+        crashes = self._crashes
+        if len(crashes) == CRASH_LIMIT and crashes[-1] - crashes[0] < CRASH_WINDOW_S:
+            log.error("the model failed %d times in %g s: not ready, not alive", CRASH_LIMIT,
+                      CRASH_WINDOW_S)
+            self.ready, self.failed = False, True
+            self._wake.set()  # the batch loop, if waiting, ends
+
+    def _fail_all(self, jobs: list[_Job], error: ServiceError) -> None:
         self._jobs.clear()
         self._taken = []
         self._pending, self._running = 0, False
         self.metrics.queue_images.set(0)
         for j in jobs:
             if not j.future.done():
-                j.future.set_exception(ModelFailure(f"the model failed: {type(e).__name__}"))
+                j.future.set_exception(error)
 
     async def _batch_loop(self) -> None:
         wait = self.settings.max_wait_ms / 1000
@@ -283,6 +314,8 @@ class Engine:
             if not self._jobs:
                 self._wake.clear()
                 await self._wake.wait()
+            if self.failed:
+                return
             if wait and self._pending < self.settings.max_batch_size:
                 await asyncio.sleep(wait)
             self._running = True
@@ -300,6 +333,7 @@ class Engine:
                 self._model_pool, self._run, batch)
         except Exception as e:  # a model failure fails this batch's callers, not the loop
             log.exception("inference failed")
+            self._model_failed()
             for j in jobs:
                 if not j.future.done():
                     j.future.set_exception(ModelFailure(f"inference failed: {e}"))

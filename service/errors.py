@@ -62,6 +62,11 @@ class RequestTimeout(ServiceError):
     status, code = 408, "request_timeout"
 
 
+class FetchFailed(ServiceError):
+    """An image URL's server could not be reached or spoke no HTTP (refused, TLS, timeout,
+    DNS): the upstream's fault, not the request's, as a proxy would answer."""
+
+    status, code = 502, "fetch_failed"
 
 class StorageFull(ServiceError):
     status, code = 507, "insufficient_storage"

@@ -42,6 +42,7 @@ from simclr_embed.service.index import (
     changes_in_bulk,
     faiss,  # imported there with its loader quietened
 )
+from simclr_embed.service.recall import measure as measure_recall
 from simclr_embed.service.store import Filter, Neighbor, Space
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ AUTO_HNSW_FROM = 20_000  # below it exact search takes under 2 ms (docs/benchmar
 AUTO_FLAT_BELOW = 10_000  # back to exact search: apart from the above, so no flapping
 HNSW_DEAD_FRACTION = 0.25  # tombstones that make a rebuilt graph worth its cost
 CHECKED_ENV = "SIMCLR_EMBED_GALLERY_CHECKED"  # set by service/startup.py for its workers
+GROWTH = 2  # a gallery this many times the size its recall was measured at is measured again
 SNAPSHOT_EVERY = 20_000  # changes applied since the last snapshot that call for a new one
 PAGE_SIZE = 16_384
 
@@ -362,8 +364,10 @@ class Gallery:
     in_memory = True  # searches never wait on I/O: the engine may run one on the event loop
 
     def __init__(self, space: Space, db_path: Path, index: str = "auto", hnsw_m: int = 32,
-                 ef_search: int = 64, accept_loss: bool = False, faiss_threads: int = 1) -> None:
+                 ef_search: int = 64, accept_loss: bool = False, faiss_threads: int = 1,
+                 recall_target: float = 0.98) -> None:
         self.space, self.db_path, self.requested = space, db_path, index
+        self.recall_target = recall_target
         self.accept_loss = accept_loss
         self.hnsw_m, self.ef_search, self.faiss_threads = hnsw_m, ef_search, faiss_threads
         self.kind = index
@@ -373,6 +377,7 @@ class Gallery:
         self.snapshot = db_path.with_name(db_path.stem + ".index")
         self.rebuilding: threading.Thread | None = None
         self.snapshotting: threading.Thread | None = None  # close() waits for it
+        self.save_lock = threading.Lock()  # one snapshot writer at a time in this process
         self.closing = False
         self.lock = RWLock()
         self.db_lock = threading.Lock()  # the writing connection, used from several threads
@@ -382,6 +387,9 @@ class Gallery:
         """The index kind for n vectors: the setting, or by size with some hysteresis."""
         if self.requested != "auto":
             return self.requested
+        measured = self.mem.recall if self.mem is not None else None
+        if measured and measured["exact_cheaper"] and n < GROWTH * measured["size"]:
+            return "flat"  # the graph could not beat exact search on this data (recall.py)
         if now == "hnsw":
             return "flat" if n < AUTO_FLAT_BELOW else "hnsw"
         return "hnsw" if n >= AUTO_HNSW_FROM else "flat"
@@ -449,10 +457,10 @@ class Gallery:
         self.store = SQLiteStore(self.db_path, self.space, self.accept_loss, not checked)
         emb = np.ascontiguousarray(emb, np.float32)
         self.bundle_key = hashlib.sha256(emb.tobytes() + "\0".join(ids).encode()).hexdigest()
-        # After an accepted loss the history the snapshot saw may not be the database's.
-        found = None if self.accept_loss else snapshots.load(self.snapshot, self.space.dim,
-                                                             self.bundle_key)
-        if found is not None and found[1] <= self.store.seq():
+        for orphan in snapshots.remove_orphans(self.snapshot):
+            log.info("gallery: removed %s, left by a snapshot writer that died", orphan.name)
+        found = self._sound_snapshot()
+        if found is not None:
             (self.mem, self.applied), self.kind = found, found[0].kind
             log.info("gallery: index snapshot read (%s, %d changes)", self.kind, self.applied)
         else:
@@ -461,8 +469,28 @@ class Gallery:
         self.saved = self.applied
         with self.lock.write():
             self._catch_up()
-        log.info("gallery: %d vectors (%d stored changes applied, %s)", len(self), self.applied,
-                 self.db_path.name)
+        if self.mem.kind == "hnsw" and self.mem.recall is None:
+            self._tune(self.mem)
+            with self.lock.write():
+                self._maybe_rebuild()  # exact search, if it turned out cheaper
+        log.info("gallery: %d vectors (%d stored changes applied, %s, %s)", len(self),
+                 self.applied, self.db_path.name, self.recall_line())
+
+    def _sound_snapshot(self) -> tuple[MemoryIndex, int] | None:
+        """The snapshot, when it holds the database's own history. One ahead of the database
+        (a backup put back, an accepted loss) saw changes the database no longer has: it is
+        removed, not only skipped, since the numbers of later writes would pass it and a
+        restart would read it as sound."""
+        found = snapshots.load(self.snapshot, self.space.dim, self.bundle_key)
+        if found is None:
+            return None
+        if self.accept_loss or found[1] > self.store.seq():
+            log.warning("gallery: index snapshot %s holds changes up to %d, the database up to "
+                        "%d%s: removed, the index is rebuilt", self.snapshot.name, found[1],
+                        self.store.seq(), " (a loss was accepted)" if self.accept_loss else "")
+            self.snapshot.unlink(missing_ok=True)
+            return None
+        return found
 
     def _maybe_rebuild(self) -> None:
         """After a catch-up (write lock held): start a background rebuild when the kind no
@@ -470,7 +498,9 @@ class Gallery:
         mem = self.mem
         want = self._want(len(mem), mem.kind)
         stale = mem.kind == "hnsw" and len(mem.dead) > HNSW_DEAD_FRACTION * mem.index.ntotal
-        if self.rebuilding is None and (want != mem.kind or stale):
+        grown = mem.kind == "hnsw" and mem.recall is not None \
+            and len(mem) >= GROWTH * mem.recall["size"]
+        if self.rebuilding is None and (want != mem.kind or stale or grown):
             self.rebuilding = threading.Thread(target=self._rebuild, args=(want,),
                                                name="gallery-rebuild", daemon=True)
             self.rebuilding.start()
@@ -487,13 +517,21 @@ class Gallery:
         try:
             with self.lock.read():  # the live rows copied out, then built with no lock held
                 seq, rows, vecs = self.applied, *self.mem.live()
-            fresh = MemoryIndex(self._new_index(kind), kind)
-            fresh.add([r[0] for r in rows], [r[1] for r in rows], vecs, [r[2] for r in rows])
+            fresh = self._built(kind, rows, vecs)
+            if kind == "hnsw":
+                self._tune(fresh)
+                if fresh.recall and fresh.recall["exact_cheaper"] and self.requested == "auto":
+                    measured, kind = fresh.recall, "flat"
+                    fresh = self._built(kind, rows, vecs)
+                    fresh.recall = measured  # kept: _want serves exact until it grows
             with self.lock.write():
                 if self.closing:
                     return
-                changes_in_bulk(self.store.changes_since(seq), fresh)
+                changes = self.store.changes_since(seq)
+                changes_in_bulk(changes, fresh)
                 self.mem, self.kind = fresh, kind
+                if changes:  # they may go past what the old index had applied
+                    self.applied = max(self.applied, changes[-1][3])
                 self.saved = self.applied
             log.info("gallery: index rebuilt as %s over %d vectors", kind, len(fresh))
             self.save()
@@ -502,13 +540,54 @@ class Gallery:
         finally:
             self.rebuilding = None
 
+    def _built(self, kind: str, rows: list, vecs: np.ndarray) -> MemoryIndex:
+        fresh = MemoryIndex(self._new_index(kind), kind)
+        fresh.add([r[0] for r in rows], [r[1] for r in rows], vecs, [r[2] for r in rows])
+        return fresh
+
+    def _tune(self, mem: MemoryIndex) -> None:
+        """Measure an HNSW index's recall and the efSearch that meets the target; on an index
+        no search sees yet, or with the writers held off by the caller."""
+        if len(mem) == 0:
+            return
+        mem.recall = measure_recall(mem, self.recall_target, self.ef_search).as_dict()
+        log.info("gallery: %s", self.recall_line(mem))
+
+    def recall_line(self, mem: MemoryIndex | None = None) -> str:
+        r = self.recall_info(mem)
+        if r["exact"]:
+            return "exact search" + (f" (HNSW measured at recall@10 {r['hnsw']['recall_at_10']:.3f}"
+                                     f" with efSearch {r['hnsw']['ef_search']}: exact is "
+                                     "cheaper)" if r.get("hnsw") else "")
+        if r["recall_at_10"] is None:
+            return f"HNSW, efSearch {r['ef_search']}, recall not measured"
+        return (f"HNSW recall@10 {r['recall_at_10']:.3f} (target {self.recall_target}) with "
+                f"efSearch {r['ef_search']}, measured {r['measured_at']}")
+
+    def recall_info(self, mem: MemoryIndex | None = None) -> dict:
+        """What /v1/model reports: the recall searches get, the efSearch in use, and when it
+        was measured."""
+        mem = mem or self.mem
+        if mem.kind == "flat":
+            return {"exact": True, "recall_at_10": 1.0, "ef_search": None,
+                    **({"hnsw": mem.recall} if mem.recall else {})}
+        r = mem.recall or {}
+        return {"exact": False, "recall_at_10": r.get("recall_at_10"),
+                "self_hit": r.get("self_hit"), "ef_search": self._ef(mem),
+                "target": self.recall_target, "measured_at": r.get("measured_at"),
+                "measured_size": r.get("size")}
+
+    def _ef(self, mem: MemoryIndex) -> int:
+        return (mem.recall or {}).get("ef_search") or self.ef_search
+
     def save(self) -> None:
         """Write the index snapshot: copied under the read lock (a memory copy, so writers,
         and the readers a waiting writer holds back, wait for that only), written without."""
         try:
-            with self.lock.read():
-                mem, seq = self.mem.frozen(), self.applied
-            snapshots.save(mem, seq, self.bundle_key, self.snapshot)
+            with self.save_lock:  # the rebuild, the snapshot thread and close() write in turn
+                with self.lock.read():
+                    mem, seq = self.mem.frozen(), self.applied
+                snapshots.save(mem, seq, self.bundle_key, self.snapshot)
         except (OSError, RuntimeError) as e:  # a full disk: the next start rebuilds
             log.warning("gallery: index snapshot not written: %s", e)
 
@@ -523,12 +602,15 @@ class Gallery:
 
     def close(self) -> None:
         """At SIGTERM: the index snapshot (a fast next start), then the WAL checkpoint. A
-        rebuild still running is abandoned: it finds the gallery closed and stops."""
+        rebuild still building is not waited for (an HNSW graph over 200k vectors takes
+        minutes): it finds the gallery closed and stops; one already saving holds save_lock."""
         self.closing = True
         if self.snapshotting is not None:
             self.snapshotting.join()  # a daemon: killed half-written at exit otherwise
         if self.mem is not None and self.applied != self.saved:
             self.save()
+        with self.save_lock:  # a rebuild's snapshot being written is finished, not cut
+            pass
         with self.db_lock:
             if self.store is not None:
                 self.store.close()
@@ -582,4 +664,4 @@ class Gallery:
         self._fresh()
         self._threads()
         with self.lock.read():
-            return self.mem.search(queries, k, f, self.ef_search)
+            return self.mem.search(queries, k, f, self._ef(self.mem))

@@ -13,11 +13,14 @@ rows when they are few (at most EXACT_FILTER_ROWS), else by the index restricted
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import tempfile
 import zlib
 from collections.abc import Iterable
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,12 @@ EXACT_FILTER_ROWS = 20_000  # reconstructing them costs less than a restricted g
 
 
 def _key(name: str, value: object) -> tuple[str, str]:
+    """A metadata value as PostgreSQL's jsonb compares it (`@>`, service/pg_gallery.py), so
+    that one filter finds the same items in either store: numbers by their decimal value
+    (1 = 1.0 = 1e0, as the JSON text a float is sent as), booleans only equal themselves
+    (true != 1), strings exactly ("1" != 1), null equals null."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return name, "n:" + str(Decimal(repr(value)).normalize())
     return name, json.dumps(value, sort_keys=True)
 
 
@@ -51,6 +60,7 @@ class MemoryIndex:
         self._sorted: SortedList | None = None  # ids in order, once a listing asked for them
         self._ids: np.ndarray | None = None  # the FAISS id of each stored position, ascending
         self.next = 0
+        self.recall: dict | None = None  # an HNSW graph's measured recall (service/recall.py)
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -107,6 +117,7 @@ class MemoryIndex:
         out = MemoryIndex(faiss.clone_index(self.index), self.kind)
         out.rows, out.meta, out.dead, out.next = dict(self.rows), dict(self.meta), \
             set(self.dead), self.next
+        out.recall = self.recall
         return out
 
     def live(self) -> tuple[list[tuple[str, str | None, dict | None]], np.ndarray]:
@@ -234,17 +245,38 @@ def save(mem: MemoryIndex, seq: int, bundle: str, path: Path) -> None:
     part), then the JSON's length in 8 bytes and its own CRC-32 in 4."""
     data = faiss.serialize_index(mem.index)
     info = {"seq": seq, "bundle": bundle, "kind": mem.kind, "next": mem.next,
+            "recall": mem.recall,
             "dead": sorted(mem.dead), "crc32": zlib.crc32(data), "index_bytes": len(data),
             "rows": {"n": list(mem.rows), "id": [i for i, _ in mem.rows.values()],
                      "label": [lab for _, lab in mem.rows.values()],
                      "metadata": [mem.meta.get(n) for n in mem.rows]}}
     # Columns, not a list per row: orjson reads 200k rows of them in 25 ms instead of 150.
     tail = orjson.dumps(info)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as f:
-        f.write(memoryview(data))
-        f.write(tail + len(tail).to_bytes(8, "little") + zlib.crc32(tail).to_bytes(4, "little"))
-    os.replace(tmp, path)
+    # Unique per writer (process, then a random part): workers, and a writer's threads, never
+    # write into one temp file; remove_orphans() finds those of processes that died.
+    fd, name = tempfile.mkstemp(prefix=f"{path.name}.{os.getpid()}.", suffix=".tmp",
+                                dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(memoryview(data))
+            f.write(tail + len(tail).to_bytes(8, "little")
+                    + zlib.crc32(tail).to_bytes(4, "little"))
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+
+
+def remove_orphans(path: Path) -> list[Path]:
+    """Temp files of snapshots whose writer died mid-write (kill -9, power): a live worker's
+    are left alone. Returns those removed."""
+    gone = []
+    for tmp in path.parent.glob(f"{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 1:].split(".")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            tmp.unlink(missing_ok=True)
+            gone.append(tmp)
+    return gone
 
 
 def _tail(path: Path) -> dict:
@@ -295,5 +327,5 @@ def load(path: Path, dim: int, bundle: str) -> tuple[MemoryIndex, int] | None:
     for n, i, lab, meta in zip(rows["n"], rows["id"], rows["label"], rows["metadata"],
                                strict=True):
         mem.name(n, i, lab, meta)
-    mem.dead, mem.next = set(info["dead"]), info["next"]
+    mem.dead, mem.next, mem.recall = set(info["dead"]), info["next"], info.get("recall")
     return mem, info["seq"]

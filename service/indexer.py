@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from simclr_embed.service.bundle import load_bundle, model_id
 from simclr_embed.service.errors import PayloadTooLarge, ServiceError, StorageError
-from simclr_embed.service.gallery import SQLiteStore, storage_errors
+from simclr_embed.service.gallery import SQLiteStore, gallery_path, storage_errors
 from simclr_embed.service.page import png_bytes
 from simclr_embed.service.preprocess import decode_image
 from simclr_embed.service.runtime import CHOICE_FILE, open_runtime
@@ -279,7 +279,7 @@ class SQLiteTarget:
     applies the new changes before its next answer)."""
 
     def __init__(self, settings: Settings, space: Space) -> None:
-        self.path = settings.data_dir / f"gallery-{space.precision}.sqlite3"
+        self.path = gallery_path(settings.data_dir, space)  # the one the server opens
         self.store = SQLiteStore(self.path, space, settings.accept_gallery_loss)
 
     def fingerprints(self, origin: str) -> dict[str, str]:
@@ -342,6 +342,25 @@ class IndexJob:
     report: Path | None = Path("index-report.json")
     ray: str | None = None  # None: here; "" a local Ray instance; else its address
     actors: int = 1  # with ray: embedding actors, one runtime session each
+    model: str | None = None  # a served model's id or bundle name; None: the first
+
+
+def pick_bundle(settings: Settings, model: str | None) -> Path:
+    """The bundle of the model to index for, chosen as the server chooses it: by model id or
+    bundle directory name among the bundles these settings serve, the first by default."""
+    dirs = settings.bundle_dirs()
+    if model is None:
+        return dirs[0]
+    ids = {}
+    for d in dirs:
+        try:
+            ids[d] = model_id(json.loads((d / "manifest.json").read_text()))
+        except (OSError, ValueError, KeyError):
+            continue  # load_bundle names what is wrong with it when it is the one chosen
+        if model in (ids[d], d.name):
+            return d
+    raise IndexingError(f"model {model!r} is not served with these settings; they serve "
+                        + ", ".join(f"{ids.get(d, '?')} ({d.name})" for d in dirs))
 
 
 def run_index(job: IndexJob, settings: Settings) -> dict[str, Any]:
@@ -350,7 +369,7 @@ def run_index(job: IndexJob, settings: Settings) -> dict[str, Any]:
     source = list_source(job.source, job.labels, job.path_column)
     listed = len(source.entries) + len(source.rejected)
     entries = check_entries(source, settings.max_label_chars)
-    bundle = load_bundle(settings.bundle_dirs()[0])  # the default model
+    bundle = load_bundle(pick_bundle(settings, job.model))
     space = Space(model_id(bundle.manifest), settings.precision,
                   int(bundle.manifest["embedding_dim"]))
     target = open_target(settings, space)  # GalleryMismatch for another model's gallery

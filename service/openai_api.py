@@ -74,12 +74,15 @@ async def embed(request: Request, engine: Engine, settings: Settings, body: Embe
 @router.get("/v1/models", responses=schemas.ERRORS)
 async def models(request: Request) -> dict:
     """Every served model, the default first; `bundle` is another name `model` accepts."""
-    return {"object": "list", "data": [model_card(e) for e in request.app.state.models.engines]}
+    engines = request.app.state.models.engines
+    sizes = [await e.gallery_size() for e in engines]
+    return {"object": "list", "data": [model_card(e, n) for e, n in zip(engines, sizes,
+                                                                         strict=True)]}
 
 
-def model_card(engine: Engine) -> dict:
+def model_card(engine: Engine, gallery_size: int) -> dict:
     created = int(np.datetime64(engine.bundle.manifest["created"].rstrip("Z"), "s").astype(int))
     return {"id": engine.model_id, "object": "model", "created": created,
             "owned_by": "simclr-embed", "bundle": engine.bundle_dir.name,
             "precision": engine.settings.precision,
-            "provider": engine.session.get_providers()[0], "gallery_size": len(engine.gallery)}
+            "provider": engine.session.get_providers()[0], "gallery_size": gallery_size}

@@ -127,6 +127,10 @@ class PgGallery:
     def close(self) -> None:
         self.pool.close()
 
+    def recall_info(self) -> dict:
+        """pgvector's HNSW at its ef_search; its recall is not measured here."""
+        return {"exact": False, "recall_at_10": None, "ef_search": self.ef_search}
+
     def __len__(self) -> int:
         return self.size()
 

@@ -22,7 +22,12 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-Base64Image = Annotated[str, Field(min_length=1, description="base64 image or data URL")]
+# What preprocess.decode_base64 and fetch accept: padded base64 (no whitespace), a base64 data
+# URL, or an http(s) URL; a string outside it is a 400 before any decoding.
+_B64 = "(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
+IMAGE_PATTERN = f"^(?:(?:data:[^,]*;base64,)?{_B64}|[Hh][Tt][Tt][Pp][Ss]?://.+)$"
+Base64Image = Annotated[str, Field(min_length=1, pattern=IMAGE_PATTERN,
+                                   description="base64 image, base64 data URL, or http(s) URL")]
 
 
 class ImagesRequest(Strict):
@@ -43,6 +48,10 @@ class SearchFilter(Strict):
 
 
 class SearchRequest(Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [
+        {"required": ["images"], "properties": {"images": {"type": "array"}}},
+        {"required": ["embeddings"], "properties": {"embeddings": {"type": "array"}}}]})
+
     images: Annotated[list[Base64Image], Field(min_length=1)] | None = Field(
         None, description="query images (base64 / data URLs)", examples=[[EXAMPLE_IMAGE]])
     embeddings: list[list[float]] | None = Field(
@@ -131,18 +140,43 @@ ERRORS = {code: {"model": ErrorResponse}
           for code in (400, 401, 403, 404, 408, 413, 415, 422, 499, 500, 503, 507)}
 
 
-def with_setting_limits(schema: dict, max_list_items: int, models: list[str]) -> dict:
-    """The OpenAPI document with what comes from settings, not from code: the listing's page
-    size limit and the models that `model` may name."""
-    for param in schema["paths"]["/v1/gallery"]["get"]["parameters"]:
-        if param["name"] == "limit":
-            param["schema"]["maximum"] = max_list_items
-    for ops in schema["paths"].values():
+def with_setting_limits(schema: dict, max_list_items: int, models: list[str], max_k: int,
+                        classes: int, dims: list[int]) -> dict:
+    """The OpenAPI document with what comes from settings and the served models, not from
+    code: the listing's page size, the models `model` may name, each route's largest k, and
+    the embedding dimensions (sorted) that the served models take."""
+    paths = schema["paths"]
+    _limit(paths["/v1/gallery"]["get"], "limit", max_list_items)
+    for path, top in (("/v1/search", max_k), ("/v1/classify", classes)):
+        _limit(paths[path]["post"], "k", top)
+    body = paths["/v1/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    _vectors(body["properties"]["embeddings"]["anyOf"][0]["items"], dims)
+    item = paths["/v1/gallery"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    _vectors(item["properties"]["items"]["items"]["properties"]["embedding"]["anyOf"][0], dims)
+    for ops in paths.values():
         for op in ops.values():
             for param in op.get("parameters", []):
                 if param["name"] == "model" and param["in"] == "query":
                     param["schema"] = {"type": "string", "enum": models}
     return schema
+
+
+def _limit(op: dict, name: str, top: int) -> None:
+    """The maximum of an integer, in the query and in the JSON body alike."""
+    for param in op.get("parameters", []):
+        if param["name"] == name:
+            for option in param["schema"].get("anyOf", [param["schema"]]):
+                if option.get("type") == "integer":
+                    option["maximum"] = top
+    body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+    prop = body.get("schema", {}).get("properties", {}).get(name)
+    for option in (prop or {}).get("anyOf", [prop] if prop else []):
+        if option.get("type") == "integer":
+            option["maximum"] = top
+
+
+def _vectors(array: dict, dims: list[int]) -> None:
+    array["minItems"], array["maxItems"] = dims[0], dims[-1]
 
 
 def inline_schema(model: type[BaseModel]) -> dict:

@@ -313,6 +313,9 @@ def _index_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--provider", choices=("auto", "cpu", "cuda", "openvino"), default=None)
     p.add_argument("--data-dir", default=None, help="the embedded gallery's directory "
                    "($SIMCLR_EMBED_DATA_DIR)")
+    p.add_argument("--model", default=None, help="the served model (id or bundle directory "
+                   "name, as ?model= takes) whose gallery to write; default: the first, the "
+                   "one a server with these settings answers without ?model=")
     p.add_argument("--no-labels", action="store_true", help="folders are not labels")
     p.add_argument("--path-column", default="path", help="a manifest's column of file paths")
     p.add_argument("--prune", action="store_true", help="delete the items of SOURCE whose "
@@ -337,7 +340,7 @@ def _run_index(args: argparse.Namespace) -> None:
 
     job = IndexJob(Path(args.source), not args.no_labels, args.path_column, args.prune,
                    args.decode_threads, Path(args.report) if args.report else None, args.ray,
-                   args.actors)
+                   args.actors, args.model)
     run_index(job, Settings())
 
 

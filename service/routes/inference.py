@@ -62,7 +62,8 @@ async def embed_response(request: Request, engine: Engine, settings: Settings) -
 @router.post("/v1/search", tags=["inference"], response_model=schemas.SearchResponse,
              responses=schemas.ERRORS, openapi_extra=schemas.image_body(schemas.SearchRequest))
 async def search(request: Request, engine: EngineDep, settings: SettingsDep,
-                 k: Annotated[int, Query(description="for multipart / image bodies")] = 10,
+                 k: Annotated[int, Query(ge=1, description="for multipart / image bodies")
+                              ] = 10,
                  ) -> NumpyJSON:
     return await search_response(request, engine, settings)
 
@@ -70,13 +71,13 @@ async def search(request: Request, engine: EngineDep, settings: SettingsDep,
 async def search_response(request: Request, engine: Engine, settings: Settings) -> NumpyJSON:
     """The body of /v1/search, shared by the route and the hot path (service/hot_path.py)."""
     body, raws, names = await read_body(request, schemas.SearchRequest)
-    if body is None:
-        k = query_int(request.query_params, "k", 10)
-    else:
-        k = body.k
+    # The query's k is checked even where a JSON body's k wins: a parameter out of the
+    # documented range is a bad request whichever body comes with it.
+    k = check_k(query_int(request.query_params, "k", 10), settings.max_k)
+    if body is not None:
+        k = check_k(body.k, settings.max_k)
         if (body.images is None) == (body.embeddings is None):
             raise InvalidInput("send exactly one of 'images' or 'embeddings'")
-    check_k(k, settings.max_k)
     if body is not None and body.embeddings is not None:
         if len(body.embeddings) > settings.max_images_per_request:
             raise InvalidInput(f"at most {settings.max_images_per_request} query vectors")
@@ -93,12 +94,14 @@ async def search_response(request: Request, engine: Engine, settings: Settings) 
 @router.post("/v1/classify", tags=["inference"], response_model=schemas.ClassifyResponse,
              responses=schemas.ERRORS, openapi_extra=schemas.image_body(schemas.ClassifyRequest))
 async def classify(request: Request, engine: EngineDep, settings: SettingsDep,
-                   k: Annotated[int | None, Query(description="for multipart / image bodies; "
-                                                  "default min(5, classes)")] = None,
+                   k: Annotated[int | None, Query(ge=1, description="for multipart / image "
+                                                  "bodies; default min(5, classes)")] = None,
                    ) -> NumpyJSON:
     body, raws, names = await read_body(request, schemas.ClassifyRequest)
-    k = body.k if body is not None else k
     classes = len(engine.bundle.classes)
+    if k is not None:  # checked even where a JSON body's k wins, as on /v1/search
+        check_k(k, classes)
+    k = body.k if body is not None else k
     k = check_k(min(5, classes) if k is None else k, classes)
     _, logits = await engine.infer(await decode_all(request, engine, settings, raws, names))
     return NumpyJSON({"model": engine.model_id, "precision": settings.precision,

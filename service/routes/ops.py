@@ -10,13 +10,20 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from simclr_embed.service import schemas
 from simclr_embed.service.deps import EngineDep, SettingsDep, check_ready
-from simclr_embed.service.errors import Conflict, StorageError
+from simclr_embed.service.errors import Conflict, NotReady, StorageError
 
 router = APIRouter()
 
 
 @router.get("/healthz", tags=["ops"], responses=schemas.ERRORS)
-async def healthz() -> dict:
+async def healthz(request: Request) -> dict:
+    """Alive unless a model can no longer run (it failed CRASH_LIMIT times within
+    CRASH_WINDOW_S, service/engine.py): then 503, so that a liveness probe restarts the
+    process. Loading and storage are /readyz's."""
+    dead = [e.model_id for e in request.app.state.models.engines if e.failed]
+    if dead:
+        raise NotReady(f"model {', '.join(dead)} can no longer run (it failed repeatedly; see "
+                       "the server's log): restart the server")
     return {"status": "ok"}
 
 
@@ -65,6 +72,7 @@ async def model_info(engine: EngineDep, settings: SettingsDep) -> dict:
             "provider": engine.session.get_providers()[0],
             "provider_reason": engine.runtime_reason, "classes": m["classes"],
             "embedding_dim": engine.dim, "input": m["input"], "created": m["created"],
-            "metrics": m["metrics"], "gallery_size": len(engine.gallery),
+            "metrics": m["metrics"], "gallery_size": await engine.gallery_size(),
             "gallery_index": engine.gallery.kind,
+            "gallery_recall": engine.gallery.recall_info(),
             "checkpoint": {"epoch": ckpt.get("epoch"), "eval": scores}}

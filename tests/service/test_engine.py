@@ -6,13 +6,14 @@ replacing one engine method (named where it is done)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
 import pytest
 
 from simclr_embed.service.engine import CRASH_LIMIT, Engine
-from simclr_embed.service.errors import ModelFailure, Overloaded
+from simclr_embed.service.errors import ModelFailure, NotReady, Overloaded
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.settings import Settings
 
@@ -86,5 +87,37 @@ def test_every_wait_on_the_model_has_a_deadline(bundle_dir, tmp_path):
             await engine.infer(images(2))
         engine._run = real
         await engine.stop()
+
+    asyncio.run(run())
+
+
+def test_a_stopping_engine_fails_its_queued_requests_at_once(bundle_dir, tmp_path):
+    """A swap or a shutdown stops an engine with requests queued behind a batch in the model:
+    they get 503 not_ready while that batch still runs, instead of waiting their whole
+    MODEL_TIMEOUT_S (30 s by default); so does a request that held the engine from before."""
+    async def run() -> None:
+        engine = await started(bundle_dir, tmp_path)
+        real, gate, running = engine._run, threading.Event(), threading.Event()
+
+        def held(batch):  # the gate: the batch stays in the model until the test opens it
+            running.set()
+            assert gate.wait(30)
+            return real(batch)
+
+        engine._run = held
+        in_model = asyncio.create_task(engine.infer(images(2)))
+        await asyncio.to_thread(running.wait, 30)
+        queued = asyncio.create_task(engine.infer(images(3)))
+        while engine.pending == 0:  # the loop's turn in which `queued` enters the queue
+            await asyncio.sleep(0)
+        stopping = asyncio.create_task(engine.stop())
+        with pytest.raises(NotReady, match="stopped"):
+            await asyncio.wait_for(queued, 10)
+        assert not gate.is_set()  # answered while the model was still busy
+        with pytest.raises(NotReady):
+            await engine.infer(images(1))
+        gate.set()
+        await stopping
+        in_model.cancel()
 
     asyncio.run(run())

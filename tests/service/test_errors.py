@@ -4,6 +4,7 @@ correct answers afterwards; overload gets 503 + Retry-After."""
 import asyncio
 import base64
 import io
+import threading
 
 import httpx
 import numpy as np
@@ -156,10 +157,44 @@ def test_a_model_that_keeps_crashing_answers_503_not_ready(bundle_dir, tmp_path)
                 if (await c.get("/readyz")).status_code == 503:
                     break
                 await asyncio.sleep(0.01)
-            return [*crashed, await c.get("/readyz"), await c.post("/v1/embed", files=files)]
+            return [*crashed, await c.get("/readyz"), await c.post("/v1/embed", files=files),
+                    await c.get("/healthz")]
 
-    *crashed, readyz, refused = asyncio.run(run())
+    *crashed, readyz, refused, healthz = asyncio.run(run())
     assert [r.status_code for r in crashed] == [500] * CRASH_LIMIT
     for r in (readyz, refused):
         assert r.status_code == 503 and r.headers["retry-after"] == "2", r.text
         assert r.json()["error"]["code"] == "not_ready"
+    # Not alive either: the liveness probe (deploy/kubernetes) restarts the pod.
+    assert healthz.status_code == 503 and "can no longer run" in healthz.text, healthz.text
+
+
+def test_failed_lone_runs_count_toward_the_crash_limit(bundle_dir, tmp_path) -> None:
+    """One image at a time runs alone on the event loop (service/engine.py); when the model
+    fails there it is a model failure (500 model_failure, counted), and CRASH_LIMIT of them
+    end the model's life as batch-loop crashes do: /healthz and /readyz 503."""
+    app = create_app(Settings(bundle=bundle_dir, data_dir=tmp_path, threads=1), settle=False)
+    one = [("files", ("a.png", png(IMG), "image/png"))]
+
+    threads: list[str] = []
+
+    def broken(batch):  # the fault: the ONNX session raises on every run
+        threads.append(threading.current_thread().name)
+        raise RuntimeError("the session is broken")
+
+    async def run() -> tuple[list[httpx.Response], httpx.Response, httpx.Response, float]:
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app), base_url="http://app") as c:
+            assert (await c.get("/healthz")).status_code == 200
+            engine = app.state.models.default
+            engine._run = broken
+            failed = [await c.post("/v1/embed", files=one) for _ in range(CRASH_LIMIT)]
+            crashes = engine.metrics.model_crashes._value.get()
+            return failed, await c.get("/healthz"), await c.get("/readyz"), crashes
+
+    failed, healthz, readyz, crashes = asyncio.run(run())
+    assert [(r.status_code, r.json()["error"]["code"]) for r in failed] == \
+        [(500, "model_failure")] * CRASH_LIMIT
+    assert len(threads) == CRASH_LIMIT and not any(t.startswith("onnx") for t in threads)
+    assert crashes == CRASH_LIMIT  # on the lone path, not in the model thread
+    assert healthz.status_code == 503 and readyz.status_code == 503, healthz.text

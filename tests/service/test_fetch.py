@@ -4,6 +4,8 @@ equal embeddings to sending the bytes, and a 400 naming the rule for everything 
 from __future__ import annotations
 
 import base64
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 
 from simclr_embed.service import fetch
-from simclr_embed.service.errors import BadImage
+from simclr_embed.service.errors import BadImage, FetchFailed
 from tests.support.servers import Server, png
 
 IMAGE = png(np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8))
@@ -31,6 +33,9 @@ class Images(BaseHTTPRequestHandler):
             "/page": (200, "text/html", b"<html></html>"),
             "/hop": (302, f"http://127.0.0.1:{port}/cat.png", b""),
             "/away": (302, f"http://localhost:{port}/cat.png", b""),
+            "/loop": (302, f"http://127.0.0.1:{port}/loop", b""),
+            "/ftp": (302, f"ftp://127.0.0.1:{port}/cat.png", b""),
+            "/file": (302, "file:///etc/passwd", b""),
         }
         if self.path == "/slow.png":
             self.send_response(200)
@@ -96,6 +101,9 @@ def test_a_listed_url_embeds_like_its_bytes(fetching: str, images_url: str) -> N
     ("/slow.png", 400, "too slowly"),
     ("/page", 400, "text/html, not an image"),
     ("/missing.png", 400, "answered 404"),
+    ("/loop", 400, "redirected more than 3 times"),
+    ("/ftp", 400, "must be http or https, not 'ftp'"),
+    ("/file", 400, "must be http or https, not 'file'"),
 ])
 def test_every_rule_refuses_with_its_reason(fetching: str, images_url: str, path: str,
                                             status: int, words: str) -> None:
@@ -121,10 +129,62 @@ def test_a_suffix_rule_never_reaches_private_addresses(monkeypatch) -> None:
     """Only a host listed by its exact name may resolve to a private address; `addresses` is
     replaced (a fake resolver, named as such) so that the rule is tested without DNS."""
     monkeypatch.setattr(fetch, "addresses", lambda host, port: ["10.1.2.3"])
-    with pytest.raises(BadImage, match=r"resolves to 10\.1\.2\.3, a private"):
+    with pytest.raises(BadImage, match=r"resolves to 10\.1\.2\.3, not a globally reachable"):
         fetch.connect(urlsplit("http://cdn.example.com/a.png"), [".example.com"], 1.0)
     assert fetch.host_rule("cdn.example.com", [".example.com"]) == "suffix"
     assert fetch.host_rule("example.com.", ["example.com"]) == "exact"
     assert fetch.host_rule("evil-example.com", [".example.com"]) is None
     assert not fetch.is_public("169.254.169.254") and not fetch.is_public("::1")
     assert fetch.is_public("93.184.216.34")
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_listed_host_is_a_502_naming_host_and_cause(fetching: str) -> None:
+    r = embed(fetching, [f"http://127.0.0.1:{closed_port()}/x.png"])
+    assert r.status_code == 502, r.text
+    error = r.json()["error"]
+    assert error["code"] == "fetch_failed" and error["item"] == "images[0]"
+    assert "127.0.0.1" in error["message"] and "connection refused" in error["message"]
+    assert httpx.get(fetching + "/healthz").status_code == 200
+
+
+def test_each_cause_is_named_and_no_socket_leaks(images_url: str) -> None:
+    """Refused, TLS (https to a plain HTTP server), timeout (a listener that never answers)
+    and DNS, each 100 times for the first two: the process's descriptors come back to where
+    they were."""
+    port = urlsplit(images_url).port
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # the kernel completes the handshake; nobody ever answers
+    cases = [(f"http://127.0.0.1:{closed_port()}/x.png", "connection refused", 100),
+             (f"https://127.0.0.1:{port}/cat.png", "TLS failed", 100),
+             (f"http://127.0.0.1:{silent.getsockname()[1]}/x.png", "timed out", 2),
+             ("http://nowhere.invalid/x.png", "DNS lookup failed", 2)]
+    rules = ["127.0.0.1", "nowhere.invalid"]
+    before = len(os.listdir("/proc/self/fd"))
+    for url, words, times in cases:
+        for _ in range(times):
+            with pytest.raises(FetchFailed, match=words):
+                fetch.fetch_image(url, rules, 1 << 20, timeout=0.2)
+    silent.close()
+    assert len(os.listdir("/proc/self/fd")) == before - 1
+
+
+@pytest.mark.parametrize("ip", [
+    "100.100.100.200", "100.64.0.1", "192.0.0.1", "198.18.0.1", "10.1.2.3", "172.16.0.1",
+    "192.168.1.1", "127.0.0.1", "169.254.169.254", "0.0.0.0", "224.0.0.1", "240.0.0.1",
+    "255.255.255.255", "192.0.2.1", "::1", "fc00::1", "fe80::1", "ff02::1", "::ffff:10.0.0.1",
+    "::ffff:100.100.100.200", "2001:db8::1"])
+def test_special_addresses_are_not_public(ip: str) -> None:
+    assert not fetch.is_public(ip)
+
+
+@pytest.mark.parametrize("ip", ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111"])
+def test_global_addresses_are_public(ip: str) -> None:
+    assert fetch.is_public(ip)

@@ -111,3 +111,60 @@ def test_filters_and_metadata_over_http(client) -> None:
     assert client.post("/v1/gallery", json=nested, headers=KEY).status_code == 422
     for n in range(3):
         client.delete(f"/v1/gallery/m/{n}", headers=KEY)
+
+
+# One filter meaning in both stores (docs/gallery.md, "Filters"): numbers by value, booleans
+# only themselves, strings exactly, null equals null, a list any of, a missing key never.
+RULE_ITEMS = {"int1": {"v": 1}, "float1": {"v": 1.0}, "true": {"v": True}, "str1": {"v": "1"},
+              "half": {"v": 1.5}, "null": {"v": None}, "no-v": {"w": 1}, "int0": {"v": 0},
+              "false": {"v": False}, "int100": {"v": 100}, "float100": {"v": 1e2},
+              "big": {"v": 2**60}}
+RULE_CASES = [
+    ({"v": 1}, {"int1", "float1"}),
+    ({"v": 1.0}, {"int1", "float1"}),
+    ({"v": True}, {"true"}),
+    ({"v": "1"}, {"str1"}),
+    ({"v": [1, "1"]}, {"int1", "float1", "str1"}),
+    ({"v": [True, False]}, {"true", "false"}),
+    ({"v": 0}, {"int0"}),
+    ({"v": False}, {"false"}),
+    ({"v": None}, {"null"}),
+    ({"v": 100.0}, {"int100", "float100"}),
+    ({"v": 1.5}, {"half"}),
+    ({"v": 2}, set()),
+    ({"v": float(2**60)}, set()),  # sent as 1.152921504606847e+18: another number
+    ({"v": 2**60}, {"big"}),
+    ({"w": 1}, {"no-v"}),
+    ({"w": 1, "v": 1}, set()),
+]
+
+
+def rule_hits(add, search) -> list[set[str]]:
+    ids = list(RULE_ITEMS)
+    emb = unit(len(ids), seed=31)
+    add(ids, [None] * len(ids), emb, None, list(RULE_ITEMS.values()))
+    return [{h.id for h in search(emb[:1], 50, Filter.of(None, f))[0]} for f, _ in RULE_CASES]
+
+
+@pytest.mark.parametrize("store", ["embedded", "pgvector"])
+def test_one_filter_meaning_in_every_store(store: str, tmp_path: Path, request) -> None:
+    """The same table of values and filters gives the same items in both stores (before, the
+    embedded store told 1 from 1.0 and pgvector did not)."""
+    space = Space("model-rule", "int8", 512)
+    if store == "embedded":
+        g = Gallery(space, tmp_path / "g.sqlite3", "flat")
+    else:
+        from simclr_embed.service.pg_gallery import PgGallery
+
+        g = PgGallery(space, request.getfixturevalue("pg_url"))
+    g.load([], [], np.zeros((0, 512), np.float32))
+    got = rule_hits(g.add, g.search)
+    g.close()
+    assert got == [want for _, want in RULE_CASES]
+
+
+def test_a_nested_filter_value_is_refused(client) -> None:
+    body = {"embeddings": [unit(1, seed=1)[0].tolist()], "k": 5,
+            "filter": {"metadata": {"a": {"b": 1}}}}
+    r = client.post("/v1/search", json=body)
+    assert r.status_code == 422 and "metadata" in r.json()["error"]["message"]

@@ -4,13 +4,14 @@ gallery left alone. Real servers over real HTTP, a real SQLite database."""
 
 import os
 import signal
+import threading
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from simclr_embed.service.gallery import Gallery, GalleryMismatch, SQLiteStore
+from simclr_embed.service.gallery import GROWTH, Gallery, GalleryMismatch, SQLiteStore
 from simclr_embed.service.store import Space
 from tests.support.gallery_chaos import KEY, chaos_rounds, check_ledger, unit
 from tests.support.servers import Server
@@ -194,6 +195,102 @@ def test_two_handles_on_one_database_catch_up(tmp_path: Path) -> None:
     assert a.delete(["b3"]) == []  # already gone: not deleted twice
 
 
+def test_a_rebuild_advances_what_it_applied(tmp_path: Path) -> None:
+    """A rebuild swaps in an index that took every change committed so far, other workers'
+    too: the number it has applied must say so, or the next catch-up applies them again
+    (a second row for each re-added id, its first a tombstone)."""
+    emb = unit(30, seed=4)
+    a, b = (Gallery(SPACE, tmp_path / "g.sqlite3") for _ in range(2))
+    for g in (a, b):
+        g.load([f"b{i}" for i in range(10)], [None] * 10, emb[:10])
+    b.add([f"x{i}" for i in range(5)], [None] * 5, emb[10:15])  # a's catch-up has not run
+    a._rebuild("flat")  # called directly: the background thread's body, deterministically
+    assert a.applied == b.applied == 5
+    rows = a.mem.next
+    a.add(["y"], [None], emb[15:16])
+    assert a.mem.next == rows + 1 and not a.mem.dead  # only y was applied
+    assert sorted(i for i, _ in a.listing(None, 100)) == sorted(
+        [f"b{i}" for i in range(10)] + [f"x{i}" for i in range(5)] + ["y"])
+
+
+def test_snapshot_writers_take_turns_and_leave_no_temp_files(tmp_path: Path) -> None:
+    """Threads of one gallery saving at once (the rebuild, the snapshot thread, close()):
+    one whole snapshot and no temp file left; a dead writer's temp file is removed at start,
+    a live process's kept."""
+    emb = unit(20, seed=6)
+    g = Gallery(SPACE, tmp_path / "g.sqlite3")
+    g.load([f"b{i}" for i in range(20)], [None] * 20, emb)
+    threads = [threading.Thread(target=g.save) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".tmp") == []
+    g.close()
+    dead = tmp_path / "g.index.999999999.abc.tmp"
+    alive = tmp_path / f"g.index.{os.getpid()}.abc.tmp"
+    dead.write_bytes(b"x")
+    alive.write_bytes(b"x")
+    again = Gallery(SPACE, tmp_path / "g.sqlite3")
+    again.load([f"b{i}" for i in range(20)], [None] * 20, emb)
+    assert again.applied == 0 and len(again) == 20
+    assert not dead.exists() and alive.exists()
+    again.close()
+
+
+def noisy(emb: np.ndarray, seed: int) -> np.ndarray:
+    q = emb + np.random.default_rng(seed).normal(0, 0.01, emb.shape).astype(np.float32)
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def recall_at_10(hits: list, queries: np.ndarray, emb: np.ndarray) -> float:
+    want = np.argsort(-(queries @ emb.T), axis=1)[:, :10]
+    return float(np.mean([len({int(h.id[1:]) for h in row} & set(w.tolist())) / 10
+                          for row, w in zip(hits, want, strict=True)]))
+
+
+def test_recall_is_measured_and_held_where_the_data_is_hard(tmp_path: Path) -> None:
+    """5,000 random 512-d unit vectors (no cluster structure): at the configured efSearch 64
+    HNSW finds ~0.86 of the exact top 10. The index measures itself when built and raises
+    efSearch until its sample meets the target; other queries confirm it, and every sampled
+    stored vector is its own first hit."""
+    emb = unit(5000, seed=41)
+    g = Gallery(SPACE, tmp_path / "g.sqlite3", "hnsw", recall_target=0.98)
+    g.load([f"i{n}" for n in range(5000)], [None] * 5000, emb)
+    info = g.recall_info()
+    assert not info["exact"] and info["recall_at_10"] >= 0.98 and info["ef_search"] > 64
+    assert info["measured_size"] == 5000 and info["measured_at"]
+    pick = np.random.default_rng(42).choice(5000, 200, replace=False)
+    queries = noisy(emb[pick], seed=43)
+    assert recall_at_10(g.search(queries, 10), queries, emb) >= 0.95
+    assert recall_at_10(g.mem.search(queries, 10, None, 64), queries, emb) < 0.95  # unheld
+    assert [row[0].id for row in g.search(emb[pick], 1)] == [f"i{n}" for n in pick]
+    g.close()
+    again = Gallery(SPACE, tmp_path / "g.sqlite3", "hnsw")  # the snapshot keeps the measure
+    again.load([f"i{n}" for n in range(5000)], [None] * 5000, emb)
+    assert again.recall_info()["ef_search"] == info["ef_search"]
+    again.close()
+
+
+def test_exact_search_serves_where_it_is_cheaper_until_the_gallery_grows(
+        tmp_path: Path) -> None:
+    """index=auto: a measurement that found exact search cheaper (or the target out of HNSW's
+    reach) keeps the gallery exact until it has grown GROWTH times, then HNSW is tried again;
+    an exact gallery reports recall 1 and the HNSW figures that decided it."""
+    emb = unit(300, seed=44)
+    g = Gallery(SPACE, tmp_path / "g.sqlite3")
+    g.load([f"i{n}" for n in range(300)], [None] * 300, emb)
+    assert g.recall_info() == {"exact": True, "recall_at_10": 1.0, "ef_search": None}
+    n = 30_000
+    g.mem.recall = {"exact_cheaper": True, "size": n, "recall_at_10": 0.9, "ef_search": 2048}
+    assert g._want(n + 1, "flat") == "flat" and g._want(n + 1, "hnsw") == "flat"
+    assert g._want(GROWTH * n, "flat") == "hnsw"
+    assert g.recall_info()["hnsw"]["recall_at_10"] == 0.9
+    g.mem.recall = None
+    assert g._want(n, "flat") == "hnsw"  # by size alone, as before any measurement
+    g.close()
+
+
 def test_listings_stay_in_id_order_as_items_come_and_go(tmp_path: Path) -> None:
     """The order is kept item by item after the first listing (no re-sort per change), and
     agrees with a sorted copy of the live ids whatever happened in between."""
@@ -332,3 +429,65 @@ def test_workers_creating_one_database_at_once_agree(tmp_path: Path) -> None:
                 if not isinstance(store, Exception):
                     store.close()
             assert not errors, errors
+
+
+def listing(url: str) -> list[str]:
+    ids, after = [], None
+    while True:
+        page = httpx.get(url + "/v1/gallery", params={"limit": 1000, **(
+            {"after": after} if after else {})}).json()
+        ids += [i["id"] for i in page["items"]]
+        if page["next"] is None:
+            return ids
+        after = page["next"]
+
+
+def add(url: str, prefix: str, vecs: np.ndarray) -> None:
+    items = [{"id": f"{prefix}{n}", "embedding": v.tolist()} for n, v in enumerate(vecs)]
+    r = httpx.post(url + "/v1/gallery", json={"items": items}, headers=KEY, timeout=30)
+    assert r.status_code == 200, r.text
+
+
+def test_a_restored_backup_then_kill_9_keeps_index_and_database_equal(
+        bundle_dir: Path, tmp_path: Path) -> None:
+    """The snapshot written at the stop holds changes (b*) that the backup put back does not;
+    after the restore the server writes c* past that snapshot's number and is killed before it
+    writes another. The next start must not read that snapshot: every item the database holds
+    is in the index with its vector, and nothing else is (c* were lost from the index before:
+    the old snapshot was taken as sound)."""
+    data = tmp_path / "data"
+    db = data / "gallery-int8.sqlite3"
+    v = unit(40, seed=9)
+    srv = Server(bundle_dir, data).start()
+    add(srv.url, "a", v[:10])
+    backup = tmp_path / "backup.sqlite3"
+    space = Space(httpx.get(srv.url + "/v1/model").json()["model"], "int8", v.shape[1])
+    store = SQLiteStore(db, space)  # what `simclr-embed gallery backup` does
+    assert store.backup(backup) == 10
+    store.close()
+    add(srv.url, "b", v[10:20])
+    srv.stop()  # SIGTERM: the snapshot, at change 20
+    assert (data / "gallery-int8.index").exists()
+    for suffix in ("", "-wal", "-shm"):  # the documented restore (docs/gallery.md)
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    backup.rename(db)
+    srv = Server(bundle_dir, data, SIMCLR_EMBED_ACCEPT_GALLERY_LOSS="true").start()
+    add(srv.url, "c", v[20:35])  # changes 11..25: past the old snapshot's 20
+    srv.stop(signal.SIGKILL)
+    (data / "gallery-int8.index.999999999.x.tmp").write_bytes(b"half")  # a dead writer's
+    srv = Server(bundle_dir, data).start()
+    try:
+        store = SQLiteStore(db, space)
+        rows = store.changes_since(0)
+        store.close()
+        live = {r[0]: np.frombuffer(r[2], np.float32) for r in rows if r[2] is not None}
+        assert sorted(live) == sorted([f"a{n}" for n in range(10)] + [f"c{n}" for n in range(15)])
+        ids = listing(srv.url)
+        assert len(ids) == 200 + len(live) and set(live) <= set(ids)
+        assert not any(i.startswith("b") and i[1:].isdigit() for i in ids)
+        for id_, vec in live.items():
+            got = httpx.get(f"{srv.url}/v1/gallery/{id_}").json()["embedding"]
+            assert np.allclose(got, vec, atol=1e-6), id_
+    finally:
+        srv.stop()
+    assert not (data / "gallery-int8.index.999999999.x.tmp").exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -21,7 +22,7 @@ import pytest
 from PIL import Image
 
 from simclr_embed.service.bundle import load_bundle, model_id
-from simclr_embed.service.gallery import Gallery, GalleryMismatch, SQLiteStore
+from simclr_embed.service.gallery import Gallery, SQLiteStore
 from simclr_embed.service.indexer import IndexingError, IndexJob, run_index
 from simclr_embed.service.settings import Settings
 from simclr_embed.service.store import Filter, Space
@@ -154,7 +155,7 @@ def test_manifest_metadata_becomes_filterable(bundle_dir: Path, folder: Path, tm
     g.close()
 
 
-def test_bad_sources_and_another_models_gallery(bundle_dir: Path, folder: Path,
+def test_bad_sources_and_another_models_shared_gallery(bundle_dir: Path, folder: Path,
                                                 tmp_path: Path) -> None:
     s = settings_for(bundle_dir, tmp_path / "d")
     with pytest.raises(IndexingError, match="not an image folder"):
@@ -163,10 +164,14 @@ def test_bad_sources_and_another_models_gallery(bundle_dir: Path, folder: Path,
     (tmp_path / "junk/a.jpg").write_bytes(b"")
     with pytest.raises(IndexingError, match="none of the 1 files"):
         run_index(IndexJob(tmp_path / "junk", report=None), s)
+    # A data directory whose shared gallery another model made: this model's gallery is its
+    # own folder there, as the server would open it, and the other one is left as it was.
     other = Space("another-model", "int8", space_of(bundle_dir).dim)
     SQLiteStore(tmp_path / "o/gallery-int8.sqlite3", other).close()
-    with pytest.raises(GalleryMismatch, match="another embedding space"):
-        run_index(IndexJob(folder, report=None), settings_for(bundle_dir, tmp_path / "o"))
+    report = run_index(IndexJob(folder, report=None), settings_for(bundle_dir, tmp_path / "o"))
+    assert report["indexed"] > 0
+    assert count(tmp_path / "o/gallery-int8.sqlite3") == 0
+    assert count(tmp_path / "o" / report["model"] / "gallery-int8.sqlite3") == report["indexed"]
 
 
 def index_cli(source: Path, bundle: Path, data: Path, *extra: str) -> subprocess.Popen:
@@ -304,3 +309,40 @@ def test_a_multipart_gallery_add_is_told_the_json_form_and_the_indexer(client) -
     assert r.status_code == 415
     message = r.json()["error"]["message"]
     assert '"image": "<base64 or data URL>"' in message and "simclr-embed index" in message
+
+
+def test_index_after_a_swap_writes_the_gallery_the_new_model_serves(
+        bundle_dir: Path, second_bundle_dir: Path, cifar10_dir: Path, tmp_path: Path) -> None:
+    """A server swaps its bundle for new weights (SIGHUP): the new model's gallery is
+    DATA_DIR/<id>/ (service/gallery.py, gallery_path). `index` finds it through the same
+    function, so each indexed image comes back from the server as its own first hit; and
+    --model picks a served model by bundle name, refusing one it does not serve."""
+    live, data = tmp_path / "live" / "model", tmp_path / "data"
+    shutil.copytree(bundle_dir, live)
+    photos = extract(cifar10_dir, tmp_path / "photos", 4, ("ship", "truck"))
+    srv = Server(live, data).start()
+    try:
+        first = httpx.get(srv.url + "/v1/model").json()["model"]
+        staged = live.with_name("staged")
+        shutil.copytree(second_bundle_dir, staged)
+        live.rename(live.with_name("old"))
+        staged.rename(live)
+        os.kill(srv.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 120  # bounds a hang only
+        while (new := httpx.get(srv.url + "/v1/model").json()["model"]) == first:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        s = settings_for(live, data)
+        with pytest.raises(IndexingError, match="'nope' is not served"):
+            run_index(IndexJob(photos, report=None, model="nope"), s)
+        report = run_index(IndexJob(photos, report=None, model="model"), s)
+        assert report["indexed"] == 8 and report["model"] == new
+        assert (data / new / "gallery-int8.sqlite3").exists()
+        for image in sorted(photos.rglob("*.jpg")):
+            r = httpx.post(srv.url + "/v1/search?k=1", content=image.read_bytes(),
+                           headers={"content-type": "image/jpeg"})
+            assert r.status_code == 200, r.text
+            hit = r.json()["results"][0][0]
+            assert hit["id"] == image.relative_to(photos).as_posix(), hit
+    finally:
+        srv.stop()

@@ -46,7 +46,9 @@ def test_errors_take_openais_shape(oa, client) -> None:
         oa.embeddings.create(model="simclr-embed", input=["https://example.com/cat.png"])
     assert "not fetched" in e.value.message
     with pytest.raises(openai.NotFoundError):
-        oa.embeddings.create(model="gpt-4o", input=["x"])
+        oa.embeddings.create(model="gpt-4o", input=["bm90IGFuIGltYWdl"])
+    with pytest.raises(openai.UnprocessableEntityError, match="pattern"):  # not base64
+        oa.embeddings.create(model="simclr-embed", input=["x"])
     with pytest.raises(openai.BadRequestError):
         oa.embeddings.create(model="simclr-embed", input=["bm90IGFuIGltYWdl"])  # not an image
     r = client.post("/v1/embeddings", json={"model": "simclr-embed"})
