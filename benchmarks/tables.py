@@ -34,7 +34,7 @@ def _growth(d: dict) -> str:
                      f"{s['search']['p50_ms']:.2f} / {s['search']['p99_ms']:.2f}",
                      f"{s['healthz']['p50_ms']:.2f}", f"{s['search_over_healthz_p50_ms']:.2f}",
                      _bold(s.get("search_over_healthz_paired_p50_ms")),
-                     f"{s['recall_at_10']:.4f}", filt, f"{s['rss_mb']:.0f}"])
+                     f"{s['recall_at_10']:.4f}", _self_hit(s), filt, f"{s['rss_mb']:.0f}"])
     e = d["events"]
     restart = e["restart_to_readyz_s"]
     restart = restart["median"] if isinstance(restart, dict) else restart
@@ -47,11 +47,21 @@ def _growth(d: dict) -> str:
               f"{hw['commit']}.\n")
     return _table(["step", "index, size", "search p50 / p99 (ms)", "/healthz p50 (ms)",
                    "difference of p50s (ms)", "p50 of paired differences (ms)", "recall@10",
+                   "own first hit (k=1)",
                    "~1 % filter: p50 (ms), recall@10", "RSS (MB)"], rows) + events
+
+
+def _self_hit(step: dict) -> str:
+    hit = step.get("self_hit_k1")  # recorded since #39
+    return f"{hit['found']:,} of {hit['n']:,}" if hit else "(not recorded)"
 
 
 def gallery_growth(root: Path) -> str:
     return _growth(_load(root, "gallery_growth.json"))
+
+
+def gallery_growth_random(root: Path) -> str:
+    return _growth(_load(root, "gallery_growth_random.json"))
 
 
 def gallery_growth_pgvector(root: Path) -> str:
@@ -109,6 +119,19 @@ def model_swap(root: Path) -> str:
         "second model (median of the rounds' differences).\n")
 
 
+def swap_freeze(root: Path) -> str:
+    d = _load(root, "swap_freeze.json")
+    runs = [("before (" + d["baseline"]["commit"] + ")", r) for r in d["baseline"]["rounds"]]
+    runs += [(f"after ({d['hardware']['commit']})", r) for r in d["rounds"]]
+    rows = [[name, f"{r['gallery_vectors']:,}", f"{r['swap_s']:.2f}",
+             r["healthz_during_swap"]["n"], f"{r['healthz_during_swap']['p50_ms']:.1f}",
+             f"{r['healthz_during_swap']['p99_ms']:.1f}",
+             f"**{r['healthz_during_swap']['max_ms']:.1f}**", r["embeds_non2xx"]]
+            for name, r in runs]
+    return _table(["code", "gallery vectors", "swap (s)", "/healthz calls during the swap",
+                   "p50 (ms)", "p99 (ms)", "longest (ms)", "embeds non-2xx"], rows)
+
+
 def settings(root: Path) -> str:
     from simclr_embed.service.settings import settings_table
 
@@ -116,8 +139,8 @@ def settings(root: Path) -> str:
 
 
 TABLES: dict[str, Callable[[Path], str]] = {
-    f.__name__: f for f in (gallery_growth, gallery_growth_pgvector, gallery_million,
-                            model_swap, search_hop, settings)}
+    f.__name__: f for f in (gallery_growth, gallery_growth_random, gallery_growth_pgvector,
+                            gallery_million, model_swap, search_hop, settings, swap_freeze)}
 
 
 def render(name: str, root: Path) -> str:

@@ -165,9 +165,10 @@ class Engine:
         self._stopped, self.ready = True, False
         if self._worker:
             self._worker.cancel()
-        self._fail_all(self._taken + list(self._jobs),
-                       NotReady("the model was stopped (a swap or a shutdown); retry",
-                                headers={"Retry-After": "1"}))
+        if self._taken or self._jobs:  # (an engine whose load failed has no model metrics)
+            self._fail_all(self._taken + list(self._jobs),
+                           NotReady("the model was stopped (a swap or a shutdown); retry",
+                                    headers={"Retry-After": "1"}))
         # Off the event loop: joining the model thread, the index snapshot and the WAL
         # checkpoint of a 200k gallery took 5 s, and every other request waited for them.
         await asyncio.to_thread(self._release)

@@ -518,6 +518,8 @@ class Gallery:
             with self.lock.read():  # the live rows copied out, then built with no lock held
                 seq, rows, vecs = self.applied, *self.mem.live()
             fresh = self._built(kind, rows, vecs)
+            if kind == "flat" and (self.mem.recall or {}).get("exact_cheaper"):
+                fresh.recall = self.mem.recall  # kept: exact search serves until it grows
             if kind == "hnsw":
                 self._tune(fresh)
                 if fresh.recall and fresh.recall["exact_cheaper"] and self.requested == "auto":

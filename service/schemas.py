@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 # A 1x1 red PNG: small enough to paste into the docs, real enough to embed.
 # What one gallery item may carry (POST /v1/gallery and `simclr-embed index` alike).
@@ -26,8 +28,21 @@ class Strict(BaseModel):
 # URL, or an http(s) URL; a string outside it is a 400 before any decoding.
 _B64 = "(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
 IMAGE_PATTERN = f"^(?:(?:data:[^,]*;base64,)?{_B64}|[Hh][Tt][Tt][Pp][Ss]?://.+)$"
-Base64Image = Annotated[str, Field(min_length=1, pattern=IMAGE_PATTERN,
-                                   description="base64 image, base64 data URL, or http(s) URL")]
+_IMAGE = re.compile(IMAGE_PATTERN)
+
+
+def _image_string(value: str) -> str:
+    """The pattern, checked here rather than by pydantic so that the error says what is
+    accepted instead of quoting the regular expression."""
+    if not _IMAGE.match(value):
+        raise PydanticCustomError("image_string",
+                                  "not base64, a base64 data URL or an http(s) URL")
+    return value
+
+
+Base64Image = Annotated[str, Field(min_length=1, json_schema_extra={"pattern": IMAGE_PATTERN},
+                                   description="base64 image, base64 data URL, or http(s) URL"),
+                        AfterValidator(_image_string)]
 
 
 class ImagesRequest(Strict):

@@ -33,7 +33,7 @@ CASES = [
     ("undecodable", dict(content=b"not an image", headers={"content-type": "image/png"}),
      400, "bad_image"),
     ("empty", dict(content=b"", headers={"content-type": "image/jpeg"}), 400, "bad_image"),
-    ("bad base64", dict(json={"images": ["@@@"]}), 400, "bad_image"),
+    ("bad base64", dict(json={"images": ["@@@"]}), 422, "invalid_input"),  # the schema's
     ("invalid json", dict(content=b"{", headers={"content-type": "application/json"}),
      400, "bad_request"),
     ("unsupported media", dict(content=b"x", headers={"content-type": "text/plain"}),

@@ -4,7 +4,6 @@ equal embeddings to sending the bytes, and a 400 naming the rule for everything 
 from __future__ import annotations
 
 import base64
-import os
 import socket
 import threading
 import time
@@ -15,6 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 
 from simclr_embed.service import fetch
@@ -156,24 +156,28 @@ def test_an_unreachable_listed_host_is_a_502_naming_host_and_cause(fetching: str
 
 def test_each_cause_is_named_and_no_socket_leaks(images_url: str) -> None:
     """Refused, TLS (https to a plain HTTP server), timeout (a listener that never answers)
-    and DNS, each 100 times for the first two: the process's descriptors come back to where
-    they were."""
+    and DNS, each 100 times for the first two: no socket of this process is left connected to
+    any of those ports. (Counting all descriptors is not enough: the image server's threads in
+    this same process close their ends when they get to it.)"""
     port = urlsplit(images_url).port
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(1)  # the kernel completes the handshake; nobody ever answers
-    cases = [(f"http://127.0.0.1:{closed_port()}/x.png", "connection refused", 100),
+    refused, quiet = closed_port(), silent.getsockname()[1]
+    cases = [(f"http://127.0.0.1:{refused}/x.png", "connection refused", 100),
              (f"https://127.0.0.1:{port}/cat.png", "TLS failed", 100),
-             (f"http://127.0.0.1:{silent.getsockname()[1]}/x.png", "timed out", 2),
+             (f"http://127.0.0.1:{quiet}/x.png", "timed out", 2),
              ("http://nowhere.invalid/x.png", "DNS lookup failed", 2)]
     rules = ["127.0.0.1", "nowhere.invalid"]
-    before = len(os.listdir("/proc/self/fd"))
     for url, words, times in cases:
         for _ in range(times):
             with pytest.raises(FetchFailed, match=words):
                 fetch.fetch_image(url, rules, 1 << 20, timeout=0.2)
+    left = [c for c in psutil.Process().net_connections("inet")
+            if c.raddr and c.raddr.port in (refused, port, quiet)
+            and c.laddr.port not in (port, quiet)]  # the servers' ends are theirs to close
     silent.close()
-    assert len(os.listdir("/proc/self/fd")) == before - 1
+    assert left == []
 
 
 @pytest.mark.parametrize("ip", [

@@ -350,30 +350,42 @@ def test_mismatched_space_is_refused(tmp_path: Path) -> None:
         SQLiteStore(tmp_path / "g.sqlite3", Space("model-b", "int8", 512))
 
 
+def settled(g: Gallery, ids: list[str], emb: np.ndarray) -> Gallery:
+    """Loaded, with the rebuild its recall measurement may have started finished."""
+    g.load(ids, [None] * len(ids), emb)
+    while (rebuild := g.rebuilding) is not None:
+        rebuild.join()
+    return g
+
+
 def test_auto_index_and_the_cached_graph(tmp_path: Path, monkeypatch) -> None:
     from simclr_embed.service import gallery as gallery_mod
 
     monkeypatch.setattr(gallery_mod, "AUTO_HNSW_FROM", 1000)
+    monkeypatch.setattr(gallery_mod, "AUTO_FLAT_BELOW", 500)
     emb = unit(1500, seed=11)
     ids = [f"i{n}" for n in range(1500)]
     small = Gallery(SPACE, tmp_path / "s.sqlite3")
     small.load(ids[:999], [None] * 999, emb[:999])
     assert small.kind == "flat"
-    first = Gallery(SPACE, tmp_path / "g.sqlite3")
-    first.load(ids, [None] * 1500, emb)
-    assert first.kind == "hnsw"
-    (cache,) = tmp_path.glob("hnsw-*.faiss")
+    first = settled(Gallery(SPACE, tmp_path / "g.sqlite3"), ids, emb)
+    (cache,) = tmp_path.glob("hnsw-*.faiss")  # the size called for a graph
     stamp = cache.stat().st_mtime_ns
-    again = Gallery(SPACE, tmp_path / "g.sqlite3")  # a restart: the graph is read, not rebuilt
-    again.load(ids, [None] * 1500, emb)
-    assert cache.stat().st_mtime_ns == stamp
+    again = settled(Gallery(SPACE, tmp_path / "g.sqlite3"), ids, emb)  # a restart
+    assert cache.stat().st_mtime_ns == stamp  # the graph was read, not built again
+    # Its recall was measured, and exact search serves where that was cheaper (recall.py):
+    # at 1,500 vectors, the timing decides which, and the kind follows what was measured.
+    cheaper = again.mem.recall is not None and again.mem.recall["exact_cheaper"]
+    assert again.kind == ("flat" if cheaper else "hnsw")
     queries = unit(20, seed=12)
-    assert [[h.id for h in r] for r in again.search(queries, 5)] == \
-        [[h.id for h in r] for r in first.search(queries, 5)]
+    if again.kind == first.kind:  # each start measures anew: the choice may differ
+        assert [[h.id for h in r] for r in again.search(queries, 5)] == \
+            [[h.id for h in r] for r in first.search(queries, 5)]
     exact = np.argsort(-(queries @ emb.T), axis=1)[:, :5]
-    got = again.search(queries, 5)
-    assert np.mean([len({f"i{n}" for n in e} & {h.id for h in r}) / 5
-                    for e, r in zip(exact, got, strict=True)]) >= 0.95
+    for g in (first, again):
+        got = g.search(queries, 5)
+        assert np.mean([len({f"i{n}" for n in e} & {h.id for h in r}) / 5
+                        for e, r in zip(exact, got, strict=True)]) >= 0.95
 
 
 def test_searches_run_alongside_writes(tmp_path: Path) -> None:
