@@ -102,8 +102,8 @@ class GallerySettings(BaseModel):
     hnsw_m: int = Field(32, ge=2, description="HNSW graph degree (FAISS and pgvector)")
     hnsw_ef_search: int = Field(64, ge=1, description="HNSW candidates per search (at least "
                                 "k); raised where the measured recall needs it")
-    recall_target: float = Field(0.98, gt=0, le=1, description="recall@10 (and self-hit rate) an "
-                                 "HNSW index must measure (efSearch raised, or exact search)")
+    recall_target: float = Field(0.98, gt=0, le=1, description="recall@10 an HNSW index must "
+                                 "measure (efSearch raised, or exact search, to meet it)")
 
 
 class AccessSettings(BaseModel):
