@@ -1,6 +1,7 @@
 """The front door, as pure ASGI middleware (BaseHTTPMiddleware costs CPU per request). Every
 request passes it in this order, so each refusal means the same on every route:
 
+0. the route and its declared policy (service/policy.py), found once and left in the scope;
 1. the key for the route's scope (service/auth.py), from the headers alone, before a byte of
    the body is read (401 / 403);
 2. the body, received whole before the request costs anything else, as a reverse proxy buffers
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from prometheus_client import Gauge
 from starlette.requests import ClientDisconnect
 
+from simclr_embed.service import policy
 from simclr_embed.service.auth import authorize
 from simclr_embed.service.errors import (
     Overloaded,
@@ -38,16 +40,12 @@ from simclr_embed.service.errors import (
 )
 from simclr_embed.service.handlers import client_gone_response, error_response
 from simclr_embed.service.metrics import Metrics
+from simclr_embed.service.policy import Policies
 from simclr_embed.service.protocol import EXTENSION as PROTOCOL_EXTENSION
 from simclr_embed.service.settings import Settings
 
 # Which worker process answered (its pid): with --workers N, a client (and the tests) can tell.
 WORKER_HEADER = (b"x-worker", str(os.getpid()).encode())
-# /v1/gallery/delete takes ids only: max_list_items of them, 256 characters each, every one
-# possibly escaped to 6 bytes in JSON.
-_ID_BYTES = 256 * 6 + 4
-
-
 @dataclass
 class Inflight:
     """Requests admitted past their body and not yet answered, and the body bytes held by
@@ -64,18 +62,11 @@ class Inflight:
             self.gauge.set(self.bytes)
 
 
-def body_limit(settings: Settings, path: str) -> int:
-    """The largest body the route can use."""
-    if path == "/v1/gallery/delete":
-        return settings.max_list_items * _ID_BYTES + 1024
-    return settings.max_body_bytes
-
-
 class Gate:
     def __init__(self, app, settings: Settings, metrics: Metrics, inflight: Inflight,
-                 queued_images: Callable[[], int]) -> None:
+                 queued_images: Callable[[], int], policies: Policies) -> None:
         self.app, self.settings, self.metrics = app, settings, metrics
-        self.inflight, self.queued_images = inflight, queued_images
+        self.inflight, self.queued_images, self.policies = inflight, queued_images, policies
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -98,22 +89,23 @@ class Gate:
     async def _handle(self, scope, receive, send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope["headers"]}
-        path, held = scope["path"], 0
+        scope[policy.KEY] = found = self.policies.resolve(scope)
+        rules, held = found[1], 0
         try:
-            authorize(self.settings, scope["method"], path, headers)
+            authorize(self.settings, rules.scope, scope["method"], headers)
             if scope["method"] != "POST":  # no route reads a body but POST's
                 return await self.app(scope, receive, send)
-            body, held = await self._receive_body(receive, headers, body_limit(self.settings,
-                                                                               path))
+            body, held = await self._receive_body(receive, headers,
+                                                  rules.body_limit(self.settings))
         except ClientDisconnect:
-            return await client_gone_response(self.metrics, path)(scope, receive, send)
+            return await client_gone_response(self.metrics, rules)(scope, receive, send)
         except ServiceError as e:
-            return await self._refuse(e, path, scope, receive, send)
+            return await self._refuse(e, rules, scope, receive, send)
         try:
             self._admit()
         except ServiceError as e:  # the body is read: the connection may stay open
             self.inflight.add_bytes(-held)
-            return await self._refuse(e, path, scope, receive, send, body_read=True)
+            return await self._refuse(e, rules, scope, receive, send, body_read=True)
         self.inflight.requests += 1
         try:
             await self.app(scope, _replay(body, receive), send)
@@ -121,7 +113,7 @@ class Gate:
             self.inflight.requests -= 1
             self.inflight.add_bytes(-held)
 
-    async def _refuse(self, e: ServiceError, path: str, scope, receive, send,
+    async def _refuse(self, e: ServiceError, rules: policy.Policy, scope, receive, send,
                       body_read: bool = False) -> None:
         headers = dict(e.headers or {})
         if not body_read and (PROTOCOL_EXTENSION in scope.get("extensions", {})
@@ -129,7 +121,7 @@ class Gate:
             # The rest of the body will not be read: close, lingering where the protocol can
             # (service/protocol.py), or uvicorn would read and drop all of it.
             headers["Connection"] = "close"
-        await error_response(e.status, e.code, e.message, headers, path)(scope, receive, send)
+        await error_response(e.status, e.code, e.message, headers, rules)(scope, receive, send)
 
     async def _receive_body(self, receive, headers: dict[str, str],
                             limit: int) -> tuple[bytes, int]:

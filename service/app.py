@@ -23,6 +23,7 @@ from simclr_embed.service.handlers import install_handlers
 from simclr_embed.service.hot_path import HotPath
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.models import Models
+from simclr_embed.service.policy import Policies
 from simclr_embed.service.routes import gallery, inference, ops
 from simclr_embed.service.schemas import with_setting_limits
 from simclr_embed.service.settings import Settings
@@ -44,9 +45,11 @@ def create_app(settings: Settings | None = None, *, hot_path: bool = True, settl
                                                d, previous))
 
     sighup = Sighup()
+    policies = Policies()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        policies.load(app.routes)  # again: a route added since create_app is checked too
         await models.start()
         sighup.serve(models)
         if settle:
@@ -75,10 +78,11 @@ def create_app(settings: Settings | None = None, *, hot_path: bool = True, settl
     install_handlers(app)
     for module in (ops, inference, gallery, openai_api, page):
         app.include_router(module.router)
+    policies.load(app.routes)  # UndeclaredPolicy: a route without one does not start
     if hot_path:  # added first: it runs inside the Gate
         app.add_middleware(HotPath, models=models, settings=settings)
     app.add_middleware(Gate, settings=settings, metrics=metrics, inflight=inflight,
-                       queued_images=lambda: models.pending)
+                       queued_images=lambda: models.pending, policies=policies)
     if settings.api_key is None:
         log.info("no API key (SIMCLR_EMBED_API_KEY unset or empty): gallery changes and "
                  "POST /v1/models/reload are off")

@@ -1,9 +1,10 @@
 """Who may do what, from the request's headers alone (the Gate asks before reading a body).
 
-Three scopes: `write` (gallery changes, model reloads) needs SIMCLR_EMBED_API_KEY; `read`
-(listings, stored vectors, thumbnails of uploaded images) needs the API key or
-SIMCLR_EMBED_READ_KEY once either READ_KEY or REQUIRE_API_KEY is set; everything else needs a
-key only under REQUIRE_API_KEY. The probes and the page's HTML are always open.
+Each route declares its scope (service/policy.py): `write` (gallery changes, model reloads)
+needs SIMCLR_EMBED_API_KEY; `read` (listings, stored vectors, thumbnails of uploaded images)
+needs the API key or SIMCLR_EMBED_READ_KEY once either READ_KEY or REQUIRE_API_KEY is set;
+`key` (trading a key for the page's cookie) always needs one; `any` needs a key only under
+REQUIRE_API_KEY; `open` (the probes and the page's HTML) never.
 
 A browser's <img> cannot send a header, so the page trades the key it was given for a session
 cookie (POST /v1/session): HttpOnly, SameSite=Strict, signed with a secret derived from the
@@ -18,27 +19,11 @@ import hmac
 import time
 
 from simclr_embed.service.errors import Forbidden, Unauthorized
+from simclr_embed.service.policy import Scope
 from simclr_embed.service.settings import Settings
 
-OPEN_PATHS = ("/healthz", "/readyz", "/")  # probes and the page's static HTML
 COOKIE = "simclr_embed_session"
 SESSION_S = 12 * 3600
-
-
-def scope_of(method: str, path: str) -> str | None:
-    """'write', 'read', 'any' (a key only under REQUIRE_API_KEY) or None (open)."""
-    if path in OPEN_PATHS and method in ("GET", "HEAD"):
-        return None
-    gallery_item = path.startswith("/v1/gallery/")
-    if (method == "POST" and path in ("/v1/gallery", "/v1/gallery/delete",
-                                      "/v1/models/reload")) or \
-            (method == "DELETE" and gallery_item):
-        return "write"
-    if (method in ("GET", "HEAD") and (path == "/v1/gallery" or gallery_item
-                                       or path.startswith("/v1/thumbnails/"))) \
-            or path == "/v1/session":
-        return "read"
-    return "any"
 
 
 def _given_key(authorization: str | None, x_api_key: str | None) -> str | None:
@@ -75,15 +60,15 @@ def check_api_key(settings: Settings, authorization: str | None, x_api_key: str 
     raise Forbidden("wrong API key")
 
 
-def authorize(settings: Settings, method: str, path: str, headers: dict[str, str]) -> None:
-    scope = scope_of(method, path)
-    if scope is None:
+def authorize(settings: Settings, scope: Scope, method: str, headers: dict[str, str]) -> None:
+    """What the route's declared scope (service/policy.py) asks of this request's headers."""
+    if scope == "open":
         return
     auth, x_key = headers.get("authorization"), headers.get("x-api-key")
     if scope == "write":
         return check_api_key(settings, auth, x_key)
     reads_closed = settings.read_key is not None or settings.require_api_key
-    if scope == "read" and (reads_closed or path == "/v1/session"):
+    if scope == "key" or (scope == "read" and reads_closed):
         if method in ("GET", "HEAD") and auth is None and x_key is None and \
                 valid_cookie(settings, headers.get("cookie", "")):
             return

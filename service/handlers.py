@@ -4,16 +4,18 @@ FastAPI's own, all as {"error": {"code": ..., "message": ...}}."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from starlette.routing import BaseRoute, Match
+from starlette.routing import Match
 
+from simclr_embed.service import policy
 from simclr_embed.service.errors import ServiceError
+from simclr_embed.service.policy import UNMATCHED, Policy, leaf_routes
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +23,6 @@ log = logging.getLogger(__name__)
 def validation_message(errors: Sequence[dict]) -> str:
     """pydantic's error list as one line: 'field.path: what is wrong; ...'."""
     return "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in errors)
-
-
-OPENAI_PATHS = ("/v1/embeddings", "/v1/models")  # errors there take OpenAI's shape
 
 
 def openai_body(status: int, code: str, message: str, param: str | None = None) -> dict:
@@ -34,23 +33,16 @@ def openai_body(status: int, code: str, message: str, param: str | None = None) 
 
 
 def error_response(status: int, code: str, message: str,
-                   headers: dict[str, str] | None = None, path: str = "",
+                   headers: dict[str, str] | None = None, rules: Policy = UNMATCHED,
                    param: str | None = None) -> JSONResponse:
-    """Every error answer of the service: OpenAI's shape on its routes, ours elsewhere."""
-    body = openai_body(status, code, message, param) if path in OPENAI_PATHS else {
+    """Every error answer of the service: OpenAI's shape on the routes that declare it, ours
+    elsewhere."""
+    body = openai_body(status, code, message, param) if rules.openai_errors else {
         "error": {"code": code, "message": message, **({"item": param} if param else {})}}
     return JSONResponse(body, status, headers)
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-
-
-def leaf_routes(routes: Sequence[BaseRoute]) -> Iterator[BaseRoute]:
-    """Routes, with those of included routers in place of the router (FastAPI >= 0.16x keeps
-    an included router as one route; our routers have no prefix)."""
-    for route in routes:
-        inner = getattr(getattr(route, "original_router", None), "routes", None)
-        yield from leaf_routes(inner) if inner is not None else (route,)
 
 
 def allowed_methods(request: Request) -> list[str]:
@@ -67,12 +59,12 @@ def allowed_methods(request: Request) -> list[str]:
 
 
 async def service_error(request: Request, e: ServiceError) -> JSONResponse:
-    return error_response(e.status, e.code, e.message, e.headers, request.url.path, e.param)
+    return error_response(e.status, e.code, e.message, e.headers, policy.of(request.scope), e.param)
 
 
 async def invalid_request(request: Request, e: RequestValidationError) -> JSONResponse:
     return error_response(422, "invalid_input", validation_message(e.errors()), None,
-                          request.url.path)
+                          policy.of(request.scope))
 
 
 async def http_error(request: Request, e: HTTPException) -> JSONResponse:
@@ -80,25 +72,25 @@ async def http_error(request: Request, e: HTTPException) -> JSONResponse:
     if e.status_code == 405:  # Starlette names only the first route's methods
         headers["Allow"] = ", ".join(allowed_methods(request))
     return error_response(e.status_code, _HTTP_CODES.get(e.status_code, "http_error"),
-                          str(e.detail), headers, request.url.path)
+                          str(e.detail), headers, policy.of(request.scope))
 
 
-def client_gone_response(metrics, path: str) -> JSONResponse:
+def client_gone_response(metrics, rules: Policy) -> JSONResponse:
     """The client left (mid-body, or before its decode or model batch): counted, answered
     with nginx's 499, not logged as a crash. For the Gate and the handler alike."""
     metrics.client_gone.inc()
     return error_response(499, "client_closed_request", "client closed the connection", None,
-                          path)
+                          rules)
 
 
 async def client_gone(request: Request, _: ClientDisconnect) -> JSONResponse:
-    return client_gone_response(request.app.state.metrics, request.url.path)
+    return client_gone_response(request.app.state.metrics, policy.of(request.scope))
 
 
 async def internal(request: Request, e: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=e)
     return error_response(500, "internal", f"internal error: {type(e).__name__}", None,
-                          request.url.path)
+                          policy.of(request.scope))
 
 
 HANDLERS = ((ServiceError, service_error), (RequestValidationError, invalid_request),

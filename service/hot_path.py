@@ -6,7 +6,8 @@ under load the event loop is the one core the model threads share, so this is th
 50k it took ~0.1 ms off the search's cost over /healthz (0.52 against 0.63 ms, one interleaved
 run of 3 x 300 queries).
 
-Same functions, same errors: the FastAPI routes run `embed_response` / `search_response` too,
+Which routes: those that declare `fast=` in their policy (service/policy.py). Same functions,
+same errors: the FastAPI routes run `embed_response` / `search_response` too,
 and exceptions become responses through the app's own handlers (service/handlers.py). The
 routes stay for OpenAPI and for benchmarks.variant_server --no-hot-path. Everything else,
 other methods on these paths included, goes on to FastAPI. This sits inside the Gate, so
@@ -17,14 +18,11 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+from simclr_embed.service import policy
 from simclr_embed.service.deps import check_ready, holding
 from simclr_embed.service.handlers import exception_response
 from simclr_embed.service.models import Models
-from simclr_embed.service.routes import inference
 from simclr_embed.service.settings import Settings
-
-RESPONSES = {"/v1/embed": inference.embed_response, "/v1/search": inference.search_response}
-ROUTES = {r.path: r for r in inference.router.routes if getattr(r, "path", None) in RESPONSES}
 
 
 class HotPath:
@@ -32,10 +30,11 @@ class HotPath:
         self.app, self.models, self.settings = app, models, settings
 
     async def __call__(self, scope, receive, send) -> None:
-        respond = RESPONSES.get(scope["path"]) if scope["type"] == "http" else None
-        if respond is None or scope["method"] != "POST":
+        route, rules = scope.get(policy.KEY, (None, policy.UNMATCHED))  # the Gate's finding
+        if rules.fast is None or scope["method"] != "POST":
             return await self.app(scope, receive, send)
-        scope["route"] = ROUTES[scope["path"]]  # what the Gate labels its metrics with
+        scope["route"] = route  # what the Gate labels its metrics with
+        respond = rules.fast
         request = Request(scope, receive)
         try:
             with holding(check_ready(self.models.get(request.query_params.get("model")))) as e:

@@ -24,6 +24,7 @@ from simclr_embed.service.deps import (
 )
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.models import Models
+from simclr_embed.service.policy import policy
 from simclr_embed.service.settings import Settings
 
 ALIASES = ("simclr-embed", "simclr-resnet18")
@@ -46,6 +47,7 @@ class EmbeddingsRequest(schemas.Strict):
 
 @router.post("/v1/embeddings", responses=schemas.ERRORS,
              openapi_extra=schemas.json_body(EmbeddingsRequest))
+@policy("any", openai_errors=True)
 async def embeddings(request: Request, settings: SettingsDep) -> NumpyJSON:
     body = await read_json(request, EmbeddingsRequest)
     models: Models = request.app.state.models
@@ -72,6 +74,7 @@ async def embed(request: Request, engine: Engine, settings: Settings, body: Embe
 
 
 @router.get("/v1/models", responses=schemas.ERRORS)
+@policy("any", openai_errors=True)
 async def models(request: Request) -> dict:
     """Every served model, the default first; `bundle` is another name `model` accepts."""
     engines = request.app.state.models.engines

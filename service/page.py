@@ -15,6 +15,7 @@ from simclr_embed.service import schemas
 from simclr_embed.service.auth import COOKIE, SESSION_S, session_cookie
 from simclr_embed.service.deps import EngineDep, SettingsDep
 from simclr_embed.service.errors import NotFound
+from simclr_embed.service.policy import policy
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 
@@ -28,12 +29,14 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 
 
 @router.get("/", include_in_schema=False)
+@policy("open")
 async def page() -> HTMLResponse:
     return HTMLResponse(PAGE.read_text())
 
 
 @router.get("/v1/thumbnails/{item_id:path}", tags=["gallery"], response_class=Response,
             responses={**schemas.ERRORS, 200: {"content": {"image/png": {}}}})
+@policy("read")
 async def thumbnail(item_id: str, engine: EngineDep) -> Response:
     """A gallery item's thumbnail (PNG): from the bundle, or the image given when it was added."""
     found = await asyncio.to_thread(engine.thumbnail, item_id)
@@ -45,6 +48,7 @@ async def thumbnail(item_id: str, engine: EngineDep) -> Response:
 
 @router.post("/v1/session", tags=["gallery"], status_code=204, response_class=Response,
              responses=schemas.ERRORS)
+@policy("key")
 async def session(settings: SettingsDep) -> Response:
     """Trades the key in the headers (the API key or the read key) for a read-only session
     cookie, so that the page's <img> tags can load thumbnails when reads need a key."""

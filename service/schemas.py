@@ -161,12 +161,13 @@ def with_setting_limits(schema: dict, max_list_items: int, models: list[str], ma
     code: the listing's page size, the models `model` may name, each route's largest k, and
     the embedding dimensions (sorted) that the served models take."""
     paths = schema["paths"]
-    _limit(paths["/v1/gallery"]["get"], "limit", max_list_items)
-    for path, top in (("/v1/search", max_k), ("/v1/classify", classes)):
-        _limit(paths[path]["post"], "k", top)
-    body = paths["/v1/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    gallery, search = paths["/v1/gallery"], paths["/v1/search"]["post"]
+    _limit(gallery["get"], "limit", max_list_items)
+    _limit(search, "k", max_k)
+    _limit(paths["/v1/classify"]["post"], "k", classes)
+    body = search["requestBody"]["content"]["application/json"]["schema"]
     _vectors(body["properties"]["embeddings"]["anyOf"][0]["items"], dims)
-    item = paths["/v1/gallery"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    item = gallery["post"]["requestBody"]["content"]["application/json"]["schema"]
     _vectors(item["properties"]["items"]["items"]["properties"]["embedding"]["anyOf"][0], dims)
     for ops in paths.values():
         for op in ops.values():

@@ -22,6 +22,7 @@ from simclr_embed.service.deps import (
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.errors import InvalidInput, NotFound
 from simclr_embed.service.page import png_bytes
+from simclr_embed.service.policy import policy
 
 router = APIRouter()
 
@@ -30,6 +31,7 @@ ADD_HINT = (' such as {"items": [{"id": "cats/1.jpg", "image": "<base64 or data 
 
 
 @router.get("/v1/gallery", tags=["gallery"], responses=schemas.ERRORS)
+@policy("read")
 async def gallery_list(engine: EngineDep, settings: SettingsDep,
                        after: Annotated[str | None, Query(description="last id of the previous "
                                                           "page")] = None,
@@ -45,6 +47,7 @@ async def gallery_list(engine: EngineDep, settings: SettingsDep,
 
 
 @router.get("/v1/gallery/{item_id:path}", tags=["gallery"], responses=schemas.ERRORS)
+@policy("read")
 async def gallery_get(item_id: str, engine: EngineDep) -> NumpyJSON:
     """One item; ids may contain '/' (bundle items are '<class>/<n>')."""
     found = await asyncio.to_thread(engine.gallery.get, item_id)
@@ -56,6 +59,7 @@ async def gallery_get(item_id: str, engine: EngineDep) -> NumpyJSON:
 
 @router.post("/v1/gallery", tags=["gallery"], responses=schemas.ERRORS,
              openapi_extra=schemas.json_body(schemas.GalleryAddRequest))
+@policy("write")
 async def gallery_add(request: Request, engine: EngineDep, settings: SettingsDep) -> dict:
     """Items with an image (base64 or a data URL) or an embedding; needs the API key."""
     items = (await read_json(request, schemas.GalleryAddRequest, ADD_HINT)).items
@@ -99,6 +103,7 @@ async def delete_ids(engine: Engine, ids: list[str]) -> tuple[list[str], int]:
 
 
 @router.delete("/v1/gallery/{item_id:path}", tags=["gallery"], responses=schemas.ERRORS)
+@policy("write")
 async def gallery_delete(item_id: str, engine: EngineDep) -> dict:
     deleted, size = await delete_ids(engine, [item_id])
     if not deleted:
@@ -108,6 +113,7 @@ async def gallery_delete(item_id: str, engine: EngineDep) -> dict:
 
 @router.post("/v1/gallery/delete", tags=["gallery"], responses=schemas.ERRORS,
              openapi_extra=schemas.json_body(schemas.GalleryDeleteRequest))
+@policy("write", body="ids")
 async def gallery_bulk_delete(request: Request, engine: EngineDep,
                               settings: SettingsDep) -> dict:
     """Several ids at once; those that do not exist are listed as missing, not an error."""

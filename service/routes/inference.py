@@ -20,6 +20,7 @@ from simclr_embed.service.deps import (
 )
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.errors import InvalidInput
+from simclr_embed.service.policy import policy
 from simclr_embed.service.settings import Settings
 from simclr_embed.service.store import Filter
 
@@ -32,18 +33,6 @@ def softmax_top(logits: np.ndarray, classes: list[str], k: int) -> list[list[dic
     top = np.argsort(-p, axis=1)[:, :k]
     return [[{"label": classes[c], "index": int(c), "probability": float(row[c])} for c in t]
             for row, t in zip(p, top, strict=True)]
-
-
-@router.post("/v1/embed", tags=["inference"], response_model=schemas.EmbedResponse,
-             responses=schemas.ERRORS, openapi_extra=schemas.image_body(schemas.ImagesRequest))
-async def embed(request: Request, engine: EngineDep, settings: SettingsDep,
-                encoding_format: Annotated[Literal[encodings.FORMATS], Query(
-                    description="float, or base64 of float32 / float16 / int8 (with per-vector"
-                    " scales) / binary / ubinary (sign bits)")] = "float",
-                dimensions: Annotated[int | None, Query(
-                    ge=1, description="the first principal components (the bundle's PCA), "
-                    "re-normalized")] = None) -> NumpyJSON:
-    return await embed_response(request, engine, settings)
 
 
 async def embed_response(request: Request, engine: Engine, settings: Settings) -> NumpyJSON:
@@ -59,13 +48,17 @@ async def embed_response(request: Request, engine: Engine, settings: Settings) -
     return NumpyJSON(out)
 
 
-@router.post("/v1/search", tags=["inference"], response_model=schemas.SearchResponse,
-             responses=schemas.ERRORS, openapi_extra=schemas.image_body(schemas.SearchRequest))
-async def search(request: Request, engine: EngineDep, settings: SettingsDep,
-                 k: Annotated[int, Query(ge=1, description="for multipart / image bodies")
-                              ] = 10,
-                 ) -> NumpyJSON:
-    return await search_response(request, engine, settings)
+@router.post("/v1/embed", tags=["inference"], response_model=schemas.EmbedResponse,
+             responses=schemas.ERRORS, openapi_extra=schemas.image_body(schemas.ImagesRequest))
+@policy("any", fast=embed_response)
+async def embed(request: Request, engine: EngineDep, settings: SettingsDep,
+                encoding_format: Annotated[Literal[encodings.FORMATS], Query(
+                    description="float, or base64 of float32 / float16 / int8 (with per-vector"
+                    " scales) / binary / ubinary (sign bits)")] = "float",
+                dimensions: Annotated[int | None, Query(
+                    ge=1, description="the first principal components (the bundle's PCA), "
+                    "re-normalized")] = None) -> NumpyJSON:
+    return await embed_response(request, engine, settings)
 
 
 async def search_response(request: Request, engine: Engine, settings: Settings) -> NumpyJSON:
@@ -91,8 +84,19 @@ async def search_response(request: Request, engine: Engine, settings: Settings) 
                       "results": [[h.__dict__ for h in row] for row in hits]})
 
 
+@router.post("/v1/search", tags=["inference"], response_model=schemas.SearchResponse,
+             responses=schemas.ERRORS, openapi_extra=schemas.image_body(schemas.SearchRequest))
+@policy("any", fast=search_response)
+async def search(request: Request, engine: EngineDep, settings: SettingsDep,
+                 k: Annotated[int, Query(ge=1, description="for multipart / image bodies")
+                              ] = 10,
+                 ) -> NumpyJSON:
+    return await search_response(request, engine, settings)
+
+
 @router.post("/v1/classify", tags=["inference"], response_model=schemas.ClassifyResponse,
              responses=schemas.ERRORS, openapi_extra=schemas.image_body(schemas.ClassifyRequest))
+@policy("any")
 async def classify(request: Request, engine: EngineDep, settings: SettingsDep,
                    k: Annotated[int | None, Query(ge=1, description="for multipart / image "
                                                   "bodies; default min(5, classes)")] = None,

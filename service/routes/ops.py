@@ -11,11 +11,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from simclr_embed.service import schemas
 from simclr_embed.service.deps import EngineDep, SettingsDep, check_ready
 from simclr_embed.service.errors import Conflict, NotReady, StorageError
+from simclr_embed.service.policy import policy
 
 router = APIRouter()
 
 
 @router.get("/healthz", tags=["ops"], responses=schemas.ERRORS)
+@policy("open")
 async def healthz(request: Request) -> dict:
     """Alive unless a model can no longer run (it failed CRASH_LIMIT times within
     CRASH_WINDOW_S, service/engine.py): then 503, so that a liveness probe restarts the
@@ -28,6 +30,7 @@ async def healthz(request: Request) -> dict:
 
 
 @router.get("/readyz", tags=["ops"], responses=schemas.ERRORS)
+@policy("open")
 async def readyz(request: Request) -> dict:
     """Ready: every model loaded and warmed, and each gallery's store reachable."""
     models = request.app.state.models
@@ -43,6 +46,7 @@ async def readyz(request: Request) -> dict:
 
 
 @router.post("/v1/models/reload", tags=["model"], responses=schemas.ERRORS)
+@policy("write")
 async def reload(request: Request) -> dict:
     """What SIGHUP does, with the API key: each bundle that changed on disk is loaded beside
     the serving one, verified, warmed and swapped in; a bundle that fails is refused (409)
@@ -57,12 +61,14 @@ async def reload(request: Request) -> dict:
 
 @router.get("/metrics", tags=["ops"], response_class=Response,
             responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}})
+@policy("any")
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.exposition(),
                     media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/model", tags=["model"], responses=schemas.ERRORS)
+@policy("any")
 async def model_info(engine: EngineDep, settings: SettingsDep) -> dict:
     m = engine.bundle.manifest
     ckpt = m["checkpoint"]

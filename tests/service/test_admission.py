@@ -16,6 +16,7 @@ from PIL import Image
 
 from simclr_embed.service.admission import Gate, Inflight
 from simclr_embed.service.metrics import Metrics
+from simclr_embed.service.policy import Policies
 from simclr_embed.service.settings import Settings
 from tests.support.servers import API_KEY, Server, metric, png, wait_for_metric
 
@@ -193,7 +194,8 @@ def test_500s_reach_the_metrics() -> None:
     async def broken(scope, receive, send):
         raise RuntimeError("boom")
 
-    gate = Gate(broken, Settings(), metrics, Inflight(), queued_images=lambda: 0)
+    gate = Gate(broken, Settings(), metrics, Inflight(), queued_images=lambda: 0,
+                policies=Policies())  # no routes: every request unmatched
     transport = httpx.ASGITransport(app=gate, raise_app_exceptions=False)
 
     async def call() -> httpx.Response:

@@ -123,16 +123,17 @@ def test_gallery_api(client) -> None:
 def test_bundle_items_can_be_deleted_and_stay_deleted(bundle_dir, tmp_path) -> None:
     data = tmp_path / "data"
     srv = Server(bundle_dir, data).start()
-    r = httpx.delete(srv.url + "/v1/gallery/cat/1010", headers=KEY)
-    first = httpx.get(srv.url + "/v1/gallery", params={"limit": 1}).json()["items"][0]["id"]
-    r2 = httpx.delete(f"{srv.url}/v1/gallery/{first}", headers=KEY)
+    listed = httpx.get(srv.url + "/v1/gallery", params={"limit": 200}).json()
+    assert listed["size"] == 200
+    ids = [item["id"] for item in listed["items"]][::97]  # three of the bundle's items
+    gone = [httpx.delete(f"{srv.url}/v1/gallery/{i}", headers=KEY).status_code for i in ids]
+    missing = httpx.delete(srv.url + "/v1/gallery/no/such/item", headers=KEY)
     srv.stop(signal.SIGKILL)
     srv = Server(bundle_dir, data).start()
     try:
-        assert r2.status_code == 200
-        assert httpx.get(f"{srv.url}/v1/gallery/{first}").status_code == 404
-        assert httpx.get(srv.url + "/v1/gallery").json()["size"] == 200 - 1 - (
-            r.status_code == 200)
+        assert gone == [200] * 3 and missing.status_code == 404, (gone, missing.text)
+        assert [httpx.get(f"{srv.url}/v1/gallery/{i}").status_code for i in ids] == [404] * 3
+        assert httpx.get(srv.url + "/v1/gallery").json()["size"] == 200 - 3
     finally:
         srv.stop()
 

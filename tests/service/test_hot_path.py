@@ -15,10 +15,13 @@ import numpy as np
 import pytest
 
 from simclr_embed.benchmarks.process import ServiceProcess
+from simclr_embed.service import policy
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.hot_path import HotPath
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.models import Models
+from simclr_embed.service.policy import Policies
+from simclr_embed.service.routes import inference
 from simclr_embed.service.settings import Settings
 from tests.support.servers import Server, metric, png
 
@@ -112,11 +115,14 @@ def test_hot_path_takes_only_post_embed(bundle_dir: Path, tmp_path: Path, cifar1
     models = Models([bundle_dir], metrics, 1.0,
                     lambda d, previous: Engine(settings, metrics, bundle_dir=d, previous=previous))
     hot = HotPath(behind, models, settings)
+    routes = Policies()
+    routes.load(inference.router.routes)
     body = png(cifar10[1].images[0])
 
     async def call(method: str, path: str) -> tuple[int, bytes]:
         scope = {"type": "http", "method": method, "path": path, "query_string": b"",
                  "headers": [(b"content-type", b"image/png")]}
+        scope[policy.KEY] = routes.resolve(scope)  # as the Gate in front of it would
         sent: list[dict] = []
 
         async def receive() -> dict:
