@@ -1,6 +1,7 @@
-"""The service with one of its request-path special cases taken out, for benchmarks that
-measure what each buys (benchmarks.ab, benchmarks.spinning) and for the test that the hot path
-answers as the routes do. Settings from SIMCLR_EMBED_* as for `simclr-embed serve`; one worker.
+"""The service with one of its request-path special cases (service/special_cases.py) taken
+out, for benchmarks that measure what each buys (benchmarks.ab, benchmarks.spinning) and for
+the test that the hot path answers as the routes do. Settings from SIMCLR_EMBED_* as for
+`simclr-embed serve`; one worker.
 
     python -m simclr_embed.benchmarks.variant_server --no-hot-path --no-settle
 """
@@ -11,11 +12,11 @@ import argparse
 
 import uvicorn
 
-from simclr_embed.service import deps
 from simclr_embed.service.app import create_app
 from simclr_embed.service.protocol import UVICORN_OPTIONS
 from simclr_embed.service.runtime import SPINNING
 from simclr_embed.service.settings import Settings
+from simclr_embed.service.special_cases import CASES
 from simclr_embed.service.startup import check_before_workers
 
 
@@ -32,12 +33,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--spinning", choices=SPINNING, default="run",
                    help="how ONNX Runtime's idle threads wait")
     args = p.parse_args(argv)
+    CASES.hot_path, CASES.settle_heap, CASES.lone_run = args.hot_path, args.settle, args.lone_run
+    CASES.spinning = args.spinning
     if not args.inline:
-        deps.INLINE_DECODE_PIXELS = 0
+        CASES.inline_decode_pixels = 0
     settings = Settings()
     check_before_workers(settings)
-    app = create_app(settings, hot_path=args.hot_path, settle=args.settle,
-                     spinning=args.spinning, lone_run=args.lone_run)
+    app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, **UVICORN_OPTIONS)
 
 

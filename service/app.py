@@ -27,22 +27,19 @@ from simclr_embed.service.policy import Policies
 from simclr_embed.service.routes import gallery, inference, ops
 from simclr_embed.service.schemas import with_setting_limits
 from simclr_embed.service.settings import Settings
+from simclr_embed.service.special_cases import CASES
 from simclr_embed.service.startup import check_before_workers
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, *, hot_path: bool = True, settle: bool = True,
-               spinning: str = "run", lone_run: bool = True) -> FastAPI:
-    """The keyword arguments exist for benchmarks that measure what each special case buys
-    (benchmarks/variant_server.py); the service always runs with the defaults."""
+def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
     inflight = Inflight(gauge=metrics.body_bytes)
     models = Models(settings.bundle_dirs(), metrics,
                     settings.body_timeout_s + settings.model_timeout_s,
-                    lambda d, previous: Engine(settings, metrics, inflight, spinning, lone_run,
-                                               d, previous))
+                    lambda d, previous: Engine(settings, metrics, inflight, d, previous))
 
     sighup = Sighup()
     policies = Policies()
@@ -52,7 +49,7 @@ def create_app(settings: Settings | None = None, *, hot_path: bool = True, settl
         policies.load(app.routes)  # again: a route added since create_app is checked too
         await models.start()
         sighup.serve(models)
-        if settle:
+        if CASES.settle_heap:
             settle_heap()
         yield
         await models.stop()
@@ -79,7 +76,7 @@ def create_app(settings: Settings | None = None, *, hot_path: bool = True, settl
     for module in (ops, inference, gallery, openai_api, page):
         app.include_router(module.router)
     policies.load(app.routes)  # UndeclaredPolicy: a route without one does not start
-    if hot_path:  # added first: it runs inside the Gate
+    if CASES.hot_path:  # added first: it runs inside the Gate
         app.add_middleware(HotPath, models=models, settings=settings)
     app.add_middleware(Gate, settings=settings, metrics=metrics, inflight=inflight,
                        queued_images=lambda: models.pending, policies=policies)

@@ -31,6 +31,7 @@ from simclr_embed.service.fetch import fetch_image
 from simclr_embed.service.handlers import validation_message
 from simclr_embed.service.preprocess import decode_base64, finish_decode, open_checked
 from simclr_embed.service.settings import Settings
+from simclr_embed.service.special_cases import CASES
 
 
 class NumpyJSON(JSONResponse):
@@ -199,10 +200,6 @@ async def ensure_connected(request: Request) -> None:
         raise ClientDisconnect()
 
 
-# A thumbnail decodes in tens of microseconds: less than handing it to a decode thread and back.
-INLINE_DECODE_PIXELS = 128 * 128
-
-
 def open_all(raws: list[bytes], names: list[str], settings: Settings) -> list[Image.Image]:
     """Every header checked (400 / 413 naming the item), then the request's decode budget."""
     limits = (settings.max_image_pixels, settings.max_image_aspect, settings.max_decode_mb)
@@ -235,7 +232,8 @@ async def decode_all(request: Request, engine: Engine, settings: Settings,
 
     async def one(img: Image.Image, name: str) -> np.ndarray:
         nonlocal waited
-        if img.width * img.height <= INLINE_DECODE_PIXELS and not engine.decode_slots.locked():
+        if img.width * img.height <= CASES.inline_decode_pixels and \
+                not engine.decode_slots.locked():  # a thumbnail: under a thread hop's cost
             return named(name, finish_decode, img, engine.size)
         engine.metrics.decoding.inc()
         try:

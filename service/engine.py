@@ -27,6 +27,7 @@ from simclr_embed.service.gallery import Gallery, gallery_path
 from simclr_embed.service.metrics import Metrics, ModelMetrics
 from simclr_embed.service.runtime import CHOICE_FILE, open_runtime
 from simclr_embed.service.settings import Settings
+from simclr_embed.service.special_cases import CASES
 from simclr_embed.service.store import Filter, GalleryStore, Neighbor, Space
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,10 @@ class Engine:
     same model."""
 
     def __init__(self, settings: Settings, metrics: Metrics, inflight: Inflight | None = None,
-                 spinning: str = "run", lone_run: bool = True, bundle_dir: Path | None = None,
-                 previous: Engine | None = None) -> None:
-        self.settings, self.spinning = settings, spinning
+                 bundle_dir: Path | None = None, previous: Engine | None = None) -> None:
+        self.settings = settings
         self.metrics: Metrics | ModelMetrics = metrics  # bound to the model once it is known
         self.bundle_dir = bundle_dir or settings.bundle
-        self.lone_run = lone_run  # False only in benchmarks.variant_server --no-lone-run
         self.inflight = inflight or Inflight()
         self.users = 0  # requests holding this engine (service/models.py drains on it)
         self.owns_gallery = True  # closes it at stop; a swap hands a shared one over
@@ -102,7 +101,7 @@ class Engine:
             gallery = pool.submit(self._load_gallery)
             self.session, self.runtime_reason = open_runtime(
                 self.bundle.encoder_path(s.precision), self.bundle.manifest, s.precision,
-                s.threads, s.provider, s.data_dir / CHOICE_FILE, spinning=self.spinning)
+                s.threads, s.provider, s.data_dir / CHOICE_FILE, spinning=CASES.spinning)
             self.input_name = self.session.get_inputs()[0].name
             self.size = int(self.bundle.manifest["input"]["size"])
             self.pca = self.bundle.pca()  # for `dimensions`; None in older bundles
@@ -208,7 +207,7 @@ class Engine:
             raise NotReady("the model is not running (stopped, or failed); retry",
                            headers={"Retry-After": "1"})
         self.admit(n)
-        if n == 1 and self.lone_run and self._idle():
+        if n == 1 and CASES.lone_run and self._idle():
             await asyncio.sleep(0)  # requests already read off the sockets enter the Gate first
             if self._idle():
                 return self._run_alone(images)
@@ -230,7 +229,7 @@ class Engine:
         the gallery is in memory, else in a thread beside the others. The hop to a thread and
         back costs 0.14-0.21 ms against a 0.38-0.46 ms HNSW search at 200k
         (benchmarks/search_hop.py)."""
-        if self.lone_run and self.gallery.in_memory and self.inflight.requests <= 1:
+        if CASES.lone_run and self.gallery.in_memory and self.inflight.requests <= 1:
             await asyncio.sleep(0)  # requests already read off the sockets enter the Gate first
             if self.inflight.requests <= 1:
                 return self.gallery.search(queries, k, f)

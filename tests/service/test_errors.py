@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from simclr_embed.service import special_cases
 from simclr_embed.service.app import create_app
 from simclr_embed.service.engine import CRASH_LIMIT
 from simclr_embed.service.settings import Settings
@@ -137,11 +138,13 @@ def test_overload_answers_503_with_retry_after(bundle_dir, tmp_path, cifar10) ->
         srv.stop()
 
 
-def test_a_model_that_keeps_crashing_answers_503_not_ready(bundle_dir, tmp_path) -> None:
+def test_a_model_that_keeps_crashing_answers_503_not_ready(bundle_dir, tmp_path, monkeypatch
+                                                            ) -> None:
     """The one state in which a listening server is not ready: its batch loop crashed
     CRASH_LIMIT times (service/engine.py). Driven through the whole app, in process."""
-    # settle=False: a settled heap would stay frozen in the test process for every later test
-    app = create_app(Settings(bundle=bundle_dir, data_dir=tmp_path, threads=1), settle=False)
+    # A settled heap would stay frozen in the test process for every later test.
+    monkeypatch.setattr(special_cases.CASES, "settle_heap", False)
+    app = create_app(Settings(bundle=bundle_dir, data_dir=tmp_path, threads=1))
     files = [("files", ("a.png", png(IMG), "image/png"))] * 2  # two images: the batch loop
 
     def broken():  # the fault: every batch dies
@@ -169,11 +172,13 @@ def test_a_model_that_keeps_crashing_answers_503_not_ready(bundle_dir, tmp_path)
     assert healthz.status_code == 503 and "can no longer run" in healthz.text, healthz.text
 
 
-def test_failed_lone_runs_count_toward_the_crash_limit(bundle_dir, tmp_path) -> None:
+def test_failed_lone_runs_count_toward_the_crash_limit(bundle_dir, tmp_path, monkeypatch
+                                                      ) -> None:
     """One image at a time runs alone on the event loop (service/engine.py); when the model
     fails there it is a model failure (500 model_failure, counted), and CRASH_LIMIT of them
     end the model's life as batch-loop crashes do: /healthz and /readyz 503."""
-    app = create_app(Settings(bundle=bundle_dir, data_dir=tmp_path, threads=1), settle=False)
+    monkeypatch.setattr(special_cases.CASES, "settle_heap", False)  # as above
+    app = create_app(Settings(bundle=bundle_dir, data_dir=tmp_path, threads=1))
     one = [("files", ("a.png", png(IMG), "image/png"))]
 
     threads: list[str] = []

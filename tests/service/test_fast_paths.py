@@ -15,12 +15,13 @@ import httpx
 import numpy as np
 import pytest
 
-from simclr_embed.service.deps import INLINE_DECODE_PIXELS, decode_all
+from simclr_embed.service.deps import decode_all
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.preprocess import decode_image
 from simclr_embed.service.runtime import SPINNING, make_session
 from simclr_embed.service.settings import Settings
+from simclr_embed.service.special_cases import CASES
 from tests.support.servers import Server, metric, png
 
 
@@ -70,7 +71,7 @@ def test_inline_and_pool_decodes_are_the_same(cifar10) -> None:
     engine.size = 32
     small = png(cifar10[1].images[0])
     big = png(np.kron(cifar10[1].images[1], np.ones((8, 8, 1), np.uint8)))  # 256x256
-    assert INLINE_DECODE_PIXELS < 256 * 256  # the big one goes to the pool
+    assert CASES.inline_decode_pixels < 256 * 256  # the big one goes to the pool
     settings = engine.settings
 
     async def run() -> tuple[np.ndarray, np.ndarray]:
@@ -126,11 +127,13 @@ def test_spinning_settings_change_timing_not_answers(bundle_dir: Path, cifar10) 
 
 @pytest.mark.parametrize("settle", [True, False])
 def test_startup_settles_the_heap_unless_told_not_to(bundle_dir: Path, tmp_path: Path,
-                                                     settle: bool) -> None:
+                                                     settle: bool, monkeypatch) -> None:
     from simclr_embed.service.app import GC_GEN0_THRESHOLD, create_app
 
+    monkeypatch.setattr(CASES, "settle_heap", settle)
+
     async def started() -> tuple[int, int]:
-        app = create_app(Settings(bundle=bundle_dir, data_dir=tmp_path), settle=settle)
+        app = create_app(Settings(bundle=bundle_dir, data_dir=tmp_path))
         async with app.router.lifespan_context(app):
             return gc.get_freeze_count(), gc.get_threshold()[0]
 

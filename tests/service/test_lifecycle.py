@@ -19,7 +19,7 @@ def test_sigterm_lets_in_flight_requests_finish(bundle_dir, tmp_path, cifar10) -
         r = await c.post("/v1/embed", files=[("files", ("a.png", images[i], "image/png"))] * 8)
         return r.status_code, time.perf_counter()
 
-    async def main() -> list[tuple[int, float]]:
+    async def main() -> tuple[int, list[tuple[int, float]]]:
         nonlocal signalled
         async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
             tasks = [asyncio.create_task(post(c, i)) for i in range(16)]
@@ -28,10 +28,23 @@ def test_sigterm_lets_in_flight_requests_finish(bundle_dir, tmp_path, cifar10) -
                                     lambda n: n >= 1)
             signalled = time.perf_counter()
             srv.proc.send_signal(signal.SIGTERM)
-            return await asyncio.gather(*tasks)
+            pending = await asyncio.to_thread(refused_while, tasks)
+            return pending, await asyncio.gather(*tasks)
 
-    results = asyncio.run(main())
+    def refused_while(tasks: list[asyncio.Task]) -> int:
+        """Tries new connections until one is refused; how many accepted requests were still
+        unanswered at that moment."""
+        deadline = time.monotonic() + 60  # bounds a hang only
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(srv.url + "/healthz", timeout=5)
+            except httpx.ConnectError:
+                return sum(not t.done() for t in tasks)
+        raise AssertionError("new connections were still taken 60 s after SIGTERM")
+
+    pending, results = asyncio.run(main())
     log = srv.stop()
+    assert pending > 0  # refused new work while accepted work was still being done
     assert [code for code, _ in results] == [200] * 16
     assert max(t for _, t in results) > signalled  # some were still running at the signal
     assert "Application shutdown complete" in log

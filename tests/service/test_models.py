@@ -249,7 +249,7 @@ from simclr_embed.service.settings import Settings
 from tests.support.servers import metric
 
 app = create_app(Settings(bundle=Path(sys.argv[1]), data_dir=Path(sys.argv[2]), threads=1,
-                          provider="cpu"), settle=False)
+                          provider="cpu"))
 os.kill(os.getpid(), signal.SIGHUP)  # before the lifespan has loaded anything
 
 async def run():

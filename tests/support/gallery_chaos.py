@@ -30,7 +30,15 @@ class Ledger:
     def __init__(self) -> None:
         self.present: dict[str, list[float]] = {}
         self.deleted: set[str] = set()
+        self.unexpected: list[str] = []  # answers other than 200 or a 503 refusal: a bug
         self.lock = threading.Lock()
+
+    def answered(self, what: str, status: int) -> bool:
+        """Whether the change was acknowledged; anything but 200 or 503 is noted."""
+        if status not in (200, 503):
+            with self.lock:
+                self.unexpected.append(f"{what}: {status}")
+        return status == 200
 
 
 def writer(urls: list[str], ledger: Ledger, prefix: str, stop: threading.Event,
@@ -47,7 +55,8 @@ def writer(urls: list[str], ledger: Ledger, prefix: str, stop: threading.Event,
             body = {"items": [{"id": i, "embedding": v.tolist()}
                               for i, v in zip(ids, vecs, strict=True)]}
             try:
-                if c.post(url + "/v1/gallery", json=body, headers=KEY).status_code != 200:
+                status = c.post(url + "/v1/gallery", json=body, headers=KEY).status_code
+                if not ledger.answered(f"add {ids}", status):
                     continue
             except httpx.HTTPError:  # killed under us: unacknowledged, no claim either way
                 time.sleep(0.05)
@@ -57,7 +66,8 @@ def writer(urls: list[str], ledger: Ledger, prefix: str, stop: threading.Event,
                     ledger.present[i] = v.tolist()
             victim = ids[0]
             try:
-                ok = c.delete(f"{url}/v1/gallery/{victim}", headers=KEY).status_code == 200
+                ok = ledger.answered(f"delete {victim}", c.delete(
+                    f"{url}/v1/gallery/{victim}", headers=KEY).status_code)
             except httpx.HTTPError:  # the delete may or may not have committed
                 ok = None
                 time.sleep(0.05)
@@ -96,6 +106,7 @@ def chaos_rounds(start: Callable[[], list[ServiceProcess]], rounds: int, seed: i
 def check_ledger(url: str, ledger: Ledger) -> None:
     """Every acknowledged add is there with its vector; every acknowledged delete is gone."""
     assert len(ledger.present) > 20, "the writers barely wrote: the test proves nothing"
+    assert not ledger.unexpected, ledger.unexpected[:10]
     with httpx.Client(base_url=url, timeout=30) as c:
         for id_, vec in ledger.present.items():
             r = c.get(f"/v1/gallery/{id_}")
