@@ -14,8 +14,9 @@ from PIL import Image
 from simclr_embed.cli import build_parser, config_from_args, parse_args
 from simclr_embed.training import data
 from simclr_embed.training.augment import Normalize
+from simclr_embed.training.checkpoint import load_checkpoint, model_from_checkpoint
 from simclr_embed.training.evaluate import linear_probe_augmented
-from simclr_embed.training.model import ModelConfig, SimCLR
+from simclr_embed.training.quickstart import RELEASED_WEIGHTS
 from simclr_embed.training.train import TrainConfig, autocast_dtype, train
 
 
@@ -96,14 +97,20 @@ def test_time_budget_shortens_the_run_and_replans_the_schedule(cifar10_dir, tmp_
 
 
 def test_augmented_probe_learns_on_real_images(cifar10) -> None:
-    train_set, test_set = cifar10[0].subset(slice(0, 400)), cifar10[1].subset(slice(0, 100))
-    torch.manual_seed(0)
-    encoder = SimCLR(ModelConfig()).encoder
+    # Every class: the arrays are sorted by class, and their first 400 are all airplanes.
+    train, test = cifar10
+    train_set = train.subset(slice(0, None, len(train.labels) // 400))
+    test_set = test.subset(slice(0, None, len(test.labels) // 200))
+    assert len(set(test_set.labels.tolist())) == 10
+    # The released encoder: on a random one the probe stays at chance, so accuracy proves
+    # nothing, and at the literature's lr its unscaled features make the loss climb.
+    encoder = model_from_checkpoint(load_checkpoint(RELEASED_WEIGHTS)).encoder
     norm = Normalize([0.49, 0.48, 0.45], [0.25, 0.24, 0.26], "cpu")
     result = linear_probe_augmented(encoder, train_set.images, train_set.labels,
                                     test_set.images, test_set.labels, norm, 10, epochs=3,
                                     device=torch.device("cpu"), batch_size=128)
     losses = [h["loss"] for h in result.history]
     assert losses[-1] < losses[0] and result.head.weight.shape == (10, 512)
-    assert "test_top1" in result.history[-1] and result.top1 > 0
+    assert result.top1 > 40, result.history  # chance 10 %; 56 % here after 3 short epochs
+
     assert np.isfinite(losses).all()
