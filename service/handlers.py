@@ -14,7 +14,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from simclr_embed.service import policy
-from simclr_embed.service.errors import ServiceError
+from simclr_embed.service.errors import ServiceError, StorageError, StorageFull
 from simclr_embed.service.policy import UNMATCHED, Policy, leaf_routes
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ def allowed_methods(request: Request) -> list[str]:
 
 
 async def service_error(request: Request, e: ServiceError) -> JSONResponse:
+    if isinstance(e, StorageError | StorageFull):  # a gallery write the store refused
+        request.app.state.metrics.storage_errors.labels(e.code).inc()
     return error_response(e.status, e.code, e.message, e.headers, policy.of(request.scope), e.param)
 
 

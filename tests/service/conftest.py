@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pgserver
+import psycopg
 import pytest
 
 from simclr_embed.benchmarks.process import ServiceProcess
@@ -29,7 +31,6 @@ def client(server: ServiceProcess) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory) -> Iterator[str]:
-    pgserver = pytest.importorskip("pgserver")
     srv = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
     yield srv.get_uri()
     srv.cleanup()
@@ -39,7 +40,6 @@ def pg_server(tmp_path_factory) -> Iterator[str]:
 def pg_url(pg_server: str, request) -> str:
     """A fresh database per test on the session's server."""
     name = "t_" + request.node.name.lower().replace("[", "_").replace("]", "")[:40]
-    psycopg = pytest.importorskip("psycopg")
     with psycopg.connect(pg_server, autocommit=True) as c:
         c.execute(f"DROP DATABASE IF EXISTS {name}")
         c.execute(f"CREATE DATABASE {name}")

@@ -92,7 +92,6 @@ def test_inline_and_pool_decodes_are_the_same(cifar10) -> None:
 
 def test_openvino_serves_the_int8_model_within_the_gates(bundle_dir: Path, tmp_path: Path,
                                                         server, cifar10) -> None:
-    pytest.importorskip("openvino")
     images = cifar10[1].images[::50][:200]  # (200, 32, 32, 3) real test images
     fp32 = make_session(bundle_dir / "encoder_fp32.onnx", 1)
     ort8 = make_session(bundle_dir / "encoder_int8.onnx", 1)

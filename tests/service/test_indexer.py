@@ -270,7 +270,6 @@ def test_postgresql_target_is_idempotent(bundle_dir: Path, folder: Path, tmp_pat
 def test_parquet_manifest_and_ray_equal_the_plain_run(bundle_dir: Path, folder: Path,
                                                       tmp_path: Path) -> None:
     """The Ray Data job on a local instance (num_cpus=2) writes the plain run's vectors."""
-    pytest.importorskip("ray")
     import pyarrow as pa
     import pyarrow.parquet as pq
 

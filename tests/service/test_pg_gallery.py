@@ -10,15 +10,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pgserver
 import pytest
 
 from simclr_embed.service.pg_gallery import PgGallery
 from simclr_embed.service.store import Space
 from tests.support.gallery_chaos import KEY, chaos_rounds, check_ledger, unit
 from tests.support.servers import Server
-
-pgserver = pytest.importorskip("pgserver")
-psycopg = pytest.importorskip("psycopg")
 
 
 def replicas(bundle_dir: Path, tmp_path: Path, url: str, n: int = 2) -> list:

@@ -10,13 +10,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 
 from simclr_embed.service.bundle import load_bundle
 from simclr_embed.service.runtime import make_session, open_runtime, run_batches
 from tests.support.servers import Server
-
-pytest.importorskip("openvino")
 
 
 def test_the_bundle_records_openvino_against_fp32_truthfully(bundle_dir: Path,

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.support.gallery_chaos import unit
-from tests.support.servers import API_KEY, Server
+from tests.support.servers import API_KEY, Server, metric
 
 KEY = {"x-api-key": API_KEY}
 DB = "gallery-int8.sqlite3"
@@ -70,6 +70,9 @@ def test_a_full_disk_is_a_507_loses_nothing_and_reads_go_on(bundle_dir, tmpfs, t
         r = add(srv.url, 90_000, 20)
         assert r.status_code == 507 and "disk is full" in r.json()["error"]["message"]
         assert "Traceback" not in srv.log_path.read_text()
+        counted = metric(httpx.get(srv.url + "/metrics").text, "simclr_embed_storage_errors_total",
+                         'kind="insufficient_storage"')
+        assert counted == len(refused) + 1, (counted, codes)
         assert httpx.get(srv.url + "/v1/gallery?limit=1").status_code == 200  # reads go on
         assert httpx.post(srv.url + "/v1/search", json={"embeddings": [[1.0] * 512]},
                           timeout=30).status_code == 200
