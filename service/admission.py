@@ -46,6 +46,8 @@ from simclr_embed.service.settings import Settings
 
 # Which worker process answered (its pid): with --workers N, a client (and the tests) can tell.
 WORKER_HEADER = (b"x-worker", str(os.getpid()).encode())
+
+
 @dataclass
 class Inflight:
     """Requests admitted past their body and not yet answered, and the body bytes held by

@@ -68,6 +68,7 @@ class FetchFailed(ServiceError):
 
     status, code = 502, "fetch_failed"
 
+
 class StorageFull(ServiceError):
     status, code = 507, "insufficient_storage"
 

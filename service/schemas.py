@@ -25,7 +25,7 @@ class Strict(BaseModel):
 
 
 # What preprocess.decode_base64 and fetch accept: padded base64 (no whitespace), a base64 data
-# URL, or an http(s) URL; a string outside it is a 400 before any decoding.
+# URL, or an http(s) URL; a string outside it is a 422 before any decoding.
 _B64 = "(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
 IMAGE_PATTERN = f"^(?:(?:data:[^,]*;base64,)?{_B64}|[Hh][Tt][Tt][Pp][Ss]?://.+)$"
 _IMAGE = re.compile(IMAGE_PATTERN)
@@ -63,7 +63,7 @@ class SearchFilter(Strict):
 
 
 class SearchRequest(Strict):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [
+    model_config = ConfigDict(json_schema_extra={"oneOf": [  # extra="forbid" from Strict
         {"required": ["images"], "properties": {"images": {"type": "array"}}},
         {"required": ["embeddings"], "properties": {"embeddings": {"type": "array"}}}]})
 
@@ -83,7 +83,7 @@ class ClassifyRequest(ImagesRequest):
 
 class GalleryItem(Strict):
     # exactly one of image or embedding, as the route checks (a 400 otherwise)
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [
+    model_config = ConfigDict(json_schema_extra={"oneOf": [  # extra="forbid" from Strict
         {"required": ["image"], "properties": {"image": {"type": "string"}}},
         {"required": ["embedding"], "properties": {"embedding": {"type": "array"}}}]})
 
@@ -179,16 +179,13 @@ def with_setting_limits(schema: dict, max_list_items: int, models: list[str], ma
 
 def _limit(op: dict, name: str, top: int) -> None:
     """The maximum of an integer, in the query and in the JSON body alike."""
-    for param in op.get("parameters", []):
-        if param["name"] == name:
-            for option in param["schema"].get("anyOf", [param["schema"]]):
-                if option.get("type") == "integer":
-                    option["maximum"] = top
+    found = [p["schema"] for p in op.get("parameters", []) if p["name"] == name]
     body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
-    prop = body.get("schema", {}).get("properties", {}).get(name)
-    for option in (prop or {}).get("anyOf", [prop] if prop else []):
-        if option.get("type") == "integer":
-            option["maximum"] = top
+    found += [prop] if (prop := body.get("schema", {}).get("properties", {}).get(name)) else []
+    for schema in found:
+        for option in schema.get("anyOf", [schema]):
+            if option.get("type") == "integer":
+                option["maximum"] = top
 
 
 def _vectors(array: dict, dims: list[int]) -> None:
