@@ -4,6 +4,8 @@ under a per-session temp dir or $SIMCLR_EMBED_CACHE)."""
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,17 @@ def second_bundle_dir(cifar10_dir: Path, tmp_path_factory) -> Path:
     return build_bundle(ExportConfig(str(ckpt), out=str(out), calibration_per_class=5,
                                      gallery_per_class=20, test_per_class=10, latency_rounds=1,
                                      tolerance=5.0))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A non-daemon thread a test left running keeps this process alive after its summary (a
+    failed test once left three search loops, and CI waited out its whole time): name them and
+    leave with status 3 instead."""
+    left = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    for t in left:
+        t.join(10)
+    if left := [t for t in left if t.is_alive()]:
+        sys.stderr.write(f"threads a test left running: {[t.name for t in left]}\n")
+        sys.stderr.flush()
+        os._exit(3)

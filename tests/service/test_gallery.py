@@ -13,8 +13,9 @@ import pytest
 
 from simclr_embed.service.gallery import GROWTH, Gallery, GalleryMismatch, SQLiteStore
 from simclr_embed.service.store import Space
-from tests.support.gallery_chaos import KEY, chaos_rounds, check_ledger, unit
+from tests.support.gallery_chaos import KEY, chaos_rounds, check_ledger, settle, unit
 from tests.support.servers import Server
+from tests.support.threads import Loops
 
 SPACE = Space("model-a", "int8", 512)
 
@@ -354,9 +355,7 @@ def test_mismatched_space_is_refused(tmp_path: Path) -> None:
 def settled(g: Gallery, ids: list[str], emb: np.ndarray) -> Gallery:
     """Loaded, with the rebuild its recall measurement may have started finished."""
     g.load(ids, [None] * len(ids), emb)
-    while (rebuild := g.rebuilding) is not None:
-        rebuild.join()
-    return g
+    return settle(g)
 
 
 def test_auto_index_and_the_cached_graph(tmp_path: Path, monkeypatch) -> None:
@@ -390,32 +389,20 @@ def test_auto_index_and_the_cached_graph(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_searches_run_alongside_writes(tmp_path: Path) -> None:
-    import threading
 
     emb = unit(300, seed=13)
     g = Gallery(SPACE, tmp_path / "g.sqlite3")
     g.load([f"b{n}" for n in range(200)], [None] * 200, emb[:200])
-    errors: list[BaseException] = []
-    stop = threading.Event()
 
-    def searcher() -> None:
-        try:
-            while not stop.is_set():
-                assert len(g.search(emb[:8], 3)[0]) == 3
-        except BaseException as e:  # reported below, in the main thread
-            errors.append(e)
+    def search() -> None:
+        assert len(g.search(emb[:8], 3)[0]) == 3
 
-    threads = [threading.Thread(target=searcher) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for n in range(200, 300):
-        g.add([f"a{n}"], [None], emb[n : n + 1])
-        if n % 3 == 0:
-            g.delete([f"a{n}"])
-    stop.set()
-    for t in threads:
-        t.join()
-    assert not errors and g.size() == 200 + 100 - len(range(201, 300, 3))
+    with Loops(search, 4) as searches:
+        for n in range(200, 300):
+            g.add([f"a{n}"], [None], emb[n : n + 1])
+            if n % 3 == 0:
+                g.delete([f"a{n}"])
+    assert not searches.errors and g.size() == 200 + 100 - len(range(201, 300, 3))
     assert g.search(emb[299:300], 1)[0][0].id == "a299"
 
 

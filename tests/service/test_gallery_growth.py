@@ -7,8 +7,6 @@ The thresholds are lowered for the test (module constants)."""
 from __future__ import annotations
 
 import sqlite3
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,8 @@ import pytest
 from simclr_embed.service import gallery
 from simclr_embed.service.gallery import Gallery
 from simclr_embed.service.store import Space
-from tests.support.gallery_chaos import unit
+from tests.support.gallery_chaos import settle, unit
+from tests.support.threads import Loops
 
 SPACE = Space("model-g", "int8", 512)
 
@@ -29,13 +28,6 @@ def small_thresholds(monkeypatch):
     monkeypatch.setattr(gallery, "SNAPSHOT_EVERY", 10**9)
 
 
-def wait_for(predicate, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
-
-
 def bundle(g: Gallery, emb: np.ndarray) -> None:
     g.load([f"b{n}" for n in range(len(emb))], ["bundle"] * len(emb), emb)
 
@@ -45,34 +37,24 @@ def test_growth_switches_to_hnsw_under_searches_and_writes(small_thresholds, tmp
     g = Gallery(SPACE, tmp_path / "g.sqlite3")
     bundle(g, emb[:100])
     assert g.kind == "flat"
-    errors, stop, acked = [], threading.Event(), []
+    acked: list[str] = []
 
-    def searcher() -> None:
-        try:
-            while not stop.is_set():
-                hits = g.search(emb[:4], 3)
-                assert all(len(row) == 3 for row in hits)
-        except BaseException as e:  # reported in the main thread
-            errors.append(e)
+    def search() -> None:
+        assert all(len(row) == 3 for row in g.search(emb[:4], 3))
 
-    threads = [threading.Thread(target=searcher) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for start in range(100, 1200, 50):  # across the threshold, a rebuild on the way
-        ids = [f"a{n}" for n in range(start, start + 50)]
-        g.add(ids, [None] * 50, emb[start:start + 50])
-        acked += ids
-    wait_for(lambda: g.kind == "hnsw" and g.rebuilding is None)
-    stop.set()
-    for t in threads:
-        t.join()
-    assert not errors, errors[:1]
-    assert g.size() == 1200 and g.mem.kind == "hnsw"
+    with Loops(search, 3) as searches:
+        for start in range(100, 1200, 50):  # across the threshold, a rebuild on the way
+            ids = [f"a{n}" for n in range(start, start + 50)]
+            g.add(ids, [None] * 50, emb[start:start + 50])
+            acked += ids
+    assert not searches.errors, searches.errors[:1]
+    # The rebuild started under searches and writes; it finishes alone (three search loops
+    # starve it of the GIL on a slow machine).
+    assert settle(g).kind == "hnsw" and g.size() == 1200 and g.mem.kind == "hnsw"
     for n in (150, 700, 1199):  # writes made during the rebuild are in the new index
         assert g.search(emb[n : n + 1], 1)[0][0].id == f"a{n}"
     g.delete([f"a{n}" for n in range(100, 1100)])  # and back below the lower threshold
-    wait_for(lambda: g.kind == "flat" and g.rebuilding is None)
-    assert g.size() == 200 and not g.mem.dead
+    assert settle(g).kind == "flat" and g.size() == 200 and not g.mem.dead
 
 
 def test_hnsw_tombstones_are_compacted(tmp_path: Path):
@@ -80,8 +62,7 @@ def test_hnsw_tombstones_are_compacted(tmp_path: Path):
     g = Gallery(SPACE, tmp_path / "g.sqlite3", "hnsw")
     bundle(g, emb)
     g.delete([f"b{n}" for n in range(300)])
-    wait_for(lambda: g.rebuilding is None and not g.mem.dead)
-    assert g.mem.index.ntotal == 500
+    assert not settle(g).mem.dead and g.mem.index.ntotal == 500
     hits = g.search(emb[:300], 10)
     assert not {h.id for row in hits for h in row} & {f"b{n}" for n in range(300)}
 

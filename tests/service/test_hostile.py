@@ -43,7 +43,8 @@ def test_slowloris_from_the_same_address_leaves_legitimate_requests_served(bundl
     (0 of 293 did before slots were taken only once a body had arrived)."""
     srv = Server(bundle_dir, tmp_path / "data").start()
     stop, counts = threading.Event(), {"ok": 0, "other": 0}
-    slow = [threading.Thread(target=slow_socket, args=(srv.port, stop)) for _ in range(64)]
+    slow = [threading.Thread(target=slow_socket, args=(srv.port, stop), daemon=True)
+            for _ in range(64)]
 
     def legit() -> None:
         with httpx.Client(base_url=srv.url, timeout=30) as c:
@@ -55,7 +56,7 @@ def test_slowloris_from_the_same_address_leaves_legitimate_requests_served(bundl
         for t in slow:
             t.start()
         time.sleep(1.0)  # every slow socket is connected and dribbling
-        clients = [threading.Thread(target=legit) for _ in range(4)]
+        clients = [threading.Thread(target=legit, daemon=True) for _ in range(4)]
         for t in clients:
             t.start()
         time.sleep(8)

@@ -100,7 +100,7 @@ class Load:
     def __init__(self, url: str, body: bytes, clients: int = 8) -> None:
         self.url, self.body, self.seen = url, body, []
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run) for _ in range(clients)]
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
         for t in self.threads:
             t.start()
 

@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 
 from simclr_embed.benchmarks.process import ServiceProcess
+from simclr_embed.service.gallery import Gallery
 from tests.support.servers import API_KEY
 
 KEY = {"x-api-key": API_KEY}
@@ -22,6 +23,13 @@ KEY = {"x-api-key": API_KEY}
 def unit(n: int, seed: int) -> np.ndarray:
     x = np.random.default_rng(seed).normal(size=(n, 512)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def settle(g: Gallery) -> Gallery:
+    """`g` once the rebuilds it started (a rebuild may start the next) have finished."""
+    while (rebuild := g.rebuilding) is not None:
+        rebuild.join()
+    return g
 
 
 class Ledger:
@@ -87,7 +95,7 @@ def chaos_rounds(start: Callable[[], list[ServiceProcess]], rounds: int, seed: i
         urls = [s.url for s in servers]
         stop = threading.Event()
         threads = [threading.Thread(target=writer, args=(urls, ledger, f"r{r}w{w}", stop,
-                                                         seed + 10 * r + w))
+                                                         seed + 10 * r + w), daemon=True)
                    for w in range(3)]
         for t in threads:
             t.start()
