@@ -3,7 +3,7 @@ request passes it in this order, so each refusal means the same on every route:
 
 0. the route and its declared policy (service/policy.py), found once and left in the scope;
 1. the key for the route's scope (service/auth.py), from the headers alone, before a byte of
-   the body is read (401 / 403);
+   the body is read (401 / 403), and the request's deadline (service/deadline.py);
 2. the body, received whole before the request costs anything else, as a reverse proxy buffers
    it: counted by the bytes that actually arrive (chunked too) against the route's limit (413)
    and the byte budget of every body held at once (503), and cut when it arrives slower than
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from prometheus_client import Gauge
 from starlette.requests import ClientDisconnect
 
-from simclr_embed.service import policy
+from simclr_embed.service import deadline, policy
 from simclr_embed.service.auth import authorize
 from simclr_embed.service.errors import (
     Overloaded,
@@ -95,6 +95,7 @@ class Gate:
         rules, held = found[1], 0
         try:
             authorize(self.settings, rules.scope, scope["method"], headers)
+            scope[deadline.KEY] = deadline.parse(headers)
             if scope["method"] != "POST":  # no route reads a body but POST's
                 return await self.app(scope, receive, send)
             body, held = await self._receive_body(receive, headers,
@@ -183,10 +184,10 @@ class _Clock:
 
     async def receive(self, receive, received: int) -> dict:
         s = self.s
-        deadline = min(self.start + s.body_timeout_s,
-                       self.start + s.upload_grace_s + received / s.min_upload_bytes_per_s)
+        until = min(self.start + s.body_timeout_s,
+                    self.start + s.upload_grace_s + received / s.min_upload_bytes_per_s)
         try:  # asyncio.timeout, not wait_for: no extra task per receive
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(until):
                 return await receive()
         except TimeoutError:
             waited = asyncio.get_running_loop().time() - self.start

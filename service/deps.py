@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -18,6 +19,7 @@ from PIL import Image
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import ClientDisconnect
 
+from simclr_embed.service import deadline
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.errors import (
     BadImage,
@@ -217,16 +219,18 @@ async def decode_all(request: Request, engine: Engine, settings: Settings,
     """Headers are checked here (400 / 413 before any pixel work); thumbnails decode on the
     event loop while no decode is queued, anything larger in the pool, one slot per decode
     thread. A request whose client has gone is dropped when its turn for a slot comes, before
-    it costs a decode, and again before it costs a place in a model batch. Errors name the
-    item (`names`)."""
+    it costs a decode, and again before it costs a place in a model batch; so is one whose
+    deadline passed (service/deadline.py). Errors name the item (`names`)."""
     if not raws:
         raise InvalidInput("no images in the request")
     if len(raws) > settings.max_images_per_request:
         raise InvalidInput(f"{len(raws)} images in one request; the limit is "
                            f"{settings.max_images_per_request}")
     names = names or [f"images[{n}]" for n in range(len(raws))]
+    deadline.check(request, engine.metrics, "decode")
     engine.admit(len(raws))
     loop = asyncio.get_running_loop()
+    start = time.perf_counter()
     imgs = open_all(raws, names, settings)
     waited = False
 
@@ -240,6 +244,7 @@ async def decode_all(request: Request, engine: Engine, settings: Settings,
             async with engine.decode_slots:
                 waited = True
                 await ensure_connected(request)
+                deadline.check(request, engine.metrics, "decode")
                 return await loop.run_in_executor(engine.decode_pool, named, name,
                                                   finish_decode, img, engine.size)
         finally:
@@ -249,6 +254,7 @@ async def decode_all(request: Request, engine: Engine, settings: Settings,
         await asyncio.gather(*map(one, imgs, names))
     if waited:  # a client that sent its body microseconds ago has not gone: no check then
         await ensure_connected(request)
+    engine.metrics.decode_seconds.observe(time.perf_counter() - start)
     return np.stack(arrays)
 
 

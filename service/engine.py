@@ -20,9 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
+from simclr_embed.service import deadline
 from simclr_embed.service.admission import Inflight
 from simclr_embed.service.bundle import Bundle, load_bundle, model_id
-from simclr_embed.service.errors import ModelFailure, NotReady, Overloaded, ServiceError
+from simclr_embed.service.errors import (
+    DeadlineExceeded,
+    ModelFailure,
+    NotReady,
+    Overloaded,
+    ServiceError,
+)
 from simclr_embed.service.gallery import Gallery, gallery_path
 from simclr_embed.service.metrics import Metrics, ModelMetrics
 from simclr_embed.service.runtime import CHOICE_FILE, open_runtime
@@ -39,6 +46,7 @@ CRASH_LIMIT, CRASH_WINDOW_S = 5, 10.0  # batch-loop crashes that mean it cannot 
 class _Job:
     images: np.ndarray  # (n, S, S, 3) uint8
     future: asyncio.Future
+    deadline: float | None  # the time.monotonic() its caller stops waiting at (deadline.py)
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -200,8 +208,11 @@ class Engine:
             raise Overloaded(f"{self._pending} images already queued; retry shortly",
                              headers={"Retry-After": "1"})
 
-    async def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(n, S, S, 3) uint8 -> this caller's own (embeddings (n, D), logits (n, C))."""
+    async def infer(self, images: np.ndarray, until: float | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """(n, S, S, 3) uint8 -> this caller's own (embeddings (n, D), logits (n, C)). `until`:
+        the caller's deadline (service/deadline.py), past which its job leaves the queue unrun
+        and it gets 504."""
         n = len(images)
         if not self.ready:  # held since before a stop or a failure: never queued to wait
             raise NotReady("the model is not running (stopped, or failed); retry",
@@ -211,15 +222,20 @@ class Engine:
             await asyncio.sleep(0)  # requests already read off the sockets enter the Gate first
             if self._idle():
                 return self._run_alone(images)
-        job = _Job(images, asyncio.get_running_loop().create_future())
+        job = _Job(images, asyncio.get_running_loop().create_future(), until)
         self._jobs.append(job)
         self._pending += n
         self.metrics.queue_images.set(self._pending)
         self._wake.set()
-        try:  # shield: a timed-out job stays queued and runs, for nobody, rather than vanish
-            return await asyncio.wait_for(asyncio.shield(job.future),
-                                          self.settings.model_timeout_s)
+        limit = self.settings.model_timeout_s
+        left = limit if until is None else min(limit, until - time.monotonic())
+        try:  # shield: a timed-out job stays queued (dropped there if its deadline passed)
+            async with asyncio.timeout(left):
+                return await asyncio.shield(job.future)
         except TimeoutError:
+            if left < limit:
+                raise DeadlineExceeded(f"the request's {deadline.HEADER} passed while it "
+                                       "waited for the model", param=deadline.HEADER) from None
             raise Overloaded(f"the model did not answer within {self.settings.model_timeout_s:g}"
                              " s; retry shortly", headers={"Retry-After": "1"}) from None
 
@@ -261,14 +277,24 @@ class Engine:
     def _take_batch(self) -> list[_Job]:
         """Moves the next batch from the queue into self._taken (job by job, so that a crash
         midway loses none of them to the supervisor)."""
-        jobs = self._taken = [self._jobs.popleft()]
-        count = len(jobs[0].images)
-        while self._jobs and count + len(self._jobs[0].images) <= self.settings.max_batch_size:
-            jobs.append(self._jobs.popleft())
-            count += len(jobs[-1].images)
-        self._pending -= count
+        jobs: list[_Job] = []
+        self._taken, count = jobs, 0
+        limit = self.settings.max_batch_size
+        while self._jobs and (not jobs or count + len(self._jobs[0].images) <= limit):
+            job = self._jobs.popleft()
+            self._pending -= len(job.images)
+            if deadline.expired(job.deadline):  # its caller has its 504: no model time
+                self._drop(job)
+                continue
+            jobs.append(job)
+            count += len(job.images)
         self.metrics.queue_images.set(self._pending)
         return jobs
+
+    def _drop(self, job: _Job) -> None:
+        error = deadline.exceeded(self.metrics, "model")
+        if not job.future.done():
+            job.future.set_exception(error)
 
     async def _supervise(self) -> None:
         """Runs the batch loop; when it dies of an unexpected error, that batch's and every
@@ -319,7 +345,8 @@ class Engine:
             if wait and self._pending < self.settings.max_batch_size:
                 await asyncio.sleep(wait)
             self._running = True
-            await self._run_batch(self._take_batch())
+            if jobs := self._take_batch():
+                await self._run_batch(jobs)
             self._taken, self._running = [], False
 
     async def _run_batch(self, jobs: list[_Job]) -> None:

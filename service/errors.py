@@ -79,3 +79,10 @@ class StorageError(ServiceError):
 
 class ModelFailure(ServiceError):
     status, code = 500, "model_failure"
+
+
+class DeadlineExceeded(ServiceError):
+    """The client's own deadline (X-Request-Timeout) passed before its work was done: as a
+    gateway answers a timed-out upstream."""
+
+    status, code = 504, "deadline_exceeded"

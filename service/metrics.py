@@ -46,6 +46,14 @@ class Metrics:
         self.model_crashes = Counter(PREFIX + "model_loop_crashes", "times the batch loop "
                                      "died of an unexpected error and was restarted",
                                      ["model"], registry=r)
+        self.deadline_dropped = Counter(PREFIX + "deadline_dropped", "requests dropped unrun "
+                                        "because their X-Request-Timeout had passed, by the "
+                                        "work saved (decode, model)", ["stage"], registry=r)
+        for stage in ("decode", "model"):  # service/deadline.py
+            self.deadline_dropped.labels(stage)
+        self.decode_seconds = Histogram(PREFIX + "decode_seconds", "time to decode and resize "
+                                        "one request's images", buckets=LATENCY_BUCKETS,
+                                        registry=r)
         self.storage_errors = Counter(PREFIX + "storage_errors", "gallery writes refused by "
                                       "the store (disk full, I/O error)", ["kind"], registry=r)
         # Set by the worker that made the last change, after it: the most recent value is

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import APIRouter, Query, Request
 
-from simclr_embed.service import encodings, schemas
+from simclr_embed.service import deadline, encodings, schemas
 from simclr_embed.service.deps import (
     EngineDep,
     NumpyJSON,
@@ -39,7 +39,8 @@ async def embed_response(request: Request, engine: Engine, settings: Settings) -
     """The body of /v1/embed, shared by the route and the hot path (service/hot_path.py)."""
     fmt, dims = encodings.from_query(request.query_params, engine.dim, engine.pca)
     _, raws, names = await read_body(request, schemas.ImagesRequest)
-    emb, _ = await engine.infer(await decode_all(request, engine, settings, raws, names))
+    emb, _ = await engine.infer(await decode_all(request, engine, settings, raws, names),
+                                deadline.of(request))
     vectors, scales = encodings.output(emb, engine.pca, dims, fmt)
     out = {"model": engine.model_id, "precision": settings.precision,
            "dimension": dims or engine.dim, "encoding_format": fmt, "embeddings": vectors}
@@ -77,7 +78,7 @@ async def search_response(request: Request, engine: Engine, settings: Settings) 
         queries = check_vectors(body.embeddings, engine.dim)
     else:
         queries, _ = await engine.infer(await decode_all(request, engine, settings, raws,
-                                                         names))
+                                                         names), deadline.of(request))
     f = body.filter if body is not None else None
     hits = await engine.search(queries, k, f and Filter.of(f.label, f.metadata))
     return NumpyJSON({"model": engine.model_id, "precision": settings.precision,
@@ -107,6 +108,7 @@ async def classify(request: Request, engine: EngineDep, settings: SettingsDep,
         check_k(k, classes)
     k = body.k if body is not None else k
     k = check_k(min(5, classes) if k is None else k, classes)
-    _, logits = await engine.infer(await decode_all(request, engine, settings, raws, names))
+    _, logits = await engine.infer(await decode_all(request, engine, settings, raws, names),
+                                   deadline.of(request))
     return NumpyJSON({"model": engine.model_id, "precision": settings.precision,
                            "results": softmax_top(logits, engine.bundle.classes, k)})

@@ -1,0 +1,91 @@
+"""Request deadlines (service/deadline.py): a request whose X-Request-Timeout has passed is
+answered 504 and its work dropped unrun, before its decode or before the model, and counted by
+that stage; a bad header is a 422 naming it. In process on a real ONNX Runtime session (the
+model held by a gate), and over HTTP on the fast path and FastAPI's routes alike."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from simclr_embed.service.engine import Engine
+from simclr_embed.service.errors import DeadlineExceeded
+from simclr_embed.service.metrics import Metrics
+from simclr_embed.service.settings import Settings
+from tests.support.servers import metric, png
+
+IMG = png(np.random.default_rng(5).integers(0, 256, (32, 32, 3), np.uint8))
+PNG = {"content-type": "image/png"}
+
+
+def counted(engine: Engine, name: str, stage: str | None = None) -> float:
+    """A histogram's observation count or a counter's value, from the engine's registry."""
+    reg = engine.metrics.registry
+    if stage is not None:
+        return reg.get_sample_value("simclr_embed_deadline_dropped_total", {"stage": stage}) or 0
+    return reg.get_sample_value(name, {"model": engine.model_id}) or 0
+
+
+def test_a_job_whose_deadline_passes_in_the_queue_is_answered_then_dropped_unrun(
+        bundle_dir, tmp_path):
+    async def run() -> None:
+        engine = Engine(Settings(bundle=bundle_dir, data_dir=tmp_path, threads=1), Metrics())
+        await engine.start()
+        real, gate, running = engine._run, threading.Event(), threading.Event()
+
+        def held(batch):  # the gate: the first batch stays in the model until it opens
+            running.set()
+            assert gate.wait(30)
+            return real(batch)
+
+        engine._run = held
+        images = np.zeros((2, engine.size, engine.size, 3), np.uint8)
+        first = asyncio.create_task(engine.infer(images))
+        await asyncio.to_thread(running.wait, 30)
+        with pytest.raises(DeadlineExceeded, match="x-request-timeout"):
+            await engine.infer(images[:1], time.monotonic() + 0.05)
+        assert not gate.is_set()  # answered at its deadline, the model still busy
+        gate.set()
+        emb, _ = await first
+        later = await engine.infer(images[:1])  # runs after the loop took and dropped the job
+        assert emb.shape == (2, engine.dim) and later[0].shape == (1, engine.dim)
+        assert counted(engine, "", "model") == 1
+        assert counted(engine, "simclr_embed_batch_size_count") == 2  # first, later: not it
+        await engine.stop()
+
+    asyncio.run(run())
+
+
+def drops(client: httpx.Client, stage: str) -> float:
+    return metric(client.get("/metrics").text, "simclr_embed_deadline_dropped_total",
+                  f'stage="{stage}"')
+
+
+@pytest.mark.parametrize("route", ["/v1/embed", "/v1/classify"])  # fast path, FastAPI route
+def test_a_request_past_its_deadline_is_dropped_before_its_decode(client, route):
+    text = client.get("/metrics").text
+    before = [drops(client, "decode"), metric(text, "simclr_embed_decode_seconds_count"),
+              metric(text, "simclr_embed_batch_size_count")]
+    r = client.post(route, content=IMG, headers={**PNG, "x-request-timeout": "0.000001"})
+    assert r.status_code == 504, r.text
+    assert r.json()["error"]["code"] == "deadline_exceeded"
+    text = client.get("/metrics").text
+    after = [drops(client, "decode"), metric(text, "simclr_embed_decode_seconds_count"),
+             metric(text, "simclr_embed_batch_size_count")]
+    assert after == [before[0] + 1, before[1], before[2]]  # no decode, no model run
+    ok = client.post(route, content=IMG, headers={**PNG, "x-request-timeout": "30"})
+    assert ok.status_code == 200, ok.text
+    assert metric(client.get("/metrics").text, "simclr_embed_decode_seconds_count") \
+        == before[1] + 1
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "inf", "1e9", ""])
+def test_a_bad_deadline_is_refused_by_name(client, value):
+    r = client.post("/v1/embed", content=IMG, headers={**PNG, "x-request-timeout": value})
+    assert r.status_code == 422, r.text
+    assert "x-request-timeout" in r.json()["error"]["message"]
