@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from prometheus_client import Gauge
 from starlette.requests import ClientDisconnect
 
-from simclr_embed.service import deadline, policy
+from simclr_embed.service import deadline, policy, tracing
 from simclr_embed.service.auth import authorize
 from simclr_embed.service.errors import (
     Overloaded,
@@ -93,19 +93,23 @@ class Gate:
                    for k, v in scope["headers"]}
         scope[policy.KEY] = found = self.policies.resolve(scope)
         rules, held = found[1], 0
+        if found[0] is not None:
+            tracing.route(scope["method"], found[0].path)
         try:
             authorize(self.settings, rules.scope, scope["method"], headers)
             scope[deadline.KEY] = deadline.parse(headers)
             if scope["method"] != "POST":  # no route reads a body but POST's
                 return await self.app(scope, receive, send)
-            body, held = await self._receive_body(receive, headers,
-                                                  rules.body_limit(self.settings))
+            with tracing.span("receive body"):
+                body, held = await self._receive_body(receive, headers,
+                                                      rules.body_limit(self.settings))
         except ClientDisconnect:
             return await client_gone_response(self.metrics, rules)(scope, receive, send)
         except ServiceError as e:
             return await self._refuse(e, rules, scope, receive, send)
         try:
-            self._admit()
+            with tracing.span("admission"):
+                self._admit()
         except ServiceError as e:  # the body is read: the connection may stay open
             self.inflight.add_bytes(-held)
             return await self._refuse(e, rules, scope, receive, send, body_read=True)

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from simclr_embed import LOG_FORMAT
-from simclr_embed.service import openai_api, page
+from simclr_embed.service import openai_api, page, tracing
 from simclr_embed.service.admission import Gate, Inflight
 from simclr_embed.service.deps import NumpyJSON
 from simclr_embed.service.engine import Engine
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    tracing.setup()  # by the OTEL_* variables, once per process
     metrics = Metrics()
     inflight = Inflight(gauge=metrics.body_bytes)
     models = Models(settings.bundle_dirs(), metrics,

@@ -19,7 +19,7 @@ from PIL import Image
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import ClientDisconnect
 
-from simclr_embed.service import deadline
+from simclr_embed.service import deadline, tracing
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.errors import (
     BadImage,
@@ -250,8 +250,9 @@ async def decode_all(request: Request, engine: Engine, settings: Settings,
         finally:
             engine.metrics.decoding.dec()
 
-    arrays = [await one(imgs[0], names[0])] if len(imgs) == 1 else \
-        await asyncio.gather(*map(one, imgs, names))
+    with tracing.span("decode", images=len(imgs)):
+        arrays = [await one(imgs[0], names[0])] if len(imgs) == 1 else \
+            await asyncio.gather(*map(one, imgs, names))
     if waited:  # a client that sent its body microseconds ago has not gone: no check then
         await ensure_connected(request)
     engine.metrics.decode_seconds.observe(time.perf_counter() - start)

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from opentelemetry.trace import SpanContext
 
-from simclr_embed.service import deadline
+from simclr_embed.service import deadline, tracing
 from simclr_embed.service.admission import Inflight
 from simclr_embed.service.bundle import Bundle, load_bundle, model_id
 from simclr_embed.service.errors import (
@@ -47,7 +48,9 @@ class _Job:
     images: np.ndarray  # (n, S, S, 3) uint8
     future: asyncio.Future
     deadline: float | None  # the time.monotonic() its caller stops waiting at (deadline.py)
+    trace: SpanContext | None  # its request's span (service/tracing.py), None when off
     enqueued: float = field(default_factory=time.perf_counter)
+    enqueued_ns: int = field(default_factory=time.time_ns)  # a span's clock
 
 
 def open_gallery(settings: Settings, space: Space) -> GalleryStore:
@@ -120,6 +123,8 @@ class Engine:
         self._previous = None  # not kept alive by its successor
         self.thumbs = self.bundle.thumbnails()
         self.metrics.set_model(*self.labels)
+        self.span_attributes = {"model.id": self.model_id, "model.precision": s.precision,
+                                "model.runtime": self.session.get_providers()[0]}
         self.metrics.gallery_size.set(len(self.gallery))
         log.info("engine ready: %s %s on %s (%s), gallery %d", self.model_id, s.precision,
                  self.session.get_providers()[0], self.runtime_reason, len(self.gallery))
@@ -218,11 +223,12 @@ class Engine:
             raise NotReady("the model is not running (stopped, or failed); retry",
                            headers={"Retry-After": "1"})
         self.admit(n)
+        tracing.annotate(**self.span_attributes)
         if n == 1 and CASES.lone_run and self._idle():
             await asyncio.sleep(0)  # requests already read off the sockets enter the Gate first
             if self._idle():
                 return self._run_alone(images)
-        job = _Job(images, asyncio.get_running_loop().create_future(), until)
+        job = _Job(images, asyncio.get_running_loop().create_future(), until, tracing.current())
         self._jobs.append(job)
         self._pending += n
         self.metrics.queue_images.set(self._pending)
@@ -245,11 +251,13 @@ class Engine:
         the gallery is in memory, else in a thread beside the others. The hop to a thread and
         back costs 0.14-0.21 ms against a 0.38-0.46 ms HNSW search at 200k
         (benchmarks/search_hop.py)."""
-        if CASES.lone_run and self.gallery.in_memory and self.inflight.requests <= 1:
-            await asyncio.sleep(0)  # requests already read off the sockets enter the Gate first
-            if self.inflight.requests <= 1:
-                return self.gallery.search(queries, k, f)
-        return await asyncio.to_thread(self.gallery.search, queries, k, f)
+        with tracing.span("search", **{"search.k": k, "search.index": self.gallery.kind,
+                                       "search.filtered": f is not None}):
+            if CASES.lone_run and self.gallery.in_memory and self.inflight.requests <= 1:
+                await asyncio.sleep(0)  # requests already read off the sockets go first
+                if self.inflight.requests <= 1:
+                    return self.gallery.search(queries, k, f)
+            return await asyncio.to_thread(self.gallery.search, queries, k, f)
 
     def _idle(self) -> bool:
         """No other request admitted, queued or in the model. A request still in a socket buffer
@@ -263,7 +271,8 @@ class Engine:
         other request in flight there is nothing the loop could do meanwhile."""
         start = time.perf_counter()
         try:
-            out = self._run(images)
+            with tracing.span("model run", **{"batch.size": 1}):
+                out = self._run(images)
         except Exception as e:
             log.exception("inference failed (lone run)")
             self._model_failed()
@@ -350,14 +359,17 @@ class Engine:
             self._taken, self._running = [], False
 
     async def _run_batch(self, jobs: list[_Job]) -> None:
-        start = time.perf_counter()
+        start, start_ns = time.perf_counter(), time.time_ns()
         for j in jobs:
             self.metrics.queue_wait.observe(start - j.enqueued)
         batch = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
         self.metrics.batch_size.observe(len(batch))
+        size = {"batch.size": len(batch), "batch.requests": len(jobs)}
         try:
-            emb, logits = await asyncio.get_running_loop().run_in_executor(
-                self._model_pool, self._run, batch)
+            with tracing.batch_span([j.trace for j in jobs],
+                                    {**self.span_attributes, **size}) as batch_trace:
+                emb, logits = await asyncio.get_running_loop().run_in_executor(
+                    self._model_pool, self._run, batch)
         except Exception as e:  # a model failure fails this batch's callers, not the loop
             log.exception("inference failed")
             self._model_failed()
@@ -366,6 +378,9 @@ class Engine:
                     j.future.set_exception(ModelFailure(f"inference failed: {e}"))
             return
         self.metrics.inference.observe(time.perf_counter() - start)
+        end_ns = time.time_ns()
+        for j in jobs:
+            tracing.queued_and_run(j.trace, batch_trace, j.enqueued_ns, start_ns, end_ns, size)
         offset = 0
         for j in jobs:
             n = len(j.images)

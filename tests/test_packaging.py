@@ -26,13 +26,15 @@ def test_wheel_holds_only_our_namespace(tmp_path: Path) -> None:
 
 
 def test_container_lock_covers_the_serving_dependencies() -> None:
-    """requirements/service.lock (uv pip compile, hashes) pins every serving dependency;
+    """requirements/service.lock (uv pip compile, hashes) pins every serving dependency, the
+    PostgreSQL and tracing extras included;
     regenerate it when pyproject.toml changes (docs/deployment.md)."""
     import re
     import tomllib
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    wanted = project["dependencies"] + project["optional-dependencies"]["postgres"]
+    extras = project["optional-dependencies"]
+    wanted = project["dependencies"] + extras["postgres"] + extras["tracing"]
     lock = (REPO / "requirements/service.lock").read_text()
     pinned = {re.sub(r"[-_.]+", "-", m.lower())
               for m in re.findall(r"^([A-Za-z0-9_.\-]+)==", lock, re.MULTILINE)}
