@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from prometheus_client import Gauge
 from starlette.requests import ClientDisconnect
 
-from simclr_embed.service import deadline, policy, tracing
+from simclr_embed.service import deadline, policy, request_log, tracing
 from simclr_embed.service.auth import authorize
 from simclr_embed.service.errors import (
     Overloaded,
@@ -74,6 +74,7 @@ class Gate:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start, status = time.perf_counter(), [500]
+        notes = request_log.begin() if self.settings.access_log else None
 
         async def send_status(msg) -> None:
             if msg["type"] == "http.response.start":
@@ -87,6 +88,8 @@ class Gate:
             path = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.requests.labels(path, str(status[0])).inc()
             self.metrics.latency.labels(path).observe(time.perf_counter() - start)
+            if notes is not None:
+                request_log.emit(scope["method"], path, status[0], start, notes)
 
     async def _handle(self, scope, receive, send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")

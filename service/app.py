@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from simclr_embed import LOG_FORMAT
+from simclr_embed import configure_logging
 from simclr_embed.service import openai_api, page, tracing
 from simclr_embed.service.admission import Gate, Inflight
 from simclr_embed.service.deps import NumpyJSON
@@ -142,7 +142,7 @@ def app_from_env() -> FastAPI:
     serve makes before its workers (service/startup.py: skipped where serve made them)."""
     # A worker of `serve --workers N` is a fresh process: without this its INFO lines (the
     # engine's start, swaps, drains) would be lost, and the rest would come unformatted.
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = Settings()
+    configure_logging(settings.log_format == "json")
     check_before_workers(settings)
     return create_app(settings)

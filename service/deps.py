@@ -19,7 +19,7 @@ from PIL import Image
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import ClientDisconnect
 
-from simclr_embed.service import deadline, tracing
+from simclr_embed.service import deadline, request_log, tracing
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.errors import (
     BadImage,
@@ -255,7 +255,9 @@ async def decode_all(request: Request, engine: Engine, settings: Settings,
             await asyncio.gather(*map(one, imgs, names))
     if waited:  # a client that sent its body microseconds ago has not gone: no check then
         await ensure_connected(request)
-    engine.metrics.decode_seconds.observe(time.perf_counter() - start)
+    took = time.perf_counter() - start
+    engine.metrics.decode_seconds.observe(took)
+    request_log.note(images=len(arrays), decode_ms=round(took * 1000, 3))
     return np.stack(arrays)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from opentelemetry.trace import SpanContext
 
-from simclr_embed.service import deadline, tracing
+from simclr_embed.service import deadline, request_log, tracing
 from simclr_embed.service.admission import Inflight
 from simclr_embed.service.bundle import Bundle, load_bundle, model_id
 from simclr_embed.service.errors import (
@@ -49,6 +49,7 @@ class _Job:
     future: asyncio.Future
     deadline: float | None  # the time.monotonic() its caller stops waiting at (deadline.py)
     trace: SpanContext | None  # its request's span (service/tracing.py), None when off
+    notes: dict | None  # its request's log line (service/request_log.py), None when off
     enqueued: float = field(default_factory=time.perf_counter)
     enqueued_ns: int = field(default_factory=time.time_ns)  # a span's clock
 
@@ -224,11 +225,13 @@ class Engine:
                            headers={"Retry-After": "1"})
         self.admit(n)
         tracing.annotate(**self.span_attributes)
+        request_log.note(model=self.model_id)
         if n == 1 and CASES.lone_run and self._idle():
             await asyncio.sleep(0)  # requests already read off the sockets enter the Gate first
             if self._idle():
                 return self._run_alone(images)
-        job = _Job(images, asyncio.get_running_loop().create_future(), until, tracing.current())
+        job = _Job(images, asyncio.get_running_loop().create_future(), until, tracing.current(),
+                   request_log.current())
         self._jobs.append(job)
         self._pending += n
         self.metrics.queue_images.set(self._pending)
@@ -277,10 +280,12 @@ class Engine:
             log.exception("inference failed (lone run)")
             self._model_failed()
             raise ModelFailure(f"inference failed: {e}") from e
+        took = time.perf_counter() - start
         self.metrics.lone_runs.inc()
         self.metrics.queue_wait.observe(0.0)
         self.metrics.batch_size.observe(1)
-        self.metrics.inference.observe(time.perf_counter() - start)
+        self.metrics.inference.observe(took)
+        request_log.note(queue_ms=0.0, model_ms=round(took * 1000, 3), batch_size=1)
         return out
 
     def _take_batch(self) -> list[_Job]:
@@ -377,10 +382,14 @@ class Engine:
                 if not j.future.done():
                     j.future.set_exception(ModelFailure(f"inference failed: {e}"))
             return
-        self.metrics.inference.observe(time.perf_counter() - start)
+        took = time.perf_counter() - start
+        self.metrics.inference.observe(took)
         end_ns = time.time_ns()
         for j in jobs:
             tracing.queued_and_run(j.trace, batch_trace, j.enqueued_ns, start_ns, end_ns, size)
+            if j.notes is not None:
+                j.notes.update(queue_ms=round((start - j.enqueued) * 1000, 3),
+                               model_ms=round(took * 1000, 3), batch_size=len(batch))
         offset = 0
         for j in jobs:
             n = len(j.images)

@@ -122,6 +122,9 @@ class ServerSettings(BaseModel):
     host: str = Field("127.0.0.1", description="the address to listen on")
     port: int = Field(8000, description="the port to listen on")
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object "
+                                                "per log line")
+    access_log: bool = Field(True, description="one line per request (service/request_log.py)")
 
 
 GROUPS: tuple[type[BaseModel], ...] = (ModelSettings, BatchingSettings, AdmissionSettings,

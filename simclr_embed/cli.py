@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from simclr_embed import LOG_FORMAT
+from simclr_embed import configure_logging
 
 log = logging.getLogger("simclr_embed")
 
@@ -207,6 +207,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                    "bundle's gates; cpu / cuda: ONNX Runtime; openvino: OpenVINO on the CPU")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="uvicorn worker processes")
+    p.add_argument("--log-config", default=None, metavar="FILE", help="uvicorn's logging "
+                   "config (JSON, YAML or ini), for its loggers and ours alike")
     p.add_argument("--api-key", default=None, help="the key for gallery changes "
                    "($SIMCLR_EMBED_API_KEY); without one, the gallery is read-only")
     p.add_argument("--build-if-missing", action="store_true",
@@ -243,6 +245,8 @@ def _run_serve(args: argparse.Namespace) -> None:
     from simclr_embed.service.settings import Settings
 
     settings = Settings()
+    if settings.log_format == "json":
+        configure_logging(json_lines=True, replace=True)
     if args.build_if_missing and not (settings.bundle / "manifest.json").exists():
         from simclr_embed.training.quickstart import build_default_bundle
 
@@ -253,13 +257,14 @@ def _run_serve(args: argparse.Namespace) -> None:
     from simclr_embed.service.protocol import UVICORN_OPTIONS
 
     app = "simclr_embed.service.app:app_from_env"
+    options = {**UVICORN_OPTIONS, **({"log_config": args.log_config} if args.log_config else {})}
     if settings.workers == 1:
-        uvicorn.run(app, factory=True, host=settings.host, port=settings.port, **UVICORN_OPTIONS)
+        uvicorn.run(app, factory=True, host=settings.host, port=settings.port, **options)
         return
     from simclr_embed.service.supervisor import SwappingSupervisor
 
     config = uvicorn.Config(app, factory=True, host=settings.host, port=settings.port,
-                            workers=settings.workers, **UVICORN_OPTIONS)
+                            workers=settings.workers, **options)
     SwappingSupervisor(config, sockets=[config.bind_socket()]).run()
 
 
@@ -420,8 +425,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format=LOG_FORMAT)
+    configure_logging(level=logging.DEBUG if args.verbose else logging.INFO)
     try:
         args.func(args)
     except Exception as e:  # expected failures get one clear line, anything else a traceback

@@ -1,13 +1,16 @@
 """OpenTelemetry traces (service/tracing.py) sent by a real server to a real OTLP/HTTP receiver
 the test runs, whose protobuf it decodes: a request's server span continues the caller's
 traceparent and holds its stages; requests that share a model batch link to it. On the fast
-path (/v1/embed, /v1/search) and a FastAPI route (/v1/classify) alike."""
+path (/v1/embed, /v1/search) and a FastAPI route (/v1/classify) alike. The same server writes
+its request log as JSON lines (service/request_log.py), each carrying its trace id."""
 
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -29,7 +32,8 @@ def traced(bundle_dir, tmp_path_factory) -> Iterator[tuple[ServiceProcess, Recei
         srv = Server(bundle_dir, tmp_path_factory.mktemp("traced") / "data",
                      OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
                      OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf", OTEL_BSP_SCHEDULE_DELAY="20",
-                     OTEL_SERVICE_NAME="embed-under-test", SIMCLR_EMBED_MAX_WAIT_MS="1500").start()
+                     OTEL_SERVICE_NAME="embed-under-test", SIMCLR_EMBED_MAX_WAIT_MS="1500",
+                     SIMCLR_EMBED_LOG_FORMAT="json").start()
         yield srv, receiver
         srv.stop()
 
@@ -69,6 +73,23 @@ def test_a_lone_embed_is_one_server_span_under_the_callers(traced):
         assert child.parent_id == server.span_id, name
         assert server.start_ns <= child.start_ns <= child.end_ns <= server.end_ns, name
     assert spans["model run"].attributes["batch.size"] == 1
+    line = logged(srv, trace_id)
+    assert line["span_id"] == server.span_id and line["name"] == "simclr_embed.access"
+    assert (line["method"], line["route"], line["status"]) == ("POST", "/v1/embed", 200)
+    assert (line["model"], line["images"], line["batch_size"]) == (r.json()["model"], 1, 1)
+    assert line["decode_ms"] > 0 and line["model_ms"] > 0 and line["queue_ms"] == 0
+    assert line["duration_ms"] >= line["decode_ms"] + line["model_ms"]
+
+
+def logged(srv: ServiceProcess, trace_id: str, timeout: float = 30) -> dict:
+    """The request log's JSON line for a trace, once written (it follows the response)."""
+    end = time.monotonic() + timeout
+    while True:
+        for raw in srv.log_path.read_text().splitlines():
+            if raw.startswith("{") and (line := json.loads(raw)).get("trace_id") == trace_id:
+                return line
+        assert time.monotonic() < end, f"no log line for trace {trace_id}"
+        time.sleep(0.01)
 
 
 def test_requests_that_share_a_batch_link_to_it(traced):
@@ -102,6 +123,10 @@ def test_requests_that_share_a_batch_link_to_it(traced):
         assert t["POST /v1/classify"].span_id in ancestors(receiver.spans, t["model run"])
         assert t["queue wait"].parent_id == t["model run"].parent_id
         assert t["queue wait"].end_ns == t["model run"].start_ns
+    lines = [logged(srv, t) for t, _, _ in ids]
+    assert [(x["route"], x["images"], x["batch_size"]) for x in lines] == \
+        [("/v1/classify", 2, 4)] * 2
+    assert lines[0]["queue_ms"] > lines[1]["queue_ms"]  # the first waited out the window
 
 
 def test_a_search_span_names_its_index_and_k(traced):
