@@ -7,6 +7,9 @@ requests apart, n and p50/p95/p99; failed requests by error; the /healthz latenc
 burst; the server's peak RSS (VmHWM); and the load generators' own CPU time.
 
     python -m benchmarks.overload --bundle bundles/default --data ../shared/data/cifar10
+
+With `--deadlines 0 0.5` each load runs without and with an X-Request-Timeout of 0.5 s: 504s
+are reported apart, with the work the server dropped unrun by stage (decode, model).
 """
 
 from __future__ import annotations
@@ -105,6 +108,15 @@ def refusal_buckets(metrics: bytes) -> dict[str, float]:
     return out
 
 
+def deadline_drops(metrics: bytes) -> dict[str, float]:
+    """simclr_embed_deadline_dropped_total by stage: the work deadlines saved."""
+    out = {}
+    for line in metrics.decode().splitlines():
+        if line.startswith("simclr_embed_deadline_dropped_total{"):
+            out[line.split('stage="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def vm_hwm_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM"):
@@ -113,9 +125,10 @@ def vm_hwm_mb(pid: int) -> float:
 
 
 def run(bundle: Path, body: bytes, clients: int, seconds: int, threads: int,
-        rate: float, workers: int = 1) -> dict:
+        rate: float, workers: int = 1, deadline: float = 0) -> dict:
     """One server, one burst. rate 0: closed loop (each client sends again at once, refused or
-    not: the worst case); rate r: open loop, each client r requests/s whatever the answers."""
+    not: the worst case); rate r: open loop, each client r requests/s whatever the answers.
+    deadline > 0: every request says X-Request-Timeout (service/deadline.py)."""
     with tempfile.TemporaryDirectory() as tmp:
         srv = ServiceProcess(bundle, Path(tmp) / "data", Path(tmp) / "server.log",
                              SIMCLR_EMBED_THREADS=str(threads),
@@ -127,8 +140,9 @@ def run(bundle: Path, body: bytes, clients: int, seconds: int, threads: int,
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             paced = ["-q", f"{rate:g}"] if rate else []
-            args = ["-z", f"{seconds}s", "-c", str(clients // 2), *paced, "-m", "POST", "-T",
-                    "image/png", "-D", str(img), srv.url + "/v1/embed"]
+            timeout = ["-H", f"X-Request-Timeout: {deadline:g}"] if deadline else []
+            args = ["-z", f"{seconds}s", "-c", str(clients // 2), *paced, *timeout, "-m", "POST",
+                    "-T", "image/png", "-D", str(img), srv.url + "/v1/embed"]
             burst, counted = hey(args), hey(args, csv_out=False)
             probe = hey(["-z", f"{seconds}s", "-c", "1", "-q", "20", srv.url + "/healthz"])
             burst_out, probe_out = burst.communicate()[0], probe.communicate()[0]
@@ -136,7 +150,8 @@ def run(bundle: Path, body: bytes, clients: int, seconds: int, threads: int,
             wall = time.perf_counter() - t0
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             peak = vm_hwm_mb(srv.pid)
-            server_side = refusal_buckets(urllib.request.urlopen(srv.url + "/metrics").read())
+            metrics = urllib.request.urlopen(srv.url + "/metrics").read()
+            server_side, dropped = refusal_buckets(metrics), deadline_drops(metrics)
             log_text = srv.stop()
         finally:
             srv.stop()
@@ -146,14 +161,17 @@ def run(bundle: Path, body: bytes, clients: int, seconds: int, threads: int,
         by_status.setdefault(status, []).append(latency)
     gen_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {
-        "mode": f"open loop, {rate:g} req/s per client ({rate * clients:g} offered)" if rate
-        else "closed loop (no pause between requests)",
+        "mode": (f"open loop, {rate:g} req/s per client ({rate * clients:g} offered)" if rate
+                 else "closed loop (no pause between requests)")
+        + (f", X-Request-Timeout {deadline:g} s" if deadline else ""),
         "clients": clients, "seconds": seconds, "body_bytes": len(body), "ort_threads": threads,
         "workers": workers,
         "requests": len(results), "status_counts": {str(k): len(v) for k, v in by_status.items()},
         "other_half": failures, "failed": sum(failures["errors"].values()),
         "answered": summary(by_status.get(200, [])),
         "refused": summary(by_status.get(503, [])),
+        "deadline_s": deadline or None, "past_deadline": summary(by_status.get(504, [])),
+        "deadline_dropped": dropped,
         "healthz": summary([lat for lat, _ in rows(probe_out)]),
         "server_rss_mb": {"start": start_rss, "peak": peak},
         "server_side_refusal_seconds_cumulative": server_side,
@@ -167,8 +185,9 @@ def markdown(runs: list[dict]) -> str:
              "| --- | --- | --- | --- | --- | --- |"]
     for r in runs:
         for key, label in (("answered", "answered 200"), ("refused", "refused 503"),
+                           ("past_deadline", "past its deadline 504"),
                            ("healthz", "/healthz during the burst")):
-            s = r[key]
+            s = r.get(key, {"n": 0})
             if s["n"]:
                 lines.append(f"| {r['mode']} | {label} | {s['n']} | {s['p50_ms']:.1f} | "
                              f"{s['p95_ms']:.1f} | {s['p99_ms']:.1f} |")
@@ -198,16 +217,19 @@ def main() -> None:
                    help="uvicorn workers; above 1 the RSS columns are the supervisor's")
     p.add_argument("--rates", type=float, nargs="+", default=[0, 1, 5],
                    help="per-client requests/s; 0 = closed loop")
+    p.add_argument("--deadlines", type=float, nargs="+", default=[0],
+                   help="X-Request-Timeout of every request in s, one run each; 0 = none")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/overload"))
+    p.add_argument("--name", default="overload", help="the result files' name")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     body = megabyte_png(args.data)
     log.info("body: %d bytes; %d clients for %d s", len(body), args.clients, args.seconds)
-    runs = [run(args.bundle, body, args.clients, args.seconds, args.threads, rate, args.workers)
-            for rate in args.rates]
-    write_result(args.out / "overload.json", {"benchmark": "overload", "hardware": hardware(),
-                                              "bundle": args.bundle.name, "runs": runs})
-    (args.out / "overload.md").write_text(markdown(runs))
+    runs = [run(args.bundle, body, args.clients, args.seconds, args.threads, rate, args.workers,
+                deadline) for rate in args.rates for deadline in args.deadlines]
+    write_result(args.out / f"{args.name}.json", {"benchmark": "overload", "hardware": hardware(),
+                                                   "bundle": args.bundle.name, "runs": runs})
+    (args.out / f"{args.name}.md").write_text(markdown(runs))
     log.info("\n%s", markdown(runs))
 
 
