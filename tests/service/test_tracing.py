@@ -17,8 +17,8 @@ import httpx
 import numpy as np
 import pytest
 
+from simclr_embed.benchmarks.otlp_sink import Receiver, Span
 from simclr_embed.benchmarks.process import ServiceProcess
-from tests.support.otlp import Receiver, Span
 from tests.support.servers import Server, png, wait_for_metric
 
 IMG = png(np.random.default_rng(8).integers(0, 256, (32, 32, 3), np.uint8))
