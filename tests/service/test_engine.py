@@ -46,7 +46,8 @@ def test_a_crashed_batch_loop_fails_its_callers_and_restarts(bundle_dir, tmp_pat
         assert all(isinstance(r, ModelFailure) for r in results), results
         emb, _ = await asyncio.wait_for(engine.infer(images(2)), 10)  # the loop is back
         assert emb.shape == (2, engine.dim) and engine.ready
-        assert engine.metrics.model_crashes._value.get() == 1
+        assert engine.metrics.registry.get_sample_value(
+            "simclr_embed_model_loop_crashes_total", {"model": engine.model_id}) == 1
         await engine.stop()
 
     asyncio.run(run())
@@ -119,5 +120,33 @@ def test_a_stopping_engine_fails_its_queued_requests_at_once(bundle_dir, tmp_pat
         gate.set()
         await stopping
         in_model.cancel()
+
+    asyncio.run(run())
+
+
+def test_a_job_queued_behind_a_batch_counts_its_wait(bundle_dir, tmp_path):
+    """simclr_embed_queue_wait_seconds: one observation per batched job, the wait of one queued
+    behind a batch in the model included (held there by a gate)."""
+    async def run() -> None:
+        engine = await started(bundle_dir, tmp_path)
+        real, gate, running = engine._run, threading.Event(), threading.Event()
+
+        def held(batch):
+            running.set()
+            assert gate.wait(30)
+            return real(batch)
+
+        engine._run = held
+        first = asyncio.create_task(engine.infer(images(2)))
+        await asyncio.to_thread(running.wait, 30)
+        queued = asyncio.create_task(engine.infer(images(3)))
+        while engine.pending == 0:
+            await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(first, queued)
+        reg, labels = engine.metrics.registry, {"model": engine.model_id}
+        assert reg.get_sample_value("simclr_embed_queue_wait_seconds_count", labels) == 2
+        assert reg.get_sample_value("simclr_embed_queue_wait_seconds_sum", labels) > 0
+        await engine.stop()
 
     asyncio.run(run())
