@@ -109,11 +109,15 @@ def refusal_buckets(metrics: bytes) -> dict[str, float]:
 
 
 def deadline_drops(metrics: bytes) -> dict[str, float]:
-    """simclr_embed_deadline_dropped_total by stage: the work deadlines saved."""
-    out = {}
+    """simclr_embed_deadline_dropped_total by stage (the work deadlines saved), and the images
+    the model ran (the sum of batch sizes): as many as the requests answered 200 when the model
+    ran nothing for a request that had expired."""
+    out = {"model_images": 0.0}
     for line in metrics.decode().splitlines():
         if line.startswith("simclr_embed_deadline_dropped_total{"):
             out[line.split('stage="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("simclr_embed_batch_size_sum{"):
+            out["model_images"] += float(line.rsplit(" ", 1)[1])
     return out
 
 
@@ -172,6 +176,7 @@ def run(bundle: Path, body: bytes, clients: int, seconds: int, threads: int,
         "refused": summary(by_status.get(503, [])),
         "deadline_s": deadline or None, "past_deadline": summary(by_status.get(504, [])),
         "deadline_dropped": dropped,
+        "answered_total": len(by_status.get(200, [])) + failures["status_counts"].get("200", 0),
         "healthz": summary([lat for lat, _ in rows(probe_out)]),
         "server_rss_mb": {"start": start_rss, "peak": peak},
         "server_side_refusal_seconds_cumulative": server_side,

@@ -2,8 +2,9 @@
 seconds, counted from when its headers arrive), and the work of a request past its deadline is
 dropped before it costs a decode or a place in a model batch, as Triton's queue policy and
 gRPC deadlines do. The client gets 504 `deadline_exceeded` (if it still listens), and
-`simclr_embed_deadline_dropped{stage}` counts each drop by where it happened. A request with no
-header has no deadline but MODEL_TIMEOUT_S."""
+`simclr_embed_deadline_dropped{stage}` counts each drop by where it happened. The wait for the
+model stays capped by MODEL_TIMEOUT_S (503 past it), which is also the only limit of a request
+without the header."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from simclr_embed.service.metrics import Metrics
 
 HEADER = "x-request-timeout"
 KEY = "simclr_embed.deadline"  # the scope's key: the time.monotonic() it runs out at
-MAX_S = 3600.0
 
 
 def parse(headers: dict[str, str]) -> float | None:
@@ -31,9 +31,9 @@ def parse(headers: dict[str, str]) -> float | None:
         seconds = float(raw)
     except ValueError:
         seconds = math.nan
-    if not 0 < seconds <= MAX_S:  # NaN fails too
-        raise InvalidInput(f"{HEADER} must be a number of seconds in (0, {MAX_S:g}], "
-                           f"got {raw[:40]!r}", param=HEADER)
+    if not 0 < seconds < math.inf:  # NaN fails too
+        raise InvalidInput(f"{HEADER} must be a positive number of seconds, got {raw[:40]!r}",
+                           param=HEADER)
     return time.monotonic() + seconds
 
 

@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Annotated, Any
 
 import numpy as np
@@ -193,6 +194,20 @@ async def read_body(request: Request, model: type[BaseModel]
         return None, [await request.body()], ["body"]
     raise UnsupportedMedia(f"unsupported content type {ctype or '(none)'!r}; send "
                            "application/json, multipart/form-data or image/*")
+
+
+async def infer(request: Request, engine: Engine, images: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The model's answer for a request's images, under the request's deadline; its place in
+    the queue is freed if its client leaves while it waits."""
+    return await engine.infer(images, deadline.of(request), partial(client_left, request))
+
+
+async def client_left(request: Request) -> None:
+    """Returns once the client has closed the connection (the body was read whole before:
+    what the connection says next is its disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def ensure_connected(request: Request) -> None:

@@ -11,15 +11,18 @@ of a latency that grows without bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from opentelemetry.trace import SpanContext
+from starlette.requests import ClientDisconnect
 
 from simclr_embed.service import deadline, request_log, tracing
 from simclr_embed.service.admission import Inflight
@@ -52,6 +55,7 @@ class _Job:
     notes: dict | None  # its request's log line (service/request_log.py), None when off
     enqueued: float = field(default_factory=time.perf_counter)
     enqueued_ns: int = field(default_factory=time.time_ns)  # a span's clock
+    taken: bool = False  # in a model batch: its deadline no longer drops it
 
 
 def open_gallery(settings: Settings, space: Space) -> GalleryStore:
@@ -214,11 +218,13 @@ class Engine:
             raise Overloaded(f"{self._pending} images already queued; retry shortly",
                              headers={"Retry-After": "1"})
 
-    async def infer(self, images: np.ndarray, until: float | None = None
+    async def infer(self, images: np.ndarray, until: float | None = None,
+                    gone: Callable[[], Awaitable[object]] | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
         """(n, S, S, 3) uint8 -> this caller's own (embeddings (n, D), logits (n, C)). `until`:
         the caller's deadline (service/deadline.py), past which its job leaves the queue unrun
-        and it gets 504."""
+        and it gets 504 (once in a model batch, it waits for its answer); `gone()`: returns when
+        the caller has left, and its job leaves the queue unrun too."""
         n = len(images)
         if not self.ready:  # held since before a stop or a failure: never queued to wait
             raise NotReady("the model is not running (stopped, or failed); retry",
@@ -238,15 +244,26 @@ class Engine:
         self._wake.set()
         limit = self.settings.model_timeout_s
         left = limit if until is None else min(limit, until - time.monotonic())
-        try:  # shield: a timed-out job stays queued (dropped there if its deadline passed)
-            async with asyncio.timeout(left):
-                return await asyncio.shield(job.future)
-        except TimeoutError:
-            if left < limit:
-                raise DeadlineExceeded(f"the request's {deadline.HEADER} passed while it "
-                                       "waited for the model", param=deadline.HEADER) from None
-            raise Overloaded(f"the model did not answer within {self.settings.model_timeout_s:g}"
-                             " s; retry shortly", headers={"Retry-After": "1"}) from None
+        watcher = asyncio.ensure_future(gone()) if gone is not None else None
+        try:  # a timed-out job stays queued (dropped there if its deadline passed)
+            done, _ = await asyncio.wait([job.future, *([watcher] if watcher else [])],
+                                         timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        if job.future in done:
+            return job.future.result()
+        if watcher in done:  # its place is freed: the batcher skips a cancelled job
+            job.future.cancel()
+            raise ClientDisconnect()
+        if left < limit and not job.taken:
+            raise DeadlineExceeded(f"the request's {deadline.HEADER} passed while it waited "
+                                   "for the model", param=deadline.HEADER)
+        if left < limit:  # its deadline passed in the model: a late answer beats a 504, as
+            with contextlib.suppress(TimeoutError):  # Triton's deadline covers the queue alone
+                return await asyncio.wait_for(asyncio.shield(job.future), limit - left)
+        raise Overloaded(f"the model did not answer within {limit:g} s; retry shortly",
+                         headers={"Retry-After": "1"})
 
     async def search(self, queries: np.ndarray, k: int, f: Filter | None
                      ) -> list[list[Neighbor]]:
@@ -297,9 +314,12 @@ class Engine:
         while self._jobs and (not jobs or count + len(self._jobs[0].images) <= limit):
             job = self._jobs.popleft()
             self._pending -= len(job.images)
+            if job.future.cancelled():  # its caller left (counted where it was seen)
+                continue
             if deadline.expired(job.deadline):  # its caller has its 504: no model time
                 self._drop(job)
                 continue
+            job.taken = True
             jobs.append(job)
             count += len(job.images)
         self.metrics.queue_images.set(self._pending)

@@ -12,7 +12,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import Field
 
-from simclr_embed.service import deadline, encodings, schemas
+from simclr_embed.service import encodings, schemas
 from simclr_embed.service.deps import (
     NumpyJSON,
     SettingsDep,
@@ -20,6 +20,7 @@ from simclr_embed.service.deps import (
     decode_all,
     decode_base64_images,
     holding,
+    infer,
     read_json,
 )
 from simclr_embed.service.engine import Engine
@@ -63,7 +64,7 @@ async def embed(request: Request, engine: Engine, settings: Settings, body: Embe
                                                            for n in range(len(items))]
     raws = await decode_base64_images(items, names, settings)
     images = await decode_all(request, engine, settings, raws, names)
-    emb, _ = await engine.infer(images, deadline.of(request))
+    emb, _ = await infer(request, engine, images)
     vectors, scales = encodings.output(emb, engine.pca, body.dimensions,
                                        body.encoding_format)
     data = [{"object": "embedding", "index": n, "embedding": v} for n, v in enumerate(vectors)]

@@ -9,7 +9,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Query, Request
 
-from simclr_embed.service import deadline, schemas
+from simclr_embed.service import schemas
 from simclr_embed.service.deps import (
     EngineDep,
     NumpyJSON,
@@ -17,6 +17,7 @@ from simclr_embed.service.deps import (
     check_vectors,
     decode_all,
     decode_base64_images,
+    infer,
     read_json,
 )
 from simclr_embed.service.engine import Engine
@@ -82,7 +83,7 @@ async def gallery_add(request: Request, engine: EngineDep, settings: SettingsDep
         raws = await decode_base64_images([items[n].image for n in with_image], names,
                                           settings)
         pixels = await decode_all(request, engine, settings, raws, names)  # (n, S, S, 3)
-        emb[with_image], _ = await engine.infer(pixels, deadline.of(request))
+        emb[with_image], _ = await infer(request, engine, pixels)
         for n, px in zip(with_image, pixels, strict=True):
             thumbs[n] = png_bytes(px)  # what the page shows for this item
     with_vec = [n for n, i in enumerate(items) if i.embedding is not None]

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import APIRouter, Query, Request
 
-from simclr_embed.service import deadline, encodings, schemas
+from simclr_embed.service import encodings, schemas
 from simclr_embed.service.deps import (
     EngineDep,
     NumpyJSON,
@@ -15,6 +15,7 @@ from simclr_embed.service.deps import (
     check_k,
     check_vectors,
     decode_all,
+    infer,
     query_int,
     read_body,
 )
@@ -39,8 +40,8 @@ async def embed_response(request: Request, engine: Engine, settings: Settings) -
     """The body of /v1/embed, shared by the route and the hot path (service/hot_path.py)."""
     fmt, dims = encodings.from_query(request.query_params, engine.dim, engine.pca)
     _, raws, names = await read_body(request, schemas.ImagesRequest)
-    emb, _ = await engine.infer(await decode_all(request, engine, settings, raws, names),
-                                deadline.of(request))
+    emb, _ = await infer(request, engine, await decode_all(request, engine, settings, raws,
+                                                          names))
     vectors, scales = encodings.output(emb, engine.pca, dims, fmt)
     out = {"model": engine.model_id, "precision": settings.precision,
            "dimension": dims or engine.dim, "encoding_format": fmt, "embeddings": vectors}
@@ -77,8 +78,8 @@ async def search_response(request: Request, engine: Engine, settings: Settings) 
             raise InvalidInput(f"at most {settings.max_images_per_request} query vectors")
         queries = check_vectors(body.embeddings, engine.dim)
     else:
-        queries, _ = await engine.infer(await decode_all(request, engine, settings, raws,
-                                                         names), deadline.of(request))
+        queries, _ = await infer(request, engine, await decode_all(request, engine, settings,
+                                                                   raws, names))
     f = body.filter if body is not None else None
     hits = await engine.search(queries, k, f and Filter.of(f.label, f.metadata))
     return NumpyJSON({"model": engine.model_id, "precision": settings.precision,
@@ -108,7 +109,7 @@ async def classify(request: Request, engine: EngineDep, settings: SettingsDep,
         check_k(k, classes)
     k = body.k if body is not None else k
     k = check_k(min(5, classes) if k is None else k, classes)
-    _, logits = await engine.infer(await decode_all(request, engine, settings, raws, names),
-                                   deadline.of(request))
+    _, logits = await infer(request, engine, await decode_all(request, engine, settings, raws,
+                                                             names))
     return NumpyJSON({"model": engine.model_id, "precision": settings.precision,
                            "results": softmax_top(logits, engine.bundle.classes, k)})

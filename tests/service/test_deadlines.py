@@ -6,12 +6,14 @@ model held by a gate), and over HTTP on the fast path and FastAPI's routes alike
 from __future__ import annotations
 
 import asyncio
+import base64
 import threading
 import time
 
 import httpx
 import numpy as np
 import pytest
+from starlette.requests import ClientDisconnect
 
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.errors import DeadlineExceeded
@@ -84,8 +86,57 @@ def test_a_request_past_its_deadline_is_dropped_before_its_decode(client, route)
         == before[1] + 1
 
 
-@pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "inf", "1e9", ""])
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "inf", ""])
 def test_a_bad_deadline_is_refused_by_name(client, value):
     r = client.post("/v1/embed", content=IMG, headers={**PNG, "x-request-timeout": value})
     assert r.status_code == 422, r.text
     assert "x-request-timeout" in r.json()["error"]["message"]
+
+
+def test_a_deadline_past_model_timeout_is_capped_by_it(client):
+    r = client.post("/v1/embed", content=IMG, headers={**PNG, "x-request-timeout": "1e9"})
+    assert r.status_code == 200, r.text
+
+
+def test_openai_routes_answer_a_passed_deadline_in_openais_shape(client):
+    model = client.get("/v1/models").json()["data"][0]["id"]
+    body = {"input": base64.b64encode(IMG).decode(), "model": model}
+    r = client.post("/v1/embeddings", json=body, headers={"x-request-timeout": "0.000001"})
+    assert r.status_code == 504, r.text
+    assert r.json()["error"] | {"message": ""} == {
+        "message": "", "type": "api_error", "param": "x-request-timeout",
+        "code": "deadline_exceeded"}
+
+
+def test_a_queued_job_whose_client_left_frees_its_place(bundle_dir, tmp_path):
+    """The model held by a gate; a job queued behind it whose caller leaves is answered at once
+    and never runs: the next batch holds only the job queued after it."""
+    async def run() -> None:
+        engine = Engine(Settings(bundle=bundle_dir, data_dir=tmp_path, threads=1), Metrics())
+        await engine.start()
+        real, gate, running, sizes = engine._run, threading.Event(), threading.Event(), []
+
+        def held(batch):
+            sizes.append(len(batch))
+            running.set()
+            assert gate.wait(30)
+            return real(batch)
+
+        engine._run = held
+        images = np.zeros((3, engine.size, engine.size, 3), np.uint8)
+        first = asyncio.create_task(engine.infer(images[:2]))
+        await asyncio.to_thread(running.wait, 30)
+        left = asyncio.Event()  # the client's disconnect
+        leaving = asyncio.create_task(engine.infer(images, None, left.wait))
+        staying = asyncio.create_task(engine.infer(images[:1]))
+        while engine.pending < 4:
+            await asyncio.sleep(0)
+        left.set()
+        with pytest.raises(ClientDisconnect):
+            await leaving
+        gate.set()
+        await asyncio.gather(first, staying)
+        assert sizes == [2, 1]  # the 3 images of the one that left never ran
+        await engine.stop()
+
+    asyncio.run(run())
