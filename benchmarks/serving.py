@@ -424,7 +424,7 @@ def main() -> None:
     images = stratified_subset(load_dataset(args.data)[1], 7, seed=11).images[:64]
     q = args.quick
     settings = {"threads": args.threads, "rounds": 1 if q else 3, "reps": 20 if q else 100,
-                "http_seconds": 2 if q else 8,
+                "http_seconds": 1 if q else 8,
                 "open_rates": (100,) if q else (200, 400, 600), "quick": q}
     res: dict = {"benchmark": "serving", "hardware": hardware(), "settings": settings,
                  "bundle": str(args.bundle), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ")}

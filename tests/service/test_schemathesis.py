@@ -49,7 +49,7 @@ def _run(url: str, tmp_path: Path, args: list[str]) -> subprocess.CompletedProce
     exe = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
     return subprocess.run(
         [exe, "run", url + "/openapi.json", "-H", f"X-API-Key: {API_KEY}", "--checks", "all",
-         *args, "--max-examples", "200", "--seed", "1", "--no-color",
+         *args, "--max-examples", "100", "--seed", "1", "--no-color",
          "--report", "junit", "--report-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=600)
 
