@@ -1,5 +1,5 @@
 """The service with one of its request-path special cases (service/special_cases.py) taken
-out, for benchmarks that measure what each buys (benchmarks.ab, benchmarks.spinning) and for
+out, for benchmarks that measure what each buys (benchmarks.ab, benchmarks.archive.spinning) and for
 the test that the hot path answers as the routes do. Settings from SIMCLR_EMBED_* as for
 `simclr-embed serve`; one worker.
 

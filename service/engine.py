@@ -270,7 +270,7 @@ class Engine:
         """The gallery's search: on the event loop when this is the only request in flight and
         the gallery is in memory, else in a thread beside the others. The hop to a thread and
         back costs 0.14-0.21 ms against a 0.38-0.46 ms HNSW search at 200k
-        (benchmarks/search_hop.py)."""
+        (benchmarks/archive/search_hop.py)."""
         with tracing.span("search", **{"search.k": k, "search.index": self.gallery.kind,
                                        "search.filtered": f is not None}):
             if CASES.lone_run and self.gallery.in_memory and self.inflight.requests <= 1:

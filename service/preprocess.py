@@ -28,7 +28,7 @@ from simclr_embed.service.errors import BadImage, PayloadTooLarge
 Image.MAX_IMAGE_PIXELS = None
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
-# Peak bytes per pixel that decoding costs, by format (benchmarks/decode_memory.py measured
+# Peak bytes per pixel that decoding costs, by format (benchmarks/archive/decode_memory.py measured
 # 8 for RGBA PNG, 4 for RGB PNG, 3 for progressive JPEG, ~0 for baseline JPEG in draft mode,
 # 16 for WebP); formats not listed are taken at 8.
 _DECODE_BYTES_PER_PIXEL = {"JPEG": 3, "PNG": 8, "WEBP": 16, "GIF": 5, "BMP": 8, "TIFF": 8}

@@ -44,8 +44,8 @@ class OpenVinoSession:
 
         core = ov.Core()
         # One request at a time (the engine's model thread): LATENCY's single stream uses every
-        # core for it. f32 keeps the non-quantized operators exact (benchmarks/openvino_knobs.py
-        # measured the alternatives).
+        # core for it. f32 keeps the non-quantized operators exact
+        # (benchmarks/archive/openvino_knobs.py measured the alternatives).
         config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": precision}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads

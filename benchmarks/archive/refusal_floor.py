@@ -123,8 +123,8 @@ def start(kind: str, tmp: Path, bundle: Path) -> tuple[str, object]:
         cmd = [shutil.which("nginx") or "nginx", "-e", str(tmp / "error.log"), "-c", str(conf),
                "-g", "daemon off;"]
     else:
-        cmd = [sys.executable, "-m", "simclr_embed.benchmarks.refusal_floor", "--serve-floor",
-               str(port), *(["--read-bodies"] if kind == "python_reads" else [])]
+        cmd = [sys.executable, "-m", "simclr_embed.benchmarks.archive.refusal_floor",
+               "--serve-floor", str(port), *(["--read-bodies"] if kind == "python_reads" else [])]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port, proc)
     return f"http://127.0.0.1:{port}/v1/embed", proc

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from simclr_embed.benchmarks.asgi_servers import tree_cpu_s
+from simclr_embed.benchmarks.archive.asgi_servers import tree_cpu_s
+from simclr_embed.benchmarks.archive.refusal_floor import wait_for_port
 from simclr_embed.benchmarks.common import hardware, write_result
 from simclr_embed.benchmarks.process import ServiceProcess, free_port
-from simclr_embed.benchmarks.refusal_floor import wait_for_port
 from simclr_embed.benchmarks.serving import images_per_s, wrk
 from simclr_embed.service.bundle import load_bundle
 from simclr_embed.service.runtime import make_session
@@ -140,7 +140,7 @@ def main() -> None:
         srv = ServiceProcess(args.bundle, t / "service", t / "service.log", **env).start()
         port = free_port()
         floor = subprocess.Popen(
-            [sys.executable, "-m", "simclr_embed.benchmarks.http_floor", "--serve-floor",
+            [sys.executable, "-m", "simclr_embed.benchmarks.archive.http_floor", "--serve-floor",
              str(port)], env={**os.environ, **env, "SIMCLR_EMBED_BUNDLE": str(args.bundle),
                               "SIMCLR_EMBED_DATA_DIR": str(t / "floor")},
             stdout=(t / "floor.log").open("w"), stderr=subprocess.STDOUT)
