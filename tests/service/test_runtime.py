@@ -116,3 +116,26 @@ def test_several_graphs_keep_their_choices_side_by_side(bundle_dir: Path,
     for precision in ("int8", "fp32"):
         _, why = open_runtime(bundle.encoder_path(precision), m, precision, 1, choice_file=kept)
         assert why.endswith(f"(kept in {kept.name})"), (precision, why)
+
+
+def test_an_fp32_server_answers_what_the_fp32_graph_computes(bundle_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """PRECISION=fp32 serves the bundle's FP32 encoder (and its FP32 gallery): the embedding of
+    a lossless PNG is the one its graph gives for the same pixels."""
+    from tests.support.servers import png
+
+    pixels = np.random.default_rng(21).integers(0, 256, (1, 32, 32, 3), np.uint8)
+    bundle = load_bundle(bundle_dir)
+    session = make_session(bundle.encoder_path("fp32"), 1)
+    want = session.run(None, {session.get_inputs()[0].name: pixels})[0][0]
+    want = want / np.linalg.norm(want)  # served vectors are unit-norm
+    srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_PRECISION="fp32").start()
+    try:
+        r = httpx.post(srv.url + "/v1/embed", content=png(pixels[0]),
+                       headers={"content-type": "image/png"})
+        assert r.status_code == 200 and r.json()["precision"] == "fp32", r.text
+        np.testing.assert_allclose(r.json()["embeddings"][0], want, atol=1e-5)
+        info = httpx.get(srv.url + "/v1/model").json()
+        assert info["precision"] == "fp32"
+    finally:
+        srv.stop()
