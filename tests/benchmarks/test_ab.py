@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from simclr_embed.benchmarks.ab import parse_variant
+
+pytestmark = pytest.mark.slow
 
 
 def test_variant_syntax() -> None:

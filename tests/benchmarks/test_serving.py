@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 
 def test_quick_serving_benchmark(bundle_dir: Path, cifar10_dir: Path, tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "simclr_embed.benchmarks.serving",

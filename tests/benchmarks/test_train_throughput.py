@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 
 def test_quick_run_writes_complete_json(tmp_path: Path, cifar10_dir: Path) -> None:
     out = tmp_path / "t.json"

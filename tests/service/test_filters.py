@@ -83,6 +83,7 @@ def test_embedded_filters_match_exact_filtered_search(kind: str, tmp_path: Path)
     assert again.get("i3")[2] == metas[3] and again.get("i200") is None
 
 
+@pytest.mark.slow
 def test_pgvector_filters_match_exact_filtered_search(pg_url) -> None:
     from simclr_embed.service.pg_gallery import PgGallery
 

@@ -25,6 +25,7 @@ def top_id(url: str, vec: np.ndarray) -> str:
     return r.json()["results"][0][0]["id"]
 
 
+@pytest.mark.slow
 def test_ten_rounds_of_kill_9_lose_nothing_acknowledged(bundle_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     ledger = chaos_rounds(lambda: [Server(bundle_dir, data).start()], rounds=10)

@@ -36,6 +36,7 @@ def slow_socket(port: int, stop: threading.Event, path: str = "/v1/embed") -> No
             s.close()
 
 
+@pytest.mark.slow
 def test_slowloris_from_the_same_address_leaves_legitimate_requests_served(bundle_dir,
                                                                            tmp_path):
     """64 slow sockets (as many as there are request slots) for 8 s beside 4 clients in a
@@ -152,6 +153,7 @@ def test_a_requests_decode_budget_is_counted_before_any_pixel_work(bundle_dir, t
         srv.stop()
 
 
+@pytest.mark.slow
 def test_a_flood_of_large_bodies_gets_whole_503s_never_resets(bundle_dir, tmp_path):
     """100 clients (hey, Go's HTTP client) keep sending 1 MB bodies for 6 s: every refusal is
     a complete 503 with Retry-After on a connection left open (the rest of the body is read

@@ -193,6 +193,7 @@ def count(db: Path) -> int:
             return 0
 
 
+@pytest.mark.slow
 def test_kill_9_at_a_random_moment_then_rerun(bundle_dir: Path, cifar10_dir: Path,
                                               tmp_path: Path) -> None:
     classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse")
@@ -267,6 +268,7 @@ def test_postgresql_target_is_idempotent(bundle_dir: Path, folder: Path, tmp_pat
         run_index(IndexJob(folder, report=None), bad)
 
 
+@pytest.mark.slow
 def test_parquet_manifest_and_ray_equal_the_plain_run(bundle_dir: Path, folder: Path,
                                                       tmp_path: Path) -> None:
     """The Ray Data job on a local instance (num_cpus=2) writes the plain run's vectors."""

@@ -58,6 +58,7 @@ def test_two_replicas_share_one_gallery(bundle_dir, tmp_path, pg_url) -> None:
             s.stop()
 
 
+@pytest.mark.slow
 def test_ten_rounds_of_kill_9_on_replicas_lose_nothing(bundle_dir, tmp_path, pg_url) -> None:
     ledger = chaos_rounds(lambda: replicas(bundle_dir, tmp_path, pg_url), rounds=10, seed=7)
     (fresh,) = replicas(bundle_dir, tmp_path / "fresh", pg_url, n=1)
@@ -80,6 +81,7 @@ def test_search_matches_exact_inner_product(pg_url) -> None:
     assert got[0][0].score == pytest.approx(float(queries[0] @ emb[exact[0][0]]), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_a_replica_reconnects_after_the_database_restarts(bundle_dir, tmp_path) -> None:
     """A PostgreSQL of its own, stopped under a running replica: /readyz and every gallery
     call say 503 (not 500, not a silent 200) while it is down, and once it is back the same

@@ -17,6 +17,8 @@ from jsonschema import Draft202012Validator
 from simclr_embed.service.schemas import EXAMPLE_IMAGE
 from tests.support.servers import API_KEY, Server
 
+pytestmark = pytest.mark.slow
+
 IMAGE_OPERATIONS = ["POST /v1/embed", "POST /v1/search", "POST /v1/classify",
                     "POST /v1/embeddings", "POST /v1/gallery"]
 

@@ -21,6 +21,7 @@ def tiny(cifar10_dir: Path, out: Path, **kw) -> AblateConfig:
                         batch_size=32, **kw)
 
 
+@pytest.mark.slow
 def test_interrupted_grid_continues(cifar10_dir: Path, tmp_path: Path) -> None:
     cfg = tiny(cifar10_dir, tmp_path, max_cells=1)
     assert len(run_ablation(cfg)) == 1  # "interrupted" after the first cell

@@ -125,6 +125,7 @@ def test_embedder_reads_checkpoint_weights_and_bundle(short_checkpoint: Path, bu
     assert (h_onnx * h).sum(1).min() > 0.99  # the bundle's FP32 encoder is the checkpoint's
 
 
+@pytest.mark.slow
 def test_audit_command_on_released_weights(cifar10_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "audit"
     rc = main(["audit", str(RELEASED_WEIGHTS), "--data", str(cifar10_dir), "--out", str(out),

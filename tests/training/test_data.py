@@ -125,6 +125,7 @@ print(json.dumps({"grew_kb": anon_kb() - before, "decoded_kb": (train.images.nby
 """
 
 
+@pytest.mark.slow
 def test_decoding_and_reading_a_folder_stays_off_the_heap(tmp_path: Path) -> None:
     """A folder is decoded window by window into a memory-mapped cache, and read from it: the
     process's anonymous memory grows by a fraction of the decoded set (here 226 MB of 224 px

@@ -53,6 +53,7 @@ def test_gathered_loss_and_gradients_equal_single_process(tmp_path: Path) -> Non
     torch.testing.assert_close(grad_b, b.grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_torchrun_training_loop_on_two_cpu_processes(cifar10_dir: Path, tmp_path: Path) -> None:
     """The whole DDP path (sharding, DDP wrapper, gathered loss, rank-0 checkpoint) runs."""
     import subprocess

@@ -86,6 +86,7 @@ def test_cache_key_sees_changes_inside_class_folders(tmp_path: Path, cifar10) ->
     assert data.cache_key(folder, 32) != edited
 
 
+@pytest.mark.slow
 def test_time_budget_shortens_the_run_and_replans_the_schedule(cifar10_dir, tmp_path) -> None:
     cfg = TrainConfig(data=str(cifar10_dir), out_dir=str(tmp_path), train_per_class=8,
                       test_per_class=4, epochs=50, batch_size=32, warmup_epochs=1,
@@ -96,6 +97,7 @@ def test_time_budget_shortens_the_run_and_replans_the_schedule(cifar10_dir, tmp_
     assert state["metrics"][-1]["lr"] == pytest.approx(0, abs=1e-9)  # cosine ended at 0
 
 
+@pytest.mark.slow
 def test_augmented_probe_learns_on_real_images(cifar10) -> None:
     # Every class: the arrays are sorted by class, and their first 400 are all airplanes.
     train, test = cifar10

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw
 
 from simclr_embed.cli import main
 from tests.support.servers import Server
+
+pytestmark = pytest.mark.slow
 
 
 def shapes(root: Path, per_class: int = 30, seed: int = 0, size: int = 32) -> Path:

@@ -18,6 +18,7 @@ def tiny(cifar10_dir: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(cifar10_dir, tmp_path) -> None:
     whole = train(tiny(cifar10_dir, tmp_path / "whole"))
     train(tiny(cifar10_dir, tmp_path / "split"), stop_after=1)

@@ -42,6 +42,7 @@ def test_a_file_that_is_not_ours_is_refused(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "other.safetensors")
 
 
+@pytest.mark.slow
 def test_released_model_is_the_trained_one(cifar10) -> None:
     assert RELEASED_WEIGHTS.stat().st_size < 25 * 2**20  # the cap on the file
     state = load_checkpoint(RELEASED_WEIGHTS)
