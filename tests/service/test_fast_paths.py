@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from simclr_embed.service.preprocess import decode_image
 from simclr_embed.service.runtime import SPINNING, make_session
 from simclr_embed.service.settings import Settings
 from simclr_embed.service.special_cases import CASES
-from tests.support.servers import Server, metric, png
+from tests.support.servers import Server, metric, png, wait_for_metric
 
 
 def embed(url: str, body: bytes) -> np.ndarray:
@@ -44,8 +43,9 @@ def test_lone_and_batched_requests_give_the_same_embeddings(bundle_dir: Path, tm
         with ThreadPoolExecutor(25) as pool:
             # 64 images keep the model busy, so the 24 single-image requests queue behind them
             blocker = pool.submit(httpx.post, srv.url + "/v1/embed", files=busy, timeout=60)
-            time.sleep(0.02)  # no gauge shows the blocker in flight: its images are queued
-            # and taken into a batch within microseconds
+            # In flight once its body is held (received, until it is answered): its 64 images
+            # are then decoding or in the model, for about a tenth of a second at least.
+            wait_for_metric(srv.url, "simclr_embed_body_bytes", lambda held: held > 0)
             together = np.stack(list(pool.map(lambda b: embed(srv.url, b), bodies)))
             assert blocker.result().status_code == 200
         after = httpx.get(srv.url + "/metrics").text
@@ -60,7 +60,10 @@ def test_lone_and_batched_requests_give_the_same_embeddings(bundle_dir: Path, tm
 
 
 class FakeRequest:
-    """A small fake: decode_all only asks a request whether its client is still there."""
+    """A small fake: decode_all only asks a request whether its client is still there, and
+    for its deadline (none: an empty scope)."""
+
+    scope: dict = {}
 
     async def is_disconnected(self) -> bool:
         return False
