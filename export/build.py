@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from simclr_embed.errors import UserError
 from simclr_embed.export.onnx_export import (
     build_embed_classify,
     config_digest,
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-4
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The export ran but its result fails a check (parity, INT8 accuracy)."""
 
 

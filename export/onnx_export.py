@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from simclr_embed.errors import ConfigError
 from simclr_embed.training.checkpoint import CheckpointError, model_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def export_onnx(state: dict[str, Any], path: Path, exporter: str = "torchscript"
     import onnx
 
     if exporter not in EXPORTERS:
-        raise ValueError(f"unknown exporter {exporter!r}; valid choices: {', '.join(EXPORTERS)}")
+        raise ConfigError(f"unknown exporter {exporter!r}; valid choices: {', '.join(EXPORTERS)}")
     model = build_embed_classify(state)
     size = state["config"]["image_size"]
     example = torch.zeros(2, size, size, 3, dtype=torch.uint8)

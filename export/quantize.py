@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from simclr_embed.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -76,7 +78,7 @@ def quantize_int8(
                                ("activation type", activation_type, QUANT_TYPES),
                                ("weight type", weight_type, QUANT_TYPES)):
         if value not in valid:
-            raise ValueError(f"unknown {name} {value!r}; valid choices: {', '.join(valid)}")
+            raise ConfigError(f"unknown {name} {value!r}; valid choices: {', '.join(valid)}")
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     types = {"quint8": QuantType.QUInt8, "qint8": QuantType.QInt8}

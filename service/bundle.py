@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from simclr_embed.errors import UserError
+
 FORMAT = "simclr-embed/bundle"
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -30,7 +32,7 @@ PRECISIONS = ("int8", "fp32")
 VERIFIED_ENV = "SIMCLR_EMBED_BUNDLE_VERIFIED"
 
 
-class BundleError(RuntimeError):
+class BundleError(UserError, RuntimeError):
     """A bundle that cannot be used; the message names the file and what is wrong."""
 
 

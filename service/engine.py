@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect
 
 from simclr_embed.service import deadline, request_log, tracing
 from simclr_embed.service.admission import Inflight
-from simclr_embed.service.bundle import Bundle, load_bundle, model_id
+from simclr_embed.service.bundle import Bundle, BundleError, load_bundle, model_id
 from simclr_embed.service.errors import (
     DeadlineExceeded,
     ModelFailure,
@@ -144,7 +144,7 @@ class Engine:
         """A bundle whose graph does not give what its manifest says is refused at load."""
         want = ((batch, self.dim), (batch, len(self.bundle.classes)))
         if (emb.shape, logits.shape) != want or not np.isfinite(emb).all():
-            raise ValueError(f"{self.bundle_dir}: the encoder gives {emb.shape} embeddings and "
+            raise BundleError(f"{self.bundle_dir}: the encoder gives {emb.shape} embeddings and "
                              f"{logits.shape} logits for {batch} images, not {want}")
 
     def _load_gallery(self) -> None:

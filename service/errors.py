@@ -3,6 +3,8 @@ responses. Plain Python, so the decoder (shared with training) can raise them.""
 
 from __future__ import annotations
 
+from simclr_embed.errors import UserError
+
 
 class ServiceError(Exception):
     status = 400
@@ -69,11 +71,11 @@ class FetchFailed(ServiceError):
     status, code = 502, "fetch_failed"
 
 
-class StorageFull(ServiceError):
+class StorageFull(ServiceError, UserError):
     status, code = 507, "insufficient_storage"
 
 
-class StorageError(ServiceError):
+class StorageError(ServiceError, UserError):
     status, code = 503, "storage_unavailable"
 
 

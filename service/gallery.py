@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simclr_embed.errors import UserError
 from simclr_embed.service import index as snapshots
 from simclr_embed.service.errors import StorageError, StorageFull
 from simclr_embed.service.index import (
@@ -92,11 +93,11 @@ def _owner(db: Path) -> str | None:
     return row[0] if row else None
 
 
-class GalleryMismatch(RuntimeError):
+class GalleryMismatch(UserError, RuntimeError):
     """The stored gallery belongs to another embedding space than the served model."""
 
 
-class GalleryDamaged(RuntimeError):
+class GalleryDamaged(UserError, RuntimeError):
     """The stored gallery is damaged or has lost acknowledged changes: refused at start."""
 
 

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
+from simclr_embed.errors import UserError
 from simclr_embed.service.bundle import load_bundle, model_id
 from simclr_embed.service.errors import PayloadTooLarge, ServiceError, StorageError
 from simclr_embed.service.gallery import SQLiteStore, gallery_path, storage_errors
@@ -45,7 +46,7 @@ BATCH = 64  # the engine's batch: one model run and one commit
 MANIFESTS = (".csv", ".jsonl", ".parquet")
 
 
-class IndexingError(RuntimeError):
+class IndexingError(UserError, RuntimeError):
     """The job could not index anything: a bad SOURCE, or every file failed."""
 
 

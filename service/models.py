@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from simclr_embed.errors import ConfigError
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.errors import NotFound, NotReady
 from simclr_embed.service.metrics import Metrics
@@ -74,7 +75,7 @@ class Models:
                              ("bundle directory name", [d.name for d in self.dirs])):
             twice = sorted({v for v in values if values.count(v) > 1})
             if twice:
-                raise ValueError(f"two bundles share the {what} {twice[0]!r}: serve each "
+                raise ConfigError(f"two bundles share the {what} {twice[0]!r}: serve each "
                                  "model once, from directories with distinct names")
 
     async def stop(self) -> None:
@@ -102,7 +103,7 @@ class Models:
         try:
             await new.start()
             if new.model_id in [e.model_id for i, e in enumerate(self.engines) if i != n]:
-                raise ValueError(f"model {new.model_id} is already served from another bundle")
+                raise ConfigError(f"model {new.model_id} is already served from another bundle")
         except Exception as e:
             await new.stop()
             log.error("reload of %s refused, %s keeps serving: %s", old.bundle_dir,

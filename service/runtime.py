@@ -18,6 +18,8 @@ import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
+from simclr_embed.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 PROVIDERS = ("cpu", "cuda", "openvino")
@@ -72,14 +74,14 @@ def make_session(path: Path | str, threads: int = 0, provider: str = "cpu",
     `spinning` is one of SPINNING: threads that spin after a run take the cores from the event
     loop, threads that never spin wake late for each operator."""
     if provider not in PROVIDERS:
-        raise ValueError(f"unknown provider {provider!r}; valid choices: {', '.join(PROVIDERS)}")
+        raise ConfigError(f"unknown provider {provider!r}; valid choices: {', '.join(PROVIDERS)}")
     if spinning not in SPINNING:
-        raise ValueError(f"unknown spinning {spinning!r}; valid choices: {', '.join(SPINNING)}")
+        raise ConfigError(f"unknown spinning {spinning!r}; valid choices: {', '.join(SPINNING)}")
     if provider == "openvino":
         try:
             session = OpenVinoSession(path, threads)
         except ImportError:
-            raise ValueError("provider 'openvino' needs the openvino package: "
+            raise ConfigError("provider 'openvino' needs the openvino package: "
                              "pip install openvino") from None
         log.info("loaded %s on OpenVINO (CPU)", Path(path).name)
         return session

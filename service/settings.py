@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from simclr_embed.errors import ConfigError
+
 
 class ModelSettings(BaseModel):
     """Which encoder serves, on which runtime."""
@@ -144,7 +146,7 @@ class Settings(BaseSettings, *GROUPS):  # type: ignore[misc]
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.require_api_key and self.api_key is None:
-            raise ValueError("SIMCLR_EMBED_REQUIRE_API_KEY is set but SIMCLR_EMBED_API_KEY is "
+            raise ConfigError("SIMCLR_EMBED_REQUIRE_API_KEY is set but SIMCLR_EMBED_API_KEY is "
                              "empty: set a key, or turn the requirement off")
         _at_most("max_images_per_request", self, "max_queue_images",
                  "such requests could never be queued")
@@ -157,7 +159,7 @@ def _at_most(small: str, s: Settings, large: str, why: str) -> None:
     """Two settings that contradict each other name each other, with both values."""
     a, b = getattr(s, small), getattr(s, large)
     if a > b:
-        raise ValueError(f"SIMCLR_EMBED_{small.upper()} ({a}) is larger than "
+        raise ConfigError(f"SIMCLR_EMBED_{small.upper()} ({a}) is larger than "
                          f"SIMCLR_EMBED_{large.upper()} ({b}): {why}; lower the first or raise "
                          "the second")
 

@@ -20,6 +20,8 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanContext, Tracer
 
+from simclr_embed.errors import ConfigError
+
 tracer: Tracer | None = None  # set by setup(); None: tracing is off
 NULL: AbstractContextManager[None] = nullcontext()
 
@@ -58,7 +60,7 @@ def _exporter() -> Any:
     if protocol == "http/protobuf":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         return OTLPSpanExporter()
-    raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: this service exports "
+    raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: this service exports "
                      "http/protobuf or grpc")
 
 

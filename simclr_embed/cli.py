@@ -13,15 +13,16 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from simclr_embed import configure_logging
+from simclr_embed.errors import ConfigError, UserError
 
 log = logging.getLogger("simclr_embed")
 
-# Errors whose message already says what went wrong and what to do: no traceback for them.
-# ValidationError: pydantic's, for a bad SIMCLR_EMBED_* variable.
-EXPECTED_ERRORS = {"DataError", "CheckpointError", "ExportError", "BundleError", "ValueError",
-                   "ValidationError", "GalleryMismatch", "GalleryDamaged", "IndexingError",
-                   "StorageError", "StorageFull", "SearchError"}
+# Errors whose message already says what went wrong and what to do get one line, no traceback:
+# our own (simclr_embed/errors.py) and pydantic's, for a bad SIMCLR_EMBED_* variable.
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (UserError, ValidationError)
 
 _TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float,
           "str | None": str}
@@ -289,12 +290,12 @@ def _run_gallery(args: argparse.Namespace) -> None:
 
     s = Settings()
     if s.gallery_url is not None:
-        raise ValueError("SIMCLR_EMBED_GALLERY_URL is set: back PostgreSQL up with pg_dump")
+        raise ConfigError("SIMCLR_EMBED_GALLERY_URL is set: back PostgreSQL up with pg_dump")
     manifest = load_bundle(s.bundle_dirs()[0]).manifest
     space = Space(model_id(manifest), s.precision, int(manifest["embedding_dim"]))
     path = gallery_path(s.data_dir, space)
     if not path.exists():
-        raise ValueError(f"no gallery database at {path}: check SIMCLR_EMBED_DATA_DIR")
+        raise ConfigError(f"no gallery database at {path}: check SIMCLR_EMBED_DATA_DIR")
     store = SQLiteStore(path, space)
     try:
         seq = store.backup(Path(args.dest))
@@ -377,7 +378,7 @@ def _unavailable(sub: argparse._SubParsersAction, name: str, err: ImportError) -
     p = sub.add_parser(name, help=f"(needs the train extra: {err.name} is not installed)")
 
     def fail(_: argparse.Namespace) -> None:
-        raise ValueError(f"`simclr-embed {name}` needs torch: pip install 'simclr-embed[train]'"
+        raise ConfigError(f"`simclr-embed {name}` needs torch: pip install 'simclr-embed[train]'"
                          f" ({err.name} is not installed)")
 
     p.set_defaults(func=fail)
@@ -428,9 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(level=logging.DEBUG if args.verbose else logging.INFO)
     try:
         args.func(args)
-    except Exception as e:  # expected failures get one clear line, anything else a traceback
-        if type(e).__name__ not in EXPECTED_ERRORS:
-            raise
+    except EXPECTED_ERRORS as e:  # anything else is a bug: its traceback
         log.error("%s", e)
         return 2
     return 0

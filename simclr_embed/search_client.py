@@ -10,10 +10,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from simclr_embed.errors import UserError
+
 PER_REQUEST = 64  # the server's default max_images_per_request
 
 
-class SearchError(RuntimeError):
+class SearchError(UserError, RuntimeError):
     """The server could not be reached or refused the request (its message is kept)."""
 
 

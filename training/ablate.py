@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from simclr_embed.errors import ConfigError
 from simclr_embed.training.audit import Embedder, geometry
 from simclr_embed.training.data import load_dataset, stratified_subset
 from simclr_embed.training.model import PROJ_LAYERS
@@ -43,7 +44,7 @@ class AblateConfig:
     def __post_init__(self) -> None:
         for depth in self.head_layers:
             if depth - 1 not in PROJ_LAYERS:
-                raise ValueError(f"head depth {depth} not supported; valid choices: "
+                raise ConfigError(f"head depth {depth} not supported; valid choices: "
                                  f"{', '.join(str(d + 1) for d in PROJ_LAYERS)}")
 
 

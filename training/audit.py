@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from simclr_embed.errors import ConfigError
 from simclr_embed.training import background
 from simclr_embed.training.augment import AugmentConfig, Normalize, random_view
 from simclr_embed.training.data import load_dataset, stratified_subset
@@ -183,7 +184,7 @@ def run_audit(cfg: AuditConfig) -> dict[str, Any]:
     embed = Embedder(cfg.source, cfg.device)
     data = cfg.data or embed.data
     if not data:
-        raise ValueError("no --data given and the model does not name its data")
+        raise ConfigError("no --data given and the model does not name its data")
     train, test = load_dataset(data, 32)
     train = stratified_subset(train, cfg.bank_per_class, cfg.seed)
     test = stratified_subset(test, cfg.test_per_class, cfg.seed)

@@ -15,13 +15,14 @@ from typing import Any
 
 import torch
 
+from simclr_embed.errors import UserError
 from simclr_embed.training.model import ModelConfig, SimCLR
 
 FORMAT = "simclr-embed/checkpoint"
 VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, unreadable or not ours; the message names the file."""
 
 

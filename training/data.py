@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from simclr_embed.errors import UserError
 from simclr_embed.service.preprocess import to_square_rgb
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ HOLDOUT_FRACTION = 0.1
 DECODE_VERSION = 2
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """A data source that cannot be read; the message says what to do."""
 
 

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from simclr_embed.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -36,7 +38,7 @@ IMAGENET_STEM_FROM = 64  # px: below it a stride-4 stem would leave the last sta
 def stem_for(config: ModelConfig, image_size: int) -> ModelConfig:
     """The config with its stem resolved for images of this size."""
     if config.stem not in STEMS:
-        raise ValueError(f"unknown stem {config.stem!r}; valid choices: {', '.join(STEMS)}")
+        raise ConfigError(f"unknown stem {config.stem!r}; valid choices: {', '.join(STEMS)}")
     if config.stem != "auto":
         return config
     return replace(config, stem="imagenet" if image_size >= IMAGENET_STEM_FROM else "cifar")
@@ -60,7 +62,7 @@ class ProjectionHead(nn.Module):
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, hidden_layers: int) -> None:
         super().__init__()
         if hidden_layers not in PROJ_LAYERS:
-            raise ValueError(f"proj_layers must be one of {PROJ_LAYERS}, got {hidden_layers}")
+            raise ConfigError(f"proj_layers must be one of {PROJ_LAYERS}, got {hidden_layers}")
         layers: list[nn.Module] = []
         dim = in_dim
         for _ in range(hidden_layers):
@@ -81,7 +83,7 @@ class SimCLR(nn.Module):
     def __init__(self, config: ModelConfig, image_size: int = 32) -> None:
         super().__init__()
         if config.arch not in ARCHS:
-            raise ValueError(f"unknown arch {config.arch!r}; valid choices: {', '.join(ARCHS)}")
+            raise ConfigError(f"unknown arch {config.arch!r}; valid choices: {', '.join(ARCHS)}")
         self.config = config = stem_for(config, image_size)
         self.encoder = resnet18(config.stem)
         self.projector = ProjectionHead(

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from simclr_embed.errors import ConfigError
+
 OPTIMIZERS = ("sgd", "lars")
 
 
@@ -59,7 +61,7 @@ def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float,
                                weight_decay=weight_decay)
     if name == "lars":
         return LARS(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; valid choices: {', '.join(OPTIMIZERS)}")
+    raise ConfigError(f"unknown optimizer {name!r}; valid choices: {', '.join(OPTIMIZERS)}")
 
 
 class WarmupCosine:

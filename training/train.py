@@ -24,6 +24,7 @@ from torch import nn
 from torch.profiler import record_function
 from tqdm import tqdm
 
+from simclr_embed.errors import ConfigError
 from simclr_embed.training import distributed
 from simclr_embed.training.augment import AugmentConfig, Normalize, two_views
 from simclr_embed.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -127,7 +128,7 @@ class TrainConfig:
     def recipe(cls, name: str, **flat: Any) -> TrainConfig:
         """A named recipe (RECIPES) with flag-named overrides."""
         if name not in RECIPES:
-            raise ValueError(f"unknown recipe {name!r}; valid choices: {', '.join(RECIPES)}")
+            raise ConfigError(f"unknown recipe {name!r}; valid choices: {', '.join(RECIPES)}")
         return cls.from_flat(RECIPES[name] | flat)
 
     @classmethod
@@ -142,7 +143,7 @@ class TrainConfig:
 
 def pick_device(name: str) -> torch.device:
     if name not in DEVICES:
-        raise ValueError(f"unknown device {name!r}; valid choices: {', '.join(DEVICES)}")
+        raise ConfigError(f"unknown device {name!r}; valid choices: {', '.join(DEVICES)}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -153,7 +154,8 @@ def pick_device(name: str) -> torch.device:
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """None means full fp32. auto: bf16 where the hardware has it (CUDA sm80+, any recent CPU)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; valid choices: {', '.join(PRECISIONS)}")
+        raise ConfigError(f"unknown precision {precision!r}; valid choices: "
+                          f"{', '.join(PRECISIONS)}")
     if precision == "auto":  # emulated bf16 (pre-Ampere) is slower than fp16 + GradScaler
         ok = device.type == "cpu" or torch.cuda.is_bf16_supported(including_emulation=False)
         precision = "bf16" if ok else "fp16"
@@ -194,12 +196,12 @@ def fit_to_data(cfg: TrainConfig, n: int, world: int) -> TrainConfig:
     derived is an error that names the flag and a value that works."""
     if cfg.batch_size % world:
         lo = cfg.batch_size // world * world
-        raise ValueError(f"--batch-size {cfg.batch_size} does not divide by the {world} ranks: "
+        raise ConfigError(f"--batch-size {cfg.batch_size} does not divide by the {world} ranks: "
                          f"use --batch-size {lo or world} or {lo + world}")
     fit: dict[str, int] = {}
     if cfg.batch_size > n:
         if n // world < 2:
-            raise ValueError(f"{n} training images are too few: a contrastive batch needs at "
+            raise ConfigError(f"{n} training images are too few: a contrastive batch needs at "
                              f"least 2 per rank ({2 * world} images)")
         fit["batch_size"] = world * 2 ** int(math.log2(n // world))
     if cfg.warmup_epochs >= cfg.epochs > 0:

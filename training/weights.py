@@ -11,6 +11,8 @@ from typing import Any
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from simclr_embed.errors import ConfigError
+
 FORMAT = "simclr-embed/weights"
 _META_KEYS = ("config", "classes", "normalization", "eval", "epoch")
 
@@ -33,7 +35,7 @@ def load_weights(path: Path | str) -> dict[str, Any]:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a simclr-embed weights file")
+            raise ConfigError(f"{path} is not a simclr-embed weights file")
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
     as_fp32 = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     state = {k: json.loads(meta[k]) for k in _META_KEYS}

@@ -63,7 +63,8 @@ class FakeRequest:
     """A small fake: decode_all only asks a request whether its client is still there, and
     for its deadline (none: an empty scope)."""
 
-    scope: dict = {}
+    def __init__(self) -> None:
+        self.scope: dict = {}
 
     async def is_disconnected(self) -> bool:
         return False

@@ -50,9 +50,9 @@ def test_released_model_is_the_trained_one(cifar10) -> None:
     encoder = model_from_checkpoint(state).encoder
     norm = Normalize(state["normalization"]["mean"], state["normalization"]["std"], "cpu")
     train, test = cifar10
-    bank, queries = train.subset(slice(0, 50000, 25)), test.subset(slice(0, 10000, 10))
+    bank, queries = train.subset(slice(0, 50000, 50)), test.subset(slice(0, 10000, 20))
     feats = [extract_features(encoder, d.images, norm.uint8, torch.device("cpu"))
              for d in (bank, queries)]
     knn = knn_accuracy(feats[0], torch.from_numpy(bank.labels), feats[1],
                        torch.from_numpy(queries.labels), k=20)
-    assert knn > 60  # 2,000-image bank; random init scores ~30 here, raw pixels ~35
+    assert knn > 60  # 1,000-image bank; random init scores ~30 here, raw pixels ~35
