@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import threading
 import time
 
 import httpx
@@ -19,6 +18,7 @@ from simclr_embed.service.engine import Engine
 from simclr_embed.service.errors import DeadlineExceeded
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.settings import Settings
+from tests.support.gate import HeldModel
 from tests.support.servers import metric, png
 
 IMG = png(np.random.default_rng(5).integers(0, 256, (32, 32, 3), np.uint8))
@@ -38,21 +38,14 @@ def test_a_job_whose_deadline_passes_in_the_queue_is_answered_then_dropped_unrun
     async def run() -> None:
         engine = Engine(Settings(bundle=bundle_dir, data_dir=tmp_path, threads=1), Metrics())
         await engine.start()
-        real, gate, running = engine._run, threading.Event(), threading.Event()
-
-        def held(batch):  # the gate: the first batch stays in the model until it opens
-            running.set()
-            assert gate.wait(30)
-            return real(batch)
-
-        engine._run = held
+        model = HeldModel(engine)
         images = np.zeros((2, engine.size, engine.size, 3), np.uint8)
         first = asyncio.create_task(engine.infer(images))
-        await asyncio.to_thread(running.wait, 30)
+        await model.entered()
         with pytest.raises(DeadlineExceeded, match="x-request-timeout"):
             await engine.infer(images[:1], time.monotonic() + 0.05)
-        assert not gate.is_set()  # answered at its deadline, the model still busy
-        gate.set()
+        assert not model.is_open  # answered at its deadline, the model still busy
+        model.open()
         emb, _ = await first
         later = await engine.infer(images[:1])  # runs after the loop took and dropped the job
         assert emb.shape == (2, engine.dim) and later[0].shape == (1, engine.dim)
@@ -114,18 +107,10 @@ def test_a_queued_job_whose_client_left_frees_its_place(bundle_dir, tmp_path):
     async def run() -> None:
         engine = Engine(Settings(bundle=bundle_dir, data_dir=tmp_path, threads=1), Metrics())
         await engine.start()
-        real, gate, running, sizes = engine._run, threading.Event(), threading.Event(), []
-
-        def held(batch):
-            sizes.append(len(batch))
-            running.set()
-            assert gate.wait(30)
-            return real(batch)
-
-        engine._run = held
+        model = HeldModel(engine)
         images = np.zeros((3, engine.size, engine.size, 3), np.uint8)
         first = asyncio.create_task(engine.infer(images[:2]))
-        await asyncio.to_thread(running.wait, 30)
+        await model.entered()
         left = asyncio.Event()  # the client's disconnect
         leaving = asyncio.create_task(engine.infer(images, None, left.wait))
         staying = asyncio.create_task(engine.infer(images[:1]))
@@ -134,9 +119,9 @@ def test_a_queued_job_whose_client_left_frees_its_place(bundle_dir, tmp_path):
         left.set()
         with pytest.raises(ClientDisconnect):
             await leaving
-        gate.set()
+        model.open()
         await asyncio.gather(first, staying)
-        assert sizes == [2, 1]  # the 3 images of the one that left never ran
+        assert model.sizes == [2, 1]  # the 3 images of the one that left never ran
         await engine.stop()
 
     asyncio.run(run())

@@ -6,7 +6,6 @@ replacing one engine method (named where it is done)."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import numpy as np
@@ -16,6 +15,7 @@ from simclr_embed.service.engine import CRASH_LIMIT, Engine
 from simclr_embed.service.errors import ModelFailure, NotReady, Overloaded
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.settings import Settings
+from tests.support.gate import HeldModel
 
 
 def images(n: int) -> np.ndarray:
@@ -98,26 +98,19 @@ def test_a_stopping_engine_fails_its_queued_requests_at_once(bundle_dir, tmp_pat
     MODEL_TIMEOUT_S (30 s by default); so does a request that held the engine from before."""
     async def run() -> None:
         engine = await started(bundle_dir, tmp_path)
-        real, gate, running = engine._run, threading.Event(), threading.Event()
-
-        def held(batch):  # the gate: the batch stays in the model until the test opens it
-            running.set()
-            assert gate.wait(30)
-            return real(batch)
-
-        engine._run = held
+        model = HeldModel(engine)
         in_model = asyncio.create_task(engine.infer(images(2)))
-        await asyncio.to_thread(running.wait, 30)
+        await model.entered()
         queued = asyncio.create_task(engine.infer(images(3)))
         while engine.pending == 0:  # the loop's turn in which `queued` enters the queue
             await asyncio.sleep(0)
         stopping = asyncio.create_task(engine.stop())
         with pytest.raises(NotReady, match="stopped"):
             await asyncio.wait_for(queued, 10)
-        assert not gate.is_set()  # answered while the model was still busy
+        assert not model.is_open  # answered while the model was still busy
         with pytest.raises(NotReady):
             await engine.infer(images(1))
-        gate.set()
+        model.open()
         await stopping
         in_model.cancel()
 
@@ -129,20 +122,13 @@ def test_a_job_queued_behind_a_batch_counts_its_wait(bundle_dir, tmp_path):
     behind a batch in the model included (held there by a gate)."""
     async def run() -> None:
         engine = await started(bundle_dir, tmp_path)
-        real, gate, running = engine._run, threading.Event(), threading.Event()
-
-        def held(batch):
-            running.set()
-            assert gate.wait(30)
-            return real(batch)
-
-        engine._run = held
+        model = HeldModel(engine)
         first = asyncio.create_task(engine.infer(images(2)))
-        await asyncio.to_thread(running.wait, 30)
+        await model.entered()
         queued = asyncio.create_task(engine.infer(images(3)))
         while engine.pending == 0:
             await asyncio.sleep(0)
-        gate.set()
+        model.open()
         await asyncio.gather(first, queued)
         reg, labels = engine.metrics.registry, {"model": engine.model_id}
         assert reg.get_sample_value("simclr_embed_queue_wait_seconds_count", labels) == 2

@@ -1,0 +1,39 @@
+"""An engine whose model runs wait at a gate the test opens: what is queued behind a batch in
+the model is then known, with no timing involved."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+
+from simclr_embed.service.engine import Engine
+
+
+class HeldModel:
+    """Replaces `engine._run` (the model call, in the model thread): each batch records its
+    size, says it has entered, and waits until `open()`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.real = engine._run
+        self.sizes: list[int] = []
+        self.gate, self.running = threading.Event(), threading.Event()
+        engine._run = self._run  # type: ignore[method-assign]
+
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.sizes.append(len(batch))
+        self.running.set()
+        assert self.gate.wait(30)
+        return self.real(batch)
+
+    async def entered(self) -> None:
+        """Returns once a batch is in the model."""
+        await asyncio.to_thread(self.running.wait, 30)
+
+    def open(self) -> None:
+        self.gate.set()
+
+    @property
+    def is_open(self) -> bool:
+        return self.gate.is_set()
