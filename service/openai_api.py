@@ -13,18 +13,11 @@ from fastapi import APIRouter, Request
 from pydantic import Field
 
 from simclr_embed.service import encodings, schemas
-from simclr_embed.service.deps import (
-    NumpyJSON,
-    SettingsDep,
-    check_ready,
-    decode_all,
-    decode_base64_images,
-    holding,
-    infer,
-    read_json,
-)
+from simclr_embed.service.bodies import decode_base64_images, read_json
+from simclr_embed.service.deps import NumpyJSON, SettingsDep, check_ready, holding
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.models import Models
+from simclr_embed.service.pipeline import decode_all, infer
 from simclr_embed.service.policy import policy
 from simclr_embed.service.settings import Settings
 

@@ -209,7 +209,7 @@ def inline_schema(model: type[BaseModel]) -> dict:
 
 
 def json_body(json_model: type[BaseModel]) -> dict:
-    """OpenAPI for routes that read their JSON through deps.read_json."""
+    """OpenAPI for routes that read their JSON through bodies.read_json."""
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": inline_schema(json_model)}}}}
 

@@ -22,7 +22,7 @@ class SpecialCases:
     # -4 % lone-request latency.
     lone_run: bool = True
     # Images up to this many pixels decode on the event loop while no decode is queued
-    # (deps.decode_all): +29 % requests/s, -12 % lone latency with 32 x 32 PNGs.
+    # (pipeline.decode_all): +29 % requests/s, -12 % lone latency with 32 x 32 PNGs.
     inline_decode_pixels: int = 128 * 128
     # How ONNX Runtime's idle threads wait (service/runtime.py): `run` has the lone latency
     # of `always` and the throughput of `off`.

@@ -10,19 +10,13 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 
 from simclr_embed.service import schemas
-from simclr_embed.service.deps import (
-    EngineDep,
-    NumpyJSON,
-    SettingsDep,
-    check_vectors,
-    decode_all,
-    decode_base64_images,
-    infer,
-    read_json,
-)
+from simclr_embed.service.bodies import decode_base64_images, read_json
+from simclr_embed.service.checks import check_vectors
+from simclr_embed.service.deps import EngineDep, NumpyJSON, SettingsDep
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.errors import InvalidInput, NotFound
 from simclr_embed.service.page import png_bytes
+from simclr_embed.service.pipeline import decode_all, infer
 from simclr_embed.service.policy import policy
 
 router = APIRouter()

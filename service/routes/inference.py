@@ -8,19 +8,12 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 
 from simclr_embed.service import encodings, schemas
-from simclr_embed.service.deps import (
-    EngineDep,
-    NumpyJSON,
-    SettingsDep,
-    check_k,
-    check_vectors,
-    decode_all,
-    infer,
-    query_int,
-    read_body,
-)
+from simclr_embed.service.bodies import read_body
+from simclr_embed.service.checks import check_k, check_vectors, query_int
+from simclr_embed.service.deps import EngineDep, NumpyJSON, SettingsDep
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.errors import InvalidInput
+from simclr_embed.service.pipeline import decode_all, infer
 from simclr_embed.service.policy import policy
 from simclr_embed.service.settings import Settings
 from simclr_embed.service.store import Filter

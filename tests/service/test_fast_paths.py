@@ -14,9 +14,9 @@ import httpx
 import numpy as np
 import pytest
 
-from simclr_embed.service.deps import decode_all
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.metrics import Metrics
+from simclr_embed.service.pipeline import decode_all
 from simclr_embed.service.preprocess import decode_image
 from simclr_embed.service.runtime import SPINNING, make_session
 from simclr_embed.service.settings import Settings
