@@ -40,7 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     inflight = Inflight(gauge=metrics.body_bytes)
     models = Models(settings.bundle_dirs(), metrics,
                     settings.body_timeout_s + settings.model_timeout_s,
-                    lambda d, previous: Engine(settings, metrics, inflight, d, previous))
+                    lambda d, previous: Engine(settings, metrics, lambda: inflight.requests, d,
+                                               previous))
 
     sighup = Sighup()
     policies = Policies()

@@ -25,7 +25,6 @@ from opentelemetry.trace import SpanContext
 from starlette.requests import ClientDisconnect
 
 from simclr_embed.service import deadline, request_log, tracing
-from simclr_embed.service.admission import Inflight
 from simclr_embed.service.bundle import Bundle, BundleError, load_bundle, model_id
 from simclr_embed.service.errors import (
     DeadlineExceeded,
@@ -79,12 +78,13 @@ class Engine:
     this one is to replace (service/models.py), whose gallery it shares when both serve the
     same model."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, inflight: Inflight | None = None,
+    def __init__(self, settings: Settings, metrics: Metrics,
+                 in_flight: Callable[[], int] = lambda: 0,
                  bundle_dir: Path | None = None, previous: Engine | None = None) -> None:
         self.settings = settings
         self.metrics: Metrics | ModelMetrics = metrics  # bound to the model once it is known
         self.bundle_dir = bundle_dir or settings.bundle
-        self.inflight = inflight or Inflight()
+        self.in_flight = in_flight  # requests admitted and not yet answered (the Gate's count)
         self.users = 0  # requests holding this engine (service/models.py drains on it)
         self.owns_gallery = True  # closes it at stop; a swap hands a shared one over
         self._previous = previous
@@ -273,9 +273,9 @@ class Engine:
         (benchmarks/archive/search_hop.py)."""
         with tracing.span("search", **{"search.k": k, "search.index": self.gallery.kind,
                                        "search.filtered": f is not None}):
-            if CASES.lone_run and self.gallery.in_memory and self.inflight.requests <= 1:
+            if CASES.lone_run and self.gallery.in_memory and self.in_flight() <= 1:
                 await asyncio.sleep(0)  # requests already read off the sockets go first
-                if self.inflight.requests <= 1:
+                if self.in_flight() <= 1:
                     return self.gallery.search(queries, k, f)
             return await asyncio.to_thread(self.gallery.search, queries, k, f)
 
@@ -283,7 +283,7 @@ class Engine:
         """No other request admitted, queued or in the model. A request still in a socket buffer
         is not counted: without the yield in infer(), a closed loop of clients degrades into
         one-image runs on the event loop (measured: 32 clients, 1,100 -> 700 req/s)."""
-        return self.inflight.requests <= 1 and not self._jobs and not self._running
+        return self.in_flight() <= 1 and not self._jobs and not self._running
 
     def _run_alone(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A lone image runs right here on the event loop: waking the model thread after an idle
