@@ -11,8 +11,7 @@ import pgserver
 import psycopg
 import pytest
 
-from simclr_embed.benchmarks.process import ServiceProcess
-from tests.support.servers import Server
+from tests.support.servers import Server, ServiceProcess
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ import httpx
 import numpy as np
 import pytest
 
-from simclr_embed.benchmarks.process import ServiceProcess
 from simclr_embed.service import policy
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.hot_path import HotPath
@@ -23,7 +22,7 @@ from simclr_embed.service.models import Models
 from simclr_embed.service.policy import Policies
 from simclr_embed.service.routes import inference
 from simclr_embed.service.settings import Settings
-from tests.support.servers import Server, metric, png
+from tests.support.servers import Server, ServiceProcess, metric, png
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from simclr_embed.benchmarks.process import ServiceProcess
 from tests.support.gallery_chaos import KEY, unit
-from tests.support.servers import Server, metric, png
+from tests.support.servers import Server, ServiceProcess, metric, png
 
 
 def model_ids(url: str) -> list[str]:

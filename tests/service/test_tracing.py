@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 
 from simclr_embed.benchmarks.otlp_sink import Receiver, Span
-from simclr_embed.benchmarks.process import ServiceProcess
-from tests.support.servers import Server, png, wait_for_metric
+from tests.support.servers import Server, ServiceProcess, png, wait_for_metric
 
 IMG = png(np.random.default_rng(8).integers(0, 256, (32, 32, 3), np.uint8))
 SERVER = 2  # SpanKind SERVER in OTLP's enum

@@ -13,9 +13,8 @@ from collections.abc import Callable
 import httpx
 import numpy as np
 
-from simclr_embed.benchmarks.process import ServiceProcess
 from simclr_embed.service.gallery import Gallery
-from tests.support.servers import API_KEY
+from tests.support.servers import API_KEY, ServiceProcess
 
 KEY = {"x-api-key": API_KEY}
 
