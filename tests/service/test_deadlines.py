@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import socket
 import time
 
 import httpx
@@ -19,7 +21,7 @@ from simclr_embed.service.errors import DeadlineExceeded
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.settings import Settings
 from tests.support.gate import HeldModel
-from tests.support.servers import metric, png
+from tests.support.servers import Server, metric, png, wait_for_metric
 
 IMG = png(np.random.default_rng(5).integers(0, 256, (32, 32, 3), np.uint8))
 PNG = {"content-type": "image/png"}
@@ -125,3 +127,27 @@ def test_a_queued_job_whose_client_left_frees_its_place(bundle_dir, tmp_path):
         await engine.stop()
 
     asyncio.run(run())
+
+
+def test_over_http_a_client_that_leaves_while_queued_costs_no_model_time(bundle_dir,
+                                                                          tmp_path):
+    """A 2 s gathering window holds the queue: a client that sends a 2-image request and
+    closes its socket is counted as gone, and the batch that runs holds only the images of the
+    request that stayed."""
+    srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_MAX_WAIT_MS="2000").start()
+    try:
+        text = httpx.get(srv.url + "/metrics").text
+        gone, ran = (metric(text, "simclr_embed_client_gone_total"),
+                     metric(text, "simclr_embed_batch_size_sum"))
+        body = json.dumps({"images": [base64.b64encode(IMG).decode()] * 2}).encode()
+        with socket.create_connection(("127.0.0.1", srv.port)) as s:
+            s.sendall(b"POST /v1/embed HTTP/1.1\r\nHost: x\r\ncontent-type: application/json"
+                      b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        wait_for_metric(srv.url, "simclr_embed_client_gone_total", lambda n: n == gone + 1)
+        r = httpx.post(srv.url + "/v1/embed", json={"images": [base64.b64encode(IMG).decode()]
+                                                    * 3}, timeout=30)
+        assert r.status_code == 200, r.text
+        after = metric(httpx.get(srv.url + "/metrics").text, "simclr_embed_batch_size_sum")
+        assert after - ran == 3  # the 2 images of the client that left never ran
+    finally:
+        srv.stop()
