@@ -99,11 +99,7 @@ def test_a_stopping_engine_fails_its_queued_requests_at_once(bundle_dir, tmp_pat
     async def run() -> None:
         engine = await started(bundle_dir, tmp_path)
         model = HeldModel(engine)
-        in_model = asyncio.create_task(engine.infer(images(2)))
-        await model.entered()
-        queued = asyncio.create_task(engine.infer(images(3)))
-        while engine.pending == 0:  # the loop's turn in which `queued` enters the queue
-            await asyncio.sleep(0)
+        in_model, queued = await model.one_in_one_behind(engine, images(2), images(3))
         stopping = asyncio.create_task(engine.stop())
         with pytest.raises(NotReady, match="stopped"):
             await asyncio.wait_for(queued, 10)
@@ -123,11 +119,7 @@ def test_a_job_queued_behind_a_batch_counts_its_wait(bundle_dir, tmp_path):
     async def run() -> None:
         engine = await started(bundle_dir, tmp_path)
         model = HeldModel(engine)
-        first = asyncio.create_task(engine.infer(images(2)))
-        await model.entered()
-        queued = asyncio.create_task(engine.infer(images(3)))
-        while engine.pending == 0:
-            await asyncio.sleep(0)
+        first, queued = await model.one_in_one_behind(engine, images(2), images(3))
         model.open()
         await asyncio.gather(first, queued)
         reg, labels = engine.metrics.registry, {"model": engine.model_id}

@@ -31,6 +31,16 @@ class HeldModel:
         """Returns once a batch is in the model."""
         await asyncio.to_thread(self.running.wait, 30)
 
+    async def one_in_one_behind(self, engine: Engine, first: np.ndarray, then: np.ndarray
+                                ) -> tuple[asyncio.Task, asyncio.Task]:
+        """`first` in the model (held), then `then` in the queue behind it: their tasks."""
+        in_model = asyncio.create_task(engine.infer(first))
+        await self.entered()
+        queued = asyncio.create_task(engine.infer(then))
+        while engine.pending == 0:  # the loop's turn in which `then` enters the queue
+            await asyncio.sleep(0)
+        return in_model, queued
+
     def open(self) -> None:
         self.gate.set()
 
