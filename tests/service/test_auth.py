@@ -58,3 +58,23 @@ def test_the_session_cookie_opens_gets_only(bundle_dir, tmp_path):
         assert httpx.get(srv.url + "/").status_code == 200  # the page itself is open
     finally:
         srv.stop()
+
+
+def test_a_session_cookie_past_its_time_or_from_other_keys_is_refused() -> None:
+    """Signed cookies expire (SESSION_S after they were made) and die with the keys that
+    signed them: a rotated API key ends every session."""
+    import time
+
+    from pydantic import SecretStr
+
+    from simclr_embed.service.auth import COOKIE, SESSION_S, session_cookie, valid_cookie
+    from simclr_embed.service.settings import Settings
+
+    settings = Settings(api_key=SecretStr("k1"))
+    fresh = session_cookie(settings)
+    expired = session_cookie(settings, now=time.time() - SESSION_S - 1)
+    assert valid_cookie(settings, f"other=1; {COOKIE}={fresh}")
+    assert not valid_cookie(settings, f"{COOKIE}={expired}")
+    assert not valid_cookie(Settings(api_key=SecretStr("k2")), f"{COOKIE}={fresh}")
+    forged_time = fresh.replace(fresh.split(".")[0], str(int(fresh.split(".")[0]) + 3600))
+    assert not valid_cookie(settings, f"{COOKIE}={forged_time}")  # a later time, same signature

@@ -277,3 +277,30 @@ def test_a_sighup_while_the_models_load_is_kept_for_after(bundle_dir, tmp_path) 
                        capture_output=True, text=True, timeout=120,
                        cwd=Path(__file__).resolve().parents[2])
     assert r.returncode == 0 and "unchanged reloads: 1.0" in r.stdout, r.stderr[-2000:]
+
+
+def test_two_bundles_of_one_model_are_refused_at_start(bundle_dir: Path, tmp_path: Path) -> None:
+    """The same weights under two directory names would be two models with one id (and one
+    gallery): the start is refused, naming the id."""
+    import asyncio
+
+    from simclr_embed.errors import ConfigError
+    from simclr_embed.service.engine import Engine
+    from simclr_embed.service.metrics import Metrics
+    from simclr_embed.service.models import Models
+    from simclr_embed.service.settings import Settings
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle_dir, copy)
+    settings, metrics = Settings(data_dir=tmp_path / "data", threads=1), Metrics()
+    models = Models([bundle_dir, copy], metrics, 10, lambda d, previous: Engine(
+        settings, metrics, bundle_dir=d, previous=previous))
+
+    async def run() -> None:
+        try:
+            with pytest.raises(ConfigError, match="two bundles share the model id"):
+                await models.start()
+        finally:
+            await models.stop()
+
+    asyncio.run(run())
