@@ -15,7 +15,7 @@ from simclr_embed.service import special_cases
 from simclr_embed.service.app import create_app
 from simclr_embed.service.engine import CRASH_LIMIT
 from simclr_embed.service.settings import Settings
-from tests.support.servers import API_KEY, Server, png
+from tests.support.servers import API_KEY, Server, png, wait_for_metric
 
 IMG = np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)
 
@@ -110,24 +110,26 @@ def test_405_names_every_method_of_the_path(client, method, path, allow) -> None
 
 
 def test_overload_answers_503_with_retry_after(bundle_dir, tmp_path, cifar10) -> None:
-    srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_MAX_BATCH_SIZE="2",
-                 SIMCLR_EMBED_MAX_QUEUE_IMAGES="2", SIMCLR_EMBED_MAX_IMAGES_PER_REQUEST="2").start()
-    images = [png(x) for x in cifar10[1].images[:8]]
-
-    async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
-            return await asyncio.gather(*(
-                c.post("/v1/embed", files=[("files", ("a.png", images[i % 8], "image/png"))] * 2)
-                for i in range(40)))
+    """A queue of 2 images, held full by a request waiting out a 2 s gathering window: the next
+    request is refused at once with a whole 503, counted once."""
+    srv = Server(bundle_dir, tmp_path / "data", SIMCLR_EMBED_MAX_BATCH_SIZE="4",
+                 SIMCLR_EMBED_MAX_QUEUE_IMAGES="2", SIMCLR_EMBED_MAX_IMAGES_PER_REQUEST="2",
+                 SIMCLR_EMBED_MAX_WAIT_MS="2000").start()
+    files = [("files", ("a.png", png(cifar10[1].images[0]), "image/png"))] * 2
+    answers: list[httpx.Response] = []
 
     try:
-        responses = asyncio.run(burst())
-        codes = [r.status_code for r in responses]
-        assert set(codes) <= {200, 503} and codes.count(503) > 0, codes
-        refused = next(r for r in responses if r.status_code == 503)
+        holder = threading.Thread(target=lambda: answers.append(httpx.post(
+            srv.url + "/v1/embed", files=files, timeout=60)), daemon=True)
+        holder.start()
+        wait_for_metric(srv.url, "simclr_embed_queue_images", lambda n: n == 2)
+        refused = httpx.post(srv.url + "/v1/embed", files=files, timeout=60)
+        holder.join()
+        codes = [answers[0].status_code, refused.status_code]
+        assert codes == [200, 503], refused.text
         assert refused.headers["retry-after"] == "1"
         assert refused.json()["error"]["code"] == "overloaded"
-        after = httpx.post(srv.url + "/v1/embed", content=images[0],
+        after = httpx.post(srv.url + "/v1/embed", content=files[0][1][1],
                            headers={"content-type": "image/png"})
         assert after.status_code == 200
         metrics = httpx.get(srv.url + "/metrics").text
