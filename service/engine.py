@@ -230,7 +230,7 @@ class Engine:
             raise NotReady("the model is not running (stopped, or failed); retry",
                            headers={"Retry-After": "1"})
         self.admit(n)
-        tracing.annotate(**self.span_attributes)
+        tracing.annotate(self.span_attributes)
         request_log.note(model=self.model_id)
         if n == 1 and CASES.lone_run and self._idle():
             await asyncio.sleep(0)  # requests already read off the sockets enter the Gate first
@@ -271,8 +271,8 @@ class Engine:
         the gallery is in memory, else in a thread beside the others. The hop to a thread and
         back costs 0.14-0.21 ms against a 0.38-0.46 ms HNSW search at 200k
         (benchmarks/archive/search_hop.py)."""
-        with tracing.span("search", **{"search.k": k, "search.index": self.gallery.kind,
-                                       "search.filtered": f is not None}):
+        with tracing.span("search", {"search.k": k, "search.index": self.gallery.kind,
+                                     "search.filtered": f is not None}):
             if CASES.lone_run and self.gallery.in_memory and self.in_flight() <= 1:
                 await asyncio.sleep(0)  # requests already read off the sockets go first
                 if self.in_flight() <= 1:
@@ -291,7 +291,7 @@ class Engine:
         other request in flight there is nothing the loop could do meanwhile."""
         start = time.perf_counter()
         try:
-            with tracing.span("model run", **{"batch.size": 1}):
+            with tracing.span("model run", {"batch.size": 1}):
                 out = self._run(images)
         except Exception as e:
             log.exception("inference failed (lone run)")

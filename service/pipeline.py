@@ -91,7 +91,7 @@ async def decode_all(request: Request, engine: Engine, settings: Settings,
         finally:
             engine.metrics.decoding.dec()
 
-    with tracing.span("decode", images=len(imgs)):
+    with tracing.span("decode", {"images": len(imgs)}):
         arrays = [await one(imgs[0], names[0])] if len(imgs) == 1 else \
             await asyncio.gather(*map(one, imgs, names))
     if waited:  # a client that sent its body microseconds ago has not gone: no check then

@@ -74,14 +74,15 @@ def route(method: str, path: str) -> None:
         server.set_attribute("http.route", path)
 
 
-def span(name: str, **attributes: Any) -> AbstractContextManager[Span | None]:
+def span(name: str, attributes: Mapping[str, Any] | None = None
+         ) -> AbstractContextManager[Span | None]:
     """A child of the current span."""
     if tracer is None:
         return NULL
     return tracer.start_as_current_span(name, attributes=attributes)
 
 
-def annotate(**attributes: Any) -> None:
+def annotate(attributes: Mapping[str, Any]) -> None:
     """Attributes on the current span (the request's, where no child is open)."""
     if tracer is not None:
         trace.get_current_span().set_attributes(attributes)
