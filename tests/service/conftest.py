@@ -28,6 +28,9 @@ def client(server: ServiceProcess) -> Iterator[httpx.Client]:
         yield c
 
 
+PG_LIMITS = "&connect_timeout=30&options=-c%20statement_timeout%3D300s%20-c%20lock_timeout%3D60s"
+
+
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory) -> Iterator[str]:
     srv = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
@@ -42,4 +45,6 @@ def pg_url(pg_server: str, request) -> str:
     with psycopg.connect(pg_server, autocommit=True) as c:
         c.execute(f"DROP DATABASE IF EXISTS {name}")
         c.execute(f"CREATE DATABASE {name}")
-    return pg_server.replace("/postgres?", f"/{name}?")
+    # A wait on the database is bounded (libpq's own timeouts): a hung statement fails its
+    # test naming the query, where a thread blocked in libpq never sees pytest-timeout's alarm.
+    return pg_server.replace("/postgres?", f"/{name}?") + PG_LIMITS
