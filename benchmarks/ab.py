@@ -1,7 +1,8 @@
 """Two or more configurations of the service side by side over HTTP, round by round: wrk with one
 client (latency) and with 32 (throughput, p99), and the server's CPU per request split into its
 event loop's and its other threads'. A variant is settings (SIMCLR_EMBED_*) and arguments of
-benchmarks.variant_server, which every variant runs under, e.g. for a special case's evidence
+benchmarks.servers.variant_server, which every variant runs under, e.g. for a special case's
+evidence
 
     python -m benchmarks.ab --bundle bundles/default --out benchmarks/results/gc_settle.json \\
         settled unsettled:--no-settle
@@ -12,19 +13,20 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.benchmarks.harness import hardware, measurement, write_result, wrk
+from simclr_embed.benchmarks.parts.serving_http import closed_with_cpu
 from simclr_embed.benchmarks.process import ServiceProcess
-from simclr_embed.benchmarks.serving import closed_with_cpu, wrk
 
 log = logging.getLogger("benchmarks.ab")
 Variant = tuple[dict[str, str], list[str]]  # environment, variant_server arguments
-SERVER = "simclr_embed.benchmarks.variant_server"
+SERVER = "simclr_embed.benchmarks.servers.variant_server"
 KEYS = ("p50_ms", "p99_ms", "requests_per_s", "server_loop_cpu_ms_per_request",
         "server_other_cpu_ms_per_request")
 
@@ -57,7 +59,7 @@ def _measure(work: Path, bundle: Path, variants: dict[str, Variant], rounds: int
         for r in range(rounds):
             for name, srv in procs.items():
                 url = srv.url + "/v1/embed"
-                res[name]["sequential"].append(wrk(url, png, 1, seconds))
+                res[name]["sequential"].append(wrk(url, png, 1, seconds).result())
                 res[name]["closed_32"].append(closed_with_cpu(srv, url, png, seconds))
                 log.info("round %d %s: %.0f req/s at 32 clients", r, name,
                          res[name]["closed_32"][-1]["requests_per_s"])
@@ -75,9 +77,10 @@ def parse_variant(text: str) -> tuple[str, Variant]:
     return name, (env, [a for a in items if a.startswith("--")])
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+QUICK = {"rounds": 1, "seconds": 1}
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("variants", nargs="+", type=parse_variant,
                    help="name[:SIMCLR_EMBED_X=value,--no-hot-path,...]; the first is the "
                    "reference")
@@ -85,7 +88,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=float, default=8, help="per wrk run")
     p.add_argument("--out", required=True)
-    args = p.parse_args()
+
+
+def run(args: argparse.Namespace) -> None:
     res = compare(args.bundle, dict(args.variants), args.rounds, args.seconds)
     write_result(args.out, {"benchmark": "ab", "hardware": hardware(), "rounds": args.rounds,
                             "seconds": args.seconds, "variants": res})
@@ -93,5 +98,7 @@ def main() -> None:
         log.info("%s: %s", name, r)
 
 
+
+
 if __name__ == "__main__":
-    main()
+    measurement(__doc__, sys.modules[__name__])

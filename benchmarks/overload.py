@@ -15,12 +15,9 @@ are reported apart, with the work the server dropped unrun by stage (decode, mod
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import logging
-import resource
-import shutil
-import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -29,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.benchmarks.harness import hardware, hey, measurement, percentiles, write_result
 from simclr_embed.benchmarks.process import ServiceProcess
 
 log = logging.getLogger("overload")
@@ -50,51 +47,6 @@ def megabyte_png(data: str, target: int = 2**20) -> bytes:
         if buf.tell() >= target:
             return buf.getvalue()
     raise RuntimeError("could not reach the target size")
-
-
-def hey(args: list[str], csv_out: bool = True) -> subprocess.Popen:
-    exe = shutil.which("hey")
-    if exe is None:
-        raise SystemExit("hey is not installed: apt-get install hey (Debian)")
-    return subprocess.Popen([exe, *(["-o", "csv"] if csv_out else []), *args],
-                            stdout=subprocess.PIPE, text=True)
-
-
-def hey_summary(out: str) -> dict:
-    """From hey's summary: responses by status, and failed requests by error (a reset, ...)."""
-    found: dict[str, dict[str, int]] = {"status_counts": {}, "errors": {}}
-    section = None
-    for line in out.splitlines():
-        line = line.strip()
-        if line.startswith("Status code distribution"):
-            section = "status_counts"
-        elif line.startswith("Error distribution"):
-            section = "errors"
-        elif section and line.startswith("["):  # "[200] 129 responses", "[3] Post ...: err"
-            inside, _, rest = line[1:].partition("]")
-            if section == "status_counts":
-                key, count = inside, int(rest.split()[0])
-            else:  # one line per socket address: keep the kind of error only
-                key, count = rest.strip().rsplit(": ", 1)[-1], int(inside)
-            found[section][key] = found[section].get(key, 0) + count
-        elif not line:
-            section = None
-    return found
-
-
-def rows(out: str) -> list[tuple[float, int]]:
-    """(latency s, status) per request from hey's CSV."""
-    reader = csv.DictReader(io.StringIO(out))
-    return [(float(r["response-time"]), int(r["status-code"])) for r in reader]
-
-
-def summary(latencies: list[float]) -> dict:
-    if not latencies:
-        return {"n": 0}
-    ms = np.asarray(latencies) * 1000
-    return {"n": len(ms), "p50_ms": float(np.percentile(ms, 50)),
-            "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)),
-            "max_ms": float(ms.max())}
 
 
 def refusal_buckets(metrics: bytes) -> dict[str, float]:
@@ -128,7 +80,7 @@ def vm_hwm_mb(pid: int) -> float:
     return float("nan")
 
 
-def run(bundle: Path, body: bytes, clients: int, seconds: int, threads: int,
+def burst(bundle: Path, body: bytes, clients: int, seconds: int, threads: int,
         rate: float, workers: int = 1, deadline: float = 0) -> dict:
     """One server, one burst. rate 0: closed loop (each client sends again at once, refused or
     not: the worst case); rate r: open loop, each client r requests/s whatever the answers.
@@ -141,43 +93,40 @@ def run(bundle: Path, body: bytes, clients: int, seconds: int, threads: int,
             start_rss = srv.rss_mb()
             img = Path(tmp) / "big.png"
             img.write_bytes(body)
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
-            paced = ["-q", f"{rate:g}"] if rate else []
-            timeout = ["-H", f"X-Request-Timeout: {deadline:g}"] if deadline else []
-            args = ["-z", f"{seconds}s", "-c", str(clients // 2), *paced, *timeout, "-m", "POST",
-                    "-T", "image/png", "-D", str(img), srv.url + "/v1/embed"]
-            burst, counted = hey(args), hey(args, csv_out=False)
-            probe = hey(["-z", f"{seconds}s", "-c", "1", "-q", "20", srv.url + "/healthz"])
-            burst_out, probe_out = burst.communicate()[0], probe.communicate()[0]
-            failures = hey_summary(counted.communicate()[0])
+            timeout = [f"X-Request-Timeout: {deadline:g}"] if deadline else []
+            url = srv.url + "/v1/embed"
+            loads = [hey(url, clients // 2, seconds, img, rate, timeout),
+                     hey(url, clients // 2, seconds, img, rate, timeout, summary=True),
+                     hey(srv.url + "/healthz", 1, seconds, qps=20)]
+            burst, _, probe = loads
+            results = [load.result() for load in loads]
             wall = time.perf_counter() - t0
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
             peak = vm_hwm_mb(srv.pid)
             metrics = urllib.request.urlopen(srv.url + "/metrics").read()
             server_side, dropped = refusal_buckets(metrics), deadline_drops(metrics)
             log_text = srv.stop()
         finally:
             srv.stop()
-    results = rows(burst_out)
-    by_status: dict[int, list[float]] = {}
-    for latency, status in results:
-        by_status.setdefault(status, []).append(latency)
-    gen_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    other_half = results[1]
+    gen_cpu = sum(r["tool_cpu_s"] for r in results)
     return {
         "mode": (f"open loop, {rate:g} req/s per client ({rate * clients:g} offered)" if rate
                  else "closed loop (no pause between requests)")
         + (f", X-Request-Timeout {deadline:g} s" if deadline else ""),
         "clients": clients, "seconds": seconds, "body_bytes": len(body), "ort_threads": threads,
         "workers": workers,
-        "requests": len(results), "status_counts": {str(k): len(v) for k, v in by_status.items()},
-        "other_half": failures, "failed": sum(failures["errors"].values()),
-        "answered": summary(by_status.get(200, [])),
-        "refused": summary(by_status.get(503, [])),
-        "deadline_s": deadline or None, "past_deadline": summary(by_status.get(504, [])),
+        "requests": results[0]["requests"],
+        "status_counts": results[0]["status_counts"],
+        "other_half": {"status_counts": other_half["status_counts"],
+                       "errors": other_half["errors"]},
+        "failed": other_half["failed"],
+        "answered": percentiles(burst.latencies(200)),
+        "refused": percentiles(burst.latencies(503)),
+        "deadline_s": deadline or None, "past_deadline": percentiles(burst.latencies(504)),
         "deadline_dropped": dropped,
-        "answered_total": len(by_status.get(200, [])) + failures["status_counts"].get("200", 0),
-        "healthz": summary([lat for lat, _ in rows(probe_out)]),
+        "answered_total": len(burst.latencies(200)) + other_half["status_counts"].get("200", 0),
+        "healthz": percentiles([ms for _, ms, _ in probe.rows]),
         "server_rss_mb": {"start": start_rss, "peak": peak},
         "server_side_refusal_seconds_cumulative": server_side,
         "load_generator_cpu_s": gen_cpu, "load_generator_cpu_share": gen_cpu / wall / 2,
@@ -211,8 +160,11 @@ def markdown(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+QUICK = {"clients": 20, "seconds": 2, "rates": [0],
+         "out": Path("benchmarks/results/quick/overload")}
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, default=Path("bundles/default"))
     p.add_argument("--data", default="../shared/data/cifar10")
     p.add_argument("--clients", type=int, default=200)
@@ -226,11 +178,12 @@ def main() -> None:
                    help="X-Request-Timeout of every request in s, one run each; 0 = none")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/overload"))
     p.add_argument("--name", default="overload", help="the result files' name")
-    args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+
+def run(args: argparse.Namespace) -> None:
     body = megabyte_png(args.data)
     log.info("body: %d bytes; %d clients for %d s", len(body), args.clients, args.seconds)
-    runs = [run(args.bundle, body, args.clients, args.seconds, args.threads, rate, args.workers,
+    runs = [burst(args.bundle, body, args.clients, args.seconds, args.threads, rate, args.workers,
                 deadline) for rate in args.rates for deadline in args.deadlines]
     write_result(args.out / f"{args.name}.json", {"benchmark": "overload", "hardware": hardware(),
                                                    "bundle": args.bundle.name, "runs": runs})
@@ -238,5 +191,7 @@ def main() -> None:
     log.info("\n%s", markdown(runs))
 
 
+
+
 if __name__ == "__main__":
-    main()
+    measurement(__doc__, sys.modules[__name__])

@@ -97,12 +97,12 @@ def model_swap(root: Path) -> str:
         return f"{sorted(r[key] for r in runs)[len(runs) // 2]:.1f}"
 
     hey = d["hey_swap"]
-    rows = [["wrk, no swap", med(d["wrk_baseline"], "req_per_s"),
+    rows = [["wrk, no swap", med(d["wrk_baseline"], "requests_per_s"),
              med(d["wrk_baseline"], "p50_ms"), med(d["wrk_baseline"], "p99_ms"),
-             sum(r["non2xx"] + r["socket_errors"] for r in d["wrk_baseline"])],
-            ["wrk, one swap a third of the way in", med(d["wrk_swap"], "req_per_s"),
+             sum(r["non2xx"] + r["failed"] for r in d["wrk_baseline"])],
+            ["wrk, one swap a third of the way in", med(d["wrk_swap"], "requests_per_s"),
              med(d["wrk_swap"], "p50_ms"), med(d["wrk_swap"], "p99_ms"),
-             sum(r["non2xx"] + r["socket_errors"] for r in d["wrk_swap"])],
+             sum(r["non2xx"] + r["failed"] for r in d["wrk_swap"])],
             ["hey, requests sent during the swap", "",
              med([r["during_swap"] for r in hey], "p50_ms"),
              med([r["during_swap"] for r in hey], "p99_ms"), sum(r["non2xx"] for r in hey)],

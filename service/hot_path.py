@@ -9,7 +9,7 @@ run of 3 x 300 queries).
 Which routes: those that declare `fast=` in their policy (service/policy.py). Same functions,
 same errors: the FastAPI routes run `embed_response` / `search_response` too,
 and exceptions become responses through the app's own handlers (service/handlers.py). The
-routes stay for OpenAPI and for benchmarks.variant_server --no-hot-path. Everything else,
+routes stay for OpenAPI and for benchmarks.servers.variant_server --no-hot-path. Everything else,
 other methods on these paths included, goes on to FastAPI. This sits inside the Gate, so
 admission, body limits, the API key and the request metrics are the same on both paths.
 """

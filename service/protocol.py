@@ -89,6 +89,6 @@ class LingeringHttp(HttpToolsProtocol):
         self.scope.setdefault("extensions", {})[EXTENSION] = {}  # the Gate may close
 
 
-# How `simclr-embed serve` (and benchmarks.variant_server) run uvicorn: this protocol, up to
+# How `simclr-embed serve` (and benchmarks.servers.variant_server) run uvicorn: this protocol, up to
 # 20 s for requests in flight at SIGTERM, no access log.
 UVICORN_OPTIONS = {"http": LingeringHttp, "timeout_graceful_shutdown": 20, "access_log": False}

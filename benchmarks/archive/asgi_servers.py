@@ -22,9 +22,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.benchmarks.harness import hardware, write_result, wrk
 from simclr_embed.benchmarks.process import ServiceProcess, free_port
-from simclr_embed.benchmarks.serving import wrk
 
 log = logging.getLogger("asgi_servers")
 
@@ -53,7 +52,7 @@ def start_granian(bundle: Path, data_dir: Path, log_path: Path) -> tuple[subproc
     env = {**os.environ, "SIMCLR_EMBED_BUNDLE": str(bundle), "SIMCLR_EMBED_DATA_DIR": str(data_dir)}
     proc = subprocess.Popen([exe, "--interface", "asgi", "--host", "127.0.0.1", "--port",
                              str(port), "--workers", "1", "--log-level", "warning",
-                             "simclr_embed.benchmarks.granian_app:app"], env=env,
+                             "simclr_embed.benchmarks.servers.granian_app:app"], env=env,
                             stdout=log_path.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -69,9 +68,9 @@ def start_granian(bundle: Path, data_dir: Path, log_path: Path) -> tuple[subproc
 
 
 def measure(url: str, pid: int, png: Path, seconds: float) -> dict:
-    lone = wrk(url + "/v1/embed", png, 1, seconds)
+    lone = wrk(url + "/v1/embed", png, 1, seconds).result()
     before = tree_cpu_s(pid)
-    loaded = wrk(url + "/v1/embed", png, 32, seconds)
+    loaded = wrk(url + "/v1/embed", png, 32, seconds).result()
     answered = max(loaded["requests"] - loaded["non2xx"], 1)
     return {"lone_p50_ms": lone["p50_ms"], "lone_p99_ms": lone["p99_ms"],
             "requests_per_s_32": loaded["requests_per_s"], "p99_ms_32": loaded["p99_ms"],

@@ -10,7 +10,7 @@ import logging
 import tempfile
 from dataclasses import replace
 
-from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.benchmarks.harness import hardware, write_result
 from simclr_embed.training.augment import AugmentConfig
 from simclr_embed.training.checkpoint import load_checkpoint
 from simclr_embed.training.train import TrainConfig, train

@@ -27,9 +27,9 @@ from PIL import Image
 
 from simclr_embed.benchmarks.archive.asgi_servers import tree_cpu_s
 from simclr_embed.benchmarks.archive.refusal_floor import wait_for_port
-from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.benchmarks.harness import hardware, write_result, wrk
+from simclr_embed.benchmarks.parts.serving_http import images_per_s
 from simclr_embed.benchmarks.process import ServiceProcess, free_port
-from simclr_embed.benchmarks.serving import images_per_s, wrk
 from simclr_embed.service.bundle import load_bundle
 from simclr_embed.service.runtime import make_session
 
@@ -99,10 +99,10 @@ def engine_b1_p50_ms(session, image: np.ndarray, reps: int = 200) -> float:
 def measure(url: str, pid: int, png: Path, seconds: float, session, images: np.ndarray
             ) -> dict:
     b1 = engine_b1_p50_ms(session, images[0])
-    lone = wrk(url, png, 1, seconds)
+    lone = wrk(url, png, 1, seconds).result()
     b64 = images_per_s(session, images)
     before = tree_cpu_s(pid)
-    loaded = wrk(url, png, 32, seconds)
+    loaded = wrk(url, png, 32, seconds).result()
     answered = max(loaded["requests"] - loaded["non2xx"], 1)
     return {"engine_b1_p50_ms": b1, "lone_p50_ms": lone["p50_ms"],
             "lone_vs_engine_b1": lone["p50_ms"] / b1, "engine_b64_images_per_s": b64,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.benchmarks.harness import hardware, write_result
 from simclr_embed.export.onnx_export import EXPORTERS, export_onnx
 from simclr_embed.export.report import interleaved_latency
 from simclr_embed.service.runtime import make_session

@@ -14,7 +14,7 @@ import logging
 
 import numpy as np
 
-from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.benchmarks.harness import hardware, write_result
 from simclr_embed.service.bundle import load_bundle
 from simclr_embed.service.runtime import (
     OpenVinoSession,

@@ -15,7 +15,7 @@ import logging
 import time
 from pathlib import Path
 
-from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.benchmarks.harness import hardware, write_result
 from simclr_embed.training.train import RECIPES, TrainConfig, train
 
 log = logging.getLogger("recipes")

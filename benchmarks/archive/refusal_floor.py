@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from simclr_embed.benchmarks.common import hardware, write_result
-from simclr_embed.benchmarks.overload import hey, hey_summary, megabyte_png, rows, summary
+from simclr_embed.benchmarks.harness import hardware, hey, percentiles, write_result
+from simclr_embed.benchmarks.overload import megabyte_png
 from simclr_embed.benchmarks.process import ServiceProcess, free_port
 from simclr_embed.service.protocol import Drain
 
@@ -151,17 +151,15 @@ def one_run(kind: str, bundle: Path, body: Path, clients: int, seconds: int,
     with tempfile.TemporaryDirectory() as tmp:
         url, handle = start(kind, Path(tmp), bundle)
         try:
-            args = ["-z", f"{seconds}s", "-c", str(clients // 2), "-q", f"{rate:g}", "-m",
-                    "POST", "-T", "image/png", "-D", str(body), url]
-            timed, counted = hey(args), hey(args, csv_out=False)
-            answers = rows(timed.communicate()[0])
-            failures = hey_summary(counted.communicate()[0])
+            timed = hey(url, clients // 2, seconds, body, rate)
+            counted = hey(url, clients // 2, seconds, body, rate, summary=True)
+            answers, failures = timed.result(), counted.result()
         finally:
             stop(handle)
-    refused = [lat for lat, status in answers if status == 503]
-    return {"server": kind, "requests": len(answers), "refused": summary(refused),
-            "answered_200": sum(status == 200 for _, status in answers),
-            "failed": sum(failures["errors"].values()), "failed_by_error": failures["errors"]}
+    return {"server": kind, "requests": answers["requests"],
+            "refused": percentiles(timed.latencies(503)),
+            "answered_200": len(timed.latencies(200)),
+            "failed": failures["failed"], "failed_by_error": failures["errors"]}
 
 
 def medians(runs: list[dict]) -> dict[str, dict]:

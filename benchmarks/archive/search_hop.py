@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from simclr_embed.benchmarks.common import hardware, write_result
-from simclr_embed.benchmarks.gallery_growth import pct
-from simclr_embed.benchmarks.gallery_million import noisy
+from simclr_embed.benchmarks.harness import hardware, percentiles, write_result
+from simclr_embed.benchmarks.parts.gallery_million import noisy
 from simclr_embed.service.bundle import load_bundle, model_id
 from simclr_embed.service.gallery import Gallery
 from simclr_embed.service.store import Space
@@ -73,7 +72,7 @@ def main() -> None:
         queries = noisy(new[rng.integers(0, len(new), 300)], 0.01, rng)
         times = asyncio.run(compare(g, queries, args.rounds))
         g.close()
-    out = {k: pct(v) for k, v in times.items()}
+    out = {k: percentiles(v) for k, v in times.items()}
     hop = np.median(np.array(times["in a thread"]) - np.array(times["on the loop"]))
     log.info("%s; the hop: %.3f ms", out, hop)
     write_result(args.out, {"benchmark": "search_hop", "hardware": hardware(),

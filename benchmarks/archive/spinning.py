@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from simclr_embed.benchmarks.ab import compare
-from simclr_embed.benchmarks.common import hardware, write_result
-from simclr_embed.benchmarks.serving import pct
+from simclr_embed.benchmarks.harness import hardware, percentiles, write_result
 from simclr_embed.service.bundle import load_bundle
 from simclr_embed.service.runtime import SPINNING, make_session
 
@@ -42,7 +41,7 @@ def engine(bundle: Path, threads: int, rounds: int, reps: int) -> list[dict]:
                     t0 = time.perf_counter()
                     pool.submit(s.run, None, {"pixels": images[:b]}).result()
                     samples[(mode, b, gap)].append((time.perf_counter() - t0) * 1000)
-    return [{"spinning": mode, "batch": b, "idle_gap_s": gap} | pct(v)
+    return [{"spinning": mode, "batch": b, "idle_gap_s": gap} | percentiles(v)
             for (mode, b, gap), v in samples.items()]
 
 

@@ -22,7 +22,7 @@ def test_variant_syntax() -> None:
 def test_quick_ab_run(bundle_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "ab.json"
     subprocess.run([sys.executable, "-m", "simclr_embed.benchmarks.ab", "--bundle",
-                    str(bundle_dir), "--rounds", "1", "--seconds", "2", "--out", str(out),
+                    str(bundle_dir), "--quick", "--out", str(out),
                     "a", "b:--no-settle"], check=True, timeout=300)
     res = json.loads(out.read_text())["variants"]
     assert res["b"]["args"] == ["--no-settle"]

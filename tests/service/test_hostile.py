@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support.servers import API_KEY, Server, metric, png, wait_for_metric
+from tests.support.servers import API_KEY, Server, hey, metric, png, wait_for_metric
 
 IMG = png(np.random.default_rng(1).integers(0, 256, (32, 32, 3), np.uint8))
 PNG = {"content-type": "image/png"}
@@ -164,20 +164,17 @@ def test_a_flood_of_large_bodies_gets_whole_503s_never_resets(bundle_dir, tmp_pa
     a complete 503 with Retry-After on a connection left open (the rest of the body is read
     and dropped), so no request fails with a connection reset (1,574 did at 200 clients when
     refusals closed the connection unread), and /healthz answers throughout."""
-    from simclr_embed.benchmarks.overload import hey, hey_summary
-
     srv = Server(bundle_dir, tmp_path / "data").start()
     body = tmp_path / "big.png"
     body.write_bytes(png(np.random.default_rng(3).integers(0, 256, (600, 600, 3), np.uint8)))
     assert body.stat().st_size > 2**20
     try:
-        flood = hey(["-z", "6s", "-c", "100", "-m", "POST", "-T", "image/png", "-D", str(body),
-                     srv.url + "/v1/embed"], csv_out=False)
+        flood = hey(srv.url + "/v1/embed", 100, 6, body, summary=True)
         health = []  # back to back for as long as the flood lasts
-        while flood.poll() is None:
+        while flood.running():
             health.append(httpx.get(srv.url + "/healthz", timeout=10).status_code)
-        got = hey_summary(flood.communicate(timeout=60)[0])
-        assert got["errors"] == {}, got
+        got = flood.result()
+        assert got["errors"] == {} and got["failed"] == 0, got
         assert set(got["status_counts"]) == {"200", "503"}, got
         assert len(health) > 20 and set(health) == {200}, health
         text = httpx.get(srv.url + "/metrics").text

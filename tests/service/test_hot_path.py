@@ -30,7 +30,7 @@ def route_server(bundle_dir: Path, tmp_path_factory) -> Iterator[ServiceProcess]
     """The session's `server`, but /v1/embed goes through FastAPI's route."""
     srv = Server(bundle_dir, tmp_path_factory.mktemp("route") / "data",
                  SIMCLR_EMBED_MAX_BODY_BYTES=str(2 * 2**20))
-    srv.module = "simclr_embed.benchmarks.variant_server --no-hot-path"
+    srv.module = "simclr_embed.benchmarks.servers.variant_server --no-hot-path"
     srv.start()
     yield srv
     srv.stop()

@@ -17,8 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from simclr_embed.benchmarks.otlp_sink import Receiver, Span
-from tests.support.servers import Server, ServiceProcess, png, wait_for_metric
+from tests.support.servers import Receiver, Server, ServiceProcess, Span, png, wait_for_metric
 
 IMG = png(np.random.default_rng(8).integers(0, 256, (32, 32, 3), np.uint8))
 SERVER = 2  # SpanKind SERVER in OTLP's enum

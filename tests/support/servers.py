@@ -1,5 +1,7 @@
 """Real service processes with the tests' settings, the bodies tests send, and the metrics they
-read back."""
+read back. The process, the load generators (hey) and the OTLP receiver are the benchmarks'
+harness (simclr_embed.benchmarks), shared so that tests and benchmarks start and drive a server
+one way; tests take them from here."""
 
 from __future__ import annotations
 
@@ -13,7 +15,11 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from simclr_embed.benchmarks.harness import hey
 from simclr_embed.benchmarks.process import ServiceProcess
+from simclr_embed.benchmarks.servers.otlp_sink import Receiver, Span
+
+__all__ = ["Receiver", "ServiceProcess", "Span", "hey"]
 
 API_KEY = "test-key"
 

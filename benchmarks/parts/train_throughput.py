@@ -1,7 +1,7 @@
 """Training-step throughput of SimCLR (augment + forward + InfoNCE + backward + step) per
 precision, variants interleaved over rounds so that machine drift hits them all alike.
 
-    python -m benchmarks.train_throughput --out benchmarks/results/train_throughput_cpu.json
+    python -m benchmarks.train throughput --out benchmarks/results/train_throughput_cpu.json
 
 Reports per variant: median / p5 / p95 step time, images/s (median), peak memory, plus the
 hardware and versions. Real CIFAR-10 images when --data is given, else random uint8 images.
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.benchmarks.harness import hardware, write_result
 from simclr_embed.training.augment import AugmentConfig, Normalize, two_views
 from simclr_embed.training.distributed import simclr_loss
 from simclr_embed.training.model import ModelConfig, SimCLR
@@ -93,8 +93,11 @@ def load_images(data: str | None, n: int) -> tuple[np.ndarray, str]:
     return stratified_subset(train, n // len(train.classes)).images, data
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+QUICK = {"batch_size": 16, "rounds": 2, "steps": 1, "precisions": "fp32",
+         "out": "benchmarks/results/quick/train_throughput.json"}
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="data source; random images when omitted")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--rounds", type=int, default=5)
@@ -102,8 +105,9 @@ def main() -> None:
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--out", default="benchmarks/results/train_throughput.json")
-    args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+
+def run(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     images_np, source = load_images(args.data, args.batch_size)
     images = torch.from_numpy(images_np[: args.batch_size]).to(device)
@@ -135,7 +139,3 @@ def main() -> None:
                  row["images_per_s"], row["step_s_median"], row["peak_memory_mb"],
                  row["speedup_vs_" + rows[0]["variant"]])
     log.info("wrote %s", out)
-
-
-if __name__ == "__main__":
-    main()

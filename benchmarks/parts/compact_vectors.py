@@ -9,7 +9,7 @@ JSON) and the HTTP response of `POST /v1/embed?encoding_format=...` for 16 image
 bytes). Dimensions (the bundle's PCA rotation): recall@10 against 512-d search, kNN top-1 (k=20)
 and linear-probe top-1 (softmax regression on the reduced gallery vectors).
 
-    python -m benchmarks.compact_vectors --bundle bundles/default
+    python -m benchmarks.serving compact --bundle bundles/default
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import orjson
 import torch
 from PIL import Image
 
-from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.benchmarks.harness import hardware, percentiles, write_result
 from simclr_embed.benchmarks.process import ServiceProcess
 from simclr_embed.export.report import top_k_ids
 from simclr_embed.service.bundle import load_bundle
@@ -130,31 +130,33 @@ def http_table(bundle_dir: Path, images: np.ndarray, rounds: int) -> dict:
                         size[fmt] = len(r.content)
         finally:
             srv.stop()
-    return {f: {"p50_ms": float(np.median(v)), "p95_ms": float(np.percentile(v, 95)),
-                "n": len(v), "response_bytes_16_images": size[f]} for f, v in samples.items()}
+    return {f: percentiles(v) | {"response_bytes_16_images": size[f]}
+            for f, v in samples.items()}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+QUICK = {"http_rounds": 2, "queries": 500, "out": "benchmarks/results/quick/compact_vectors.json"}
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", default="bundles/default")
     p.add_argument("--data", default="../shared/data/cifar10")
     p.add_argument("--http-rounds", type=int, default=30)
+    p.add_argument("--queries", type=int, default=None,
+                   help="the first N test images as queries (all 10,000 when omitted)")
     p.add_argument("--out", default="benchmarks/results/compact_vectors.json")
-    args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+
+def run(args: argparse.Namespace) -> None:
     bundle = load_bundle(args.bundle)
     _, gy, gallery = bundle.gallery("int8")
     test = load_dataset(args.data, int(bundle.manifest["input"]["size"]))[1]
-    queries, _ = run_batches(make_session(bundle.encoder_path("int8")), test.images)
+    images, labels = test.images[:args.queries], test.labels[:args.queries]
+    queries, _ = run_batches(make_session(bundle.encoder_path("int8")), images)
     truth = top_k_ids(queries, gallery)
     result = {"benchmark": "compact_vectors", "hardware": hardware(),
               "gallery": len(gallery), "queries": len(queries),
               "formats": formats_table(gallery, queries, truth, bundle.pca()),
-              "dimensions": dimensions_table(bundle, gallery, gy, queries, test.labels, truth),
-              "http_embed_16_images": http_table(Path(args.bundle), test.images,
+              "dimensions": dimensions_table(bundle, gallery, gy, queries, labels, truth),
+              "http_embed_16_images": http_table(Path(args.bundle), images,
                                                  args.http_rounds)}
     log.info("wrote %s", write_result(args.out, result))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,9 +1,9 @@
 """A picture of one batched request's trace from a real run: a server traced to
-benchmarks.otlp_sink, two /v1/classify requests of two images each queued within its gathering
-window (so they share a model batch), and their spans drawn on one time axis
+benchmarks.servers.otlp_sink, two /v1/classify requests of two images each queued within its
+gathering window (so they share a model batch), and their spans drawn on one time axis
 (benchmarks/results/tracing/batched_trace.png, shown in the README).
 
-    python -m benchmarks.trace_picture --bundle bundles/default
+    python -m benchmarks.serving trace --bundle bundles/default
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import httpx
 
-from simclr_embed.benchmarks.otlp_sink import Receiver, Span
 from simclr_embed.benchmarks.process import ServiceProcess
+from simclr_embed.benchmarks.servers.otlp_sink import Receiver, Span
 
 log = logging.getLogger("trace_picture")
 STAGES = ("receive body", "admission", "decode", "queue wait", "model run", "search")
@@ -83,13 +83,16 @@ def draw(spans: list[Span], ids: list[str], out: Path) -> None:
     fig.savefig(out, dpi=110)
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+QUICK = {"out": Path("benchmarks/results/quick/tracing")}
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, default=Path("bundles/default"))
     p.add_argument("--image", type=Path, default=Path("examples/cat.png"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/tracing"))
-    args = p.parse_args()
+
+
+def run(args: argparse.Namespace) -> None:
     with Receiver() as receiver, tempfile.TemporaryDirectory() as tmp:
         srv = ServiceProcess(args.bundle, Path(tmp) / "data", Path(tmp) / "server.log",
                              OTEL_TRACES_EXPORTER="otlp", OTEL_BSP_SCHEDULE_DELAY="20",
@@ -106,7 +109,3 @@ def main() -> None:
     (args.out / "batched_trace.json").write_text(json.dumps(
         [s.__dict__ for s in mine], indent=1))
     log.info("wrote %s", args.out / "batched_trace.png")
-
-
-if __name__ == "__main__":
-    main()

@@ -12,8 +12,8 @@ keep its cluster structure; queries are stored vectors with a little noise (sigm
 where recall has to be measured and held, #39). Each step also searches 1,000 stored vectors
 with k=1: how many come back as their own first hit, and what `/v1/model` says of the recall.
 
-    python -m benchmarks.gallery_growth --bundle bundles/default
-    python -m benchmarks.gallery_growth --bundle bundles/default --random --added 200000 \
+    python -m benchmarks.gallery search growth --bundle bundles/default
+    python -m benchmarks.gallery search growth --bundle bundles/default --random --added 200000 \
         --out benchmarks/results/gallery_growth_random.json
 """
 
@@ -32,18 +32,12 @@ import httpx
 import numpy as np
 import orjson
 
-from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.benchmarks.harness import hardware, percentiles, write_result
 from simclr_embed.benchmarks.process import ServiceProcess
 from simclr_embed.service.bundle import load_bundle
 
 log = logging.getLogger("gallery_growth")
 KEY = "bench-key"
-
-
-def pct(ms: list[float]) -> dict:
-    a = np.asarray(ms)
-    return {"n": len(a), "p50_ms": float(np.percentile(a, 50)),
-            "p95_ms": float(np.percentile(a, 95)), "p99_ms": float(np.percentile(a, 99))}
 
 
 def post(c: httpx.Client, path: str, body: dict) -> httpx.Response:
@@ -126,16 +120,17 @@ def step(name: str, srv: ServiceProcess, c: httpx.Client, all_ids, emb, live, la
     rare = live & (labels == "c7")
     f_times, f_got = searches(c, queries[:50], filt={"label": "c7"})
     f_want = exact(all_ids, emb, rare, queries[:50])
-    base = pct(healthz)
+    base = percentiles(healthz)
     out = {"step": name, "quiet_after_s": quiet_after_s, "index": model["gallery_index"],
            "size": model["gallery_size"], "gallery_recall": model.get("gallery_recall"),
            "self_hit_k1": self_hits(c, all_ids, emb, live),
-           "search": pct(times), "healthz": base,
-           "search_over_healthz_p50_ms": pct(times)["p50_ms"] - base["p50_ms"],
+           "search": percentiles(times), "healthz": base,
+           "search_over_healthz_p50_ms": percentiles(times)["p50_ms"] - base["p50_ms"],
            # Each search minus the /healthz right after it: drift within the step cancels.
            "search_over_healthz_paired_p50_ms": float(np.median(np.subtract(times, healthz))),
            "recall_at_10": recall(got, want),
-           "filter_fraction": float(rare.sum() / live.sum()), "filtered_search": pct(f_times),
+           "filter_fraction": float(rare.sum() / live.sum()),
+           "filtered_search": percentiles(f_times),
            "filtered_recall_at_10": recall(f_got, f_want),
            "filtered_all_match": all(i in set(all_ids[rare]) for row in f_got for i in row),
            "rss_mb": srv.rss_mb()}
@@ -166,7 +161,7 @@ def wait_index(c: httpx.Client, kind: str, timeout: float = 1800) -> float:
     return time.perf_counter() - t0
 
 
-def run(bundle_dir: Path, added: int, deleted: int, keep: Path | None = None,
+def grow(bundle_dir: Path, added: int, deleted: int, keep: Path | None = None,
         pg_url: str | None = None, random: bool = False) -> dict:
     bundle = load_bundle(bundle_dir)
     b_ids, b_labels, b_emb = bundle.gallery("int8")
@@ -240,12 +235,17 @@ def delete_under_searches(c: httpx.Client, ids: list[str], queries: np.ndarray) 
         batch_s.append(time.perf_counter() - t0)
     stop.set()
     t.join()
-    return {"delete_1000_ids_s": pct([x * 1000 for x in batch_s]),
-            "search_during_deletes": pct(lat)}
+    return {"delete_1000_ids_s": percentiles([x * 1000 for x in batch_s]),
+            "search_during_deletes": percentiles(lat)}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+# Random vectors: a gallery this small may well be served exactly, and only bundle-like vectors
+# wait for the HNSW index.
+QUICK = {"added": 1000, "deleted": 100, "random": True,
+         "out": Path("benchmarks/results/quick/gallery_growth.json")}
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, default=Path("bundles/default"))
     p.add_argument("--added", type=int, default=150_000)
     p.add_argument("--deleted", type=int, default=20_000)
@@ -255,12 +255,13 @@ def main() -> None:
                    "vectors, not the bundle's with noise")
     p.add_argument("--pg", action="store_true",
                    help="the gallery in PostgreSQL + pgvector (a pgserver instance started here)")
-    args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+
+def run(args: argparse.Namespace) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(postgres()) if args.pg else None
-        result = run(args.bundle, args.added, args.deleted, args.keep, url, args.random)
+        result = grow(args.bundle, args.added, args.deleted, args.keep, url, args.random)
     write_result(args.out, {"benchmark": "gallery_growth", "hardware": hardware(),
                             "store": "pgvector" if args.pg else "sqlite+faiss",
                             "added_vectors": "random" if args.random else "bundle + noise",
@@ -278,7 +279,3 @@ def postgres() -> Iterator[str]:
             yield srv.get_uri()
         finally:
             srv.cleanup()
-
-
-if __name__ == "__main__":
-    main()

@@ -3,8 +3,8 @@
 backward + step), the host syncs per step, the heaviest operators, and the step's FLOPs
 (torch.utils.flop_counter), hence images/s and, on a GPU, the share of its bf16 matrix rate.
 
-    python -m benchmarks.step_profile                       # CPU, a few minutes on 2 cores
-    python -m benchmarks.step_profile --batch-size 512 --train-per-class 1000 --compile \\
+    python -m benchmarks.train profile                       # CPU, a few minutes on 2 cores
+    python -m benchmarks.train profile --batch-size 512 --train-per-class 1000 --compile \\
         --peak-tflops 989 --out $OUT/step_profile.json      # one H200 (dense bf16 peak)
 """
 
@@ -20,7 +20,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.benchmarks.harness import hardware, write_result
 from simclr_embed.training import distributed
 from simclr_embed.training.augment import two_views
 from simclr_embed.training.train import RECIPES, Run, TrainConfig, build_run, train_epoch
@@ -89,8 +89,11 @@ def summarize(events: dict, wall: float, run: Run, flops: int, peak_tflops: floa
     }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+QUICK = {"train_per_class": 4, "batch_size": 16,
+         "out": Path("benchmarks/results/quick/step_profile.json")}
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="../shared/data/cifar10")
     p.add_argument("--recipe", default="cifar", choices=tuple(RECIPES))
     p.add_argument("--train-per-class", type=int, default=26)
@@ -99,9 +102,9 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's dense bf16 matrix rate, for share_of_peak")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/step_profile_cpu.json"))
-    args = p.parse_args()
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig.recipe(args.recipe, data=args.data, out_dir=tmp, epochs=2,
                                  warmup_epochs=1, train_per_class=args.train_per_class,
@@ -120,7 +123,3 @@ def main() -> None:
                  s["device_ms_per_step"])
     log.info("%.0f images/s, %.2f TFLOP/s achieved, host syncs per step: %s",
              res["images_per_s"], res["achieved_tflops"], res["host_syncs_per_step"])
-
-
-if __name__ == "__main__":
-    main()

@@ -3,7 +3,7 @@ Runtime (or OpenVINO, SIMCLR_EMBED_PROVIDER=openvino, so that the comparison can
 engine). One uvicorn worker, Pillow decode, one session, no batching, no admission control;
 the route blocks the event loop for the decode and the model, so requests run one at a time.
 
-    SIMCLR_EMBED_BUNDLE=bundles/default python -m simclr_embed.benchmarks.naive_server
+    SIMCLR_EMBED_BUNDLE=bundles/default python -m simclr_embed.benchmarks.servers.naive_server
 """
 
 from __future__ import annotations

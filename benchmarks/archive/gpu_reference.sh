@@ -13,9 +13,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 if [[ " $* " == *" --ablation "* ]]; then
   if [[ " $* " == *" --smoke "* ]]; then size=(--batch-size 64 --train-per-class 13)
   else size=(--batch-size 512 --train-per-class 1000 --compile --peak-tflops 989); fi
-  python3 -m benchmarks.step_profile --data .data/cifar10 "${size[@]}" \
+  python3 -m benchmarks.train profile --data .data/cifar10 "${size[@]}" \
     --out "$out/step_profile.json" 2>&1 | tee "$out/step_profile_log.txt"
 fi
-python3 -m benchmarks.gpu_reference --data .data/cifar10 --out "$out" "$@" 2>&1 \
+python3 -m benchmarks.archive.gpu_reference --data .data/cifar10 --out "$out" "$@" 2>&1 \
   | tee -a "$out/log.txt"
 ls -la "$out"

@@ -3,7 +3,7 @@ budget trims the epoch count if the GPU is slower than planned), evaluate (kNN, 
 and the crop + flip probe), export FP32 + INT8, and write summary.json, the curves and the
 released weights (models/simclr-resnet18-cifar10.safetensors).
 
-    python -m benchmarks.gpu_reference --data .data/cifar10 --out $OUT --deadline-s 560
+    python -m benchmarks.archive.gpu_reference --data .data/cifar10 --out $OUT --deadline-s 560
 
 `--ablation` spends a second call on the seed's grid (tau {0.05, 0.1, 0.2} x head depth {1, 2},
 ABLATION_EPOCHS each on the whole training split, with alignment and uniformity per cell), cell
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.benchmarks.harness import hardware, write_result
 from simclr_embed.export.build import ExportConfig, build_bundle
 from simclr_embed.training.ablate import AblateConfig, run_ablation, write_report
 from simclr_embed.training.checkpoint import load_checkpoint

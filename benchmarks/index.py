@@ -8,13 +8,14 @@ Reported: images/s of each (the pipeline's own, from the job's report) and as a 
 raw engine measured just before it, plus the whole job's wall time (Ray's start included), so
 the cost of Ray on one small machine shows.
 
-    python -m benchmarks.index_throughput --bundle bundles/default
+    python -m benchmarks.index --bundle bundles/default
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tarfile
 import tempfile
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.benchmarks.harness import hardware, measurement, write_result
 from simclr_embed.service.bundle import load_bundle
 from simclr_embed.service.indexer import IndexJob, run_index
 from simclr_embed.service.preprocess import decode_image
@@ -79,8 +80,11 @@ def index_once(source: Path, settings: Settings, work: Path, ray: str | None) ->
             "indexed": report["indexed"]}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+QUICK = {"images": 300, "large": 20, "rounds": 1, "no_ray": True,
+         "out": "benchmarks/results/quick/index_throughput.json"}
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", default="bundles/default")
     p.add_argument("--data", default="../shared/data/cifar10")
     p.add_argument("--images", type=int, default=10_000)
@@ -88,8 +92,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-ray", action="store_true")
     p.add_argument("--out", default="benchmarks/results/index_throughput.json")
-    args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+
+def run(args: argparse.Namespace) -> None:
     settings = Settings(bundle=Path(args.bundle))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -122,5 +127,7 @@ def main() -> None:
     log.info("wrote %s", write_result(args.out, result))
 
 
+
+
 if __name__ == "__main__":
-    main()
+    measurement(__doc__, sys.modules[__name__])

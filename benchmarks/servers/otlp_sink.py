@@ -1,10 +1,10 @@
 """An OTLP/HTTP trace endpoint (POST /v1/traces, protobuf), as a collector would run one: it
 answers every export at once and decodes the spans into plain records. What a traced server
 costs is measured against it (`benchmarks.ab` variants with OTEL_EXPORTER_OTLP_ENDPOINT pointing
-here; docs/benchmarks.md, "Tracing"), benchmarks.trace_picture draws what it received, and the
+here; docs/benchmarks.md, "Tracing"), `benchmarks.serving trace` draws what it received, and the
 tests check the spans a server sends (tests/service/test_tracing.py).
 
-    python -m benchmarks.otlp_sink --port 4318
+    python -m benchmarks.servers.otlp_sink --port 4318
 """
 
 from __future__ import annotations

@@ -16,22 +16,17 @@
   (new weights) runs from the SIGHUP to the old model's drain. The longest /healthz answer in
   that window says how long the event loop stood still.
 
-    python -m benchmarks.model_swap --bundles bundles/default bundles/own
-    python -m benchmarks.model_swap --bundles A B --freeze 200000 --rounds 3
+    python -m benchmarks.serving swap --bundles bundles/default bundles/own
+    python -m benchmarks.serving swap --bundles A B --freeze 200000 --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import logging
-import os
 import shutil
 import signal
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -39,15 +34,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from simclr_embed.benchmarks.common import hardware, write_result
+from simclr_embed.benchmarks.harness import hardware, hey, percentiles, write_result, wrk
 from simclr_embed.benchmarks.process import ServiceProcess
-from simclr_embed.benchmarks.serving import WRK_SCRIPT, _tool
 
 log = logging.getLogger("benchmarks.model_swap")
 CLIENTS = 32
 KEY = "bench-key"
 BIN_S = 0.5  # the plot's resolution
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cat.png"  # 32x32 CIFAR-10
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cat.png"  # 32x32 CIFAR-10
 
 
 def served(url: str) -> list[str]:
@@ -111,39 +105,27 @@ class Live:
 
 
 def wrk_run(url: str, png: Path, seconds: int, during=None) -> dict:
-    env = {**os.environ, "WRK_BODY": str(png), "WRK_TYPE": "image/png"}
-    proc = subprocess.Popen([_tool("wrk"), "-t1", f"-c{CLIENTS}", f"-d{seconds}s", "-s",
-                             str(WRK_SCRIPT), url + "/v1/embed"], stdout=subprocess.PIPE,
-                            text=True, env=env)
+    load = wrk(url + "/v1/embed", png, CLIENTS, seconds)
     extra = {}
     if during is not None:
         time.sleep(seconds / 3)
         extra["swap_s"], extra["drained_s"] = during()
-    r = json.loads(proc.communicate()[0].strip().splitlines()[-1])
-    return {"requests": r["requests"], "non2xx": r["non2xx"],
-            "socket_errors": r["socket_errors"], "req_per_s": r["requests"] / r["duration_us"]
-            * 1e6, **{k.replace("_us", "_ms"): v / 1000 for k, v in r.items()
-                      if k.startswith("p") and k.endswith("_us")}, **extra}
+    return load.result() | extra
 
 
 def hey_swap(live: Live, b: Path, png: Path, seconds: int) -> dict:
     """Each request's start and latency through a swap: the p99 of those sent during it."""
-    proc = subprocess.Popen([_tool("hey"), "-o", "csv", "-c", str(CLIENTS), "-z",
-                             f"{seconds}s", "-m", "POST", "-T", "image/png", "-D", str(png),
-                             live.srv.url + "/v1/embed"], stdout=subprocess.PIPE, text=True)
-    t_start = time.perf_counter()
+    load = hey(live.srv.url + "/v1/embed", CLIENTS, seconds, png)
     time.sleep(seconds / 3)
-    t_sig = time.perf_counter() - t_start
+    t_sig = time.perf_counter() - load.t0
     swapped, drained = live.swap_to(b)
-    rows = list(csv.DictReader(io.StringIO(proc.communicate()[0])))
-    start = np.array([float(r["offset"]) for r in rows])
-    ms = np.array([float(r["response-time"]) for r in rows]) * 1000
-    status = np.array([int(r["status-code"]) for r in rows])
+    r = load.result()
+    start, ms, status = (np.array(column) for column in zip(*load.rows, strict=True))
     inside = (start >= t_sig) & (start <= t_sig + drained)
     answered = start + ms / 1000
-    return {"requests": len(rows), "non2xx": int((status // 100 != 2).sum()),
+    return {"requests": r["requests"], "non2xx": int((status // 100 != 2).sum()),
             "swap_s": swapped, "drained_s": drained, "sighup_at_s": t_sig,
-            "during_swap": pct(ms[inside]), "outside_swap": pct(ms[~inside]),
+            "during_swap": percentiles(ms[inside]), "outside_swap": percentiles(ms[~inside]),
             "answers_per_bin": np.histogram(answered, bins=np.arange(0, seconds + BIN_S / 2,
                                                                       BIN_S))[0].tolist()}
 
@@ -224,8 +206,8 @@ def freeze_round(a: Path, b: Path, work: Path, n: int, body: bytes) -> dict:
     inside = np.array([ms for t0, ms in health if t_sig <= t0 <= t_sig + drained + 0.5])
     before = np.array([ms for t0, ms in health if t0 < t_sig])
     return {"gallery_vectors": n, "swap_s": swapped, "drained_s": drained,
-            "healthz_during_swap": {**pct(inside), "max_ms": float(inside.max())},
-            "healthz_before_swap": {**pct(before), "max_ms": float(before.max())},
+            "healthz_during_swap": percentiles(inside),
+            "healthz_before_swap": percentiles(before),
             "embeds": len(loads), "embeds_non2xx": sum(s // 100 != 2 for s in loads)}
 
 
@@ -249,20 +231,19 @@ def plot(result: dict, out: Path) -> None:
     fig.savefig(out, dpi=120)
 
 
-def pct(ms: np.ndarray) -> dict:
-    return {"n": len(ms), **{f"p{q}_ms": float(np.percentile(ms, q)) for q in (50, 95, 99)}}
+QUICK = {"rounds": 1, "seconds": 2, "out": "benchmarks/results/quick/model_swap.json"}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundles", nargs=2, type=Path, required=True, metavar=("A", "B"))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=int, default=12)
     p.add_argument("--freeze", type=int, default=0, metavar="N", help="only the freeze "
                    "measurement, with N vectors in the gallery")
     p.add_argument("--out", default=None)
-    args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+
+def run(args: argparse.Namespace) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     a, b = args.bundles
     body = EXAMPLE.read_bytes()
@@ -306,12 +287,8 @@ def main() -> None:
               "bundles": [a.name, b.name], "memory_mb": memory,
               "extra_model_mb_median": statistics.median(extra),
               "wrk_baseline": baseline, "wrk_swap": swaps, "hey_swap": hey_swaps,
-              "non2xx_during_swaps": sum(r["non2xx"] + r["socket_errors"] for r in swaps)
+              "non2xx_during_swaps": sum(r["non2xx"] + r["failed"] for r in swaps)
               + sum(r["non2xx"] for r in hey_swaps)}
     out = args.out or "benchmarks/results/model_swap.json"
     log.info("wrote %s", write_result(out, result))
     plot(result, Path(out).with_suffix(".png"))
-
-
-if __name__ == "__main__":
-    main()

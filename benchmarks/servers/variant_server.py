@@ -3,7 +3,7 @@ out, for benchmarks that measure what each buys (benchmarks.ab, benchmarks.archi
 the test that the hot path answers as the routes do. Settings from SIMCLR_EMBED_* as for
 `simclr-embed serve`; one worker.
 
-    python -m simclr_embed.benchmarks.variant_server --no-hot-path --no-settle
+    python -m simclr_embed.benchmarks.servers.variant_server --no-hot-path --no-settle
 """
 
 from __future__ import annotations

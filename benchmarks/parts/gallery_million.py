@@ -8,7 +8,7 @@ search over the whole million.
 Added vectors are the bundle's own embeddings with noise (sigma 0.05, renormalized), queries
 stored vectors with a little noise (sigma 0.01), as in benchmarks/gallery_growth.py.
 
-    python -m benchmarks.gallery_million --bundle bundles/default
+    python -m benchmarks.gallery search million --bundle bundles/default
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
-from simclr_embed.benchmarks.common import hardware, write_result
-from simclr_embed.benchmarks.gallery_growth import exact, pct, recall, searches
+from simclr_embed.benchmarks.harness import hardware, percentiles, write_result
+from simclr_embed.benchmarks.parts.gallery_growth import exact, recall, searches
 from simclr_embed.benchmarks.process import ServiceProcess
 from simclr_embed.service.bundle import load_bundle, model_id
 from simclr_embed.service.gallery import Gallery
@@ -78,9 +78,10 @@ def serve(bundle_dir: Path, data_dir: Path, all_ids: np.ndarray, emb: np.ndarray
             searches(c, queries[:30])  # first touches of the pages
             base: list[float] = []
             times, got = searches(c, queries, base=base)
+        search, healthz = percentiles(times), percentiles(base)
         out.update(index=model["gallery_index"], size=model["gallery_size"],
-                   search=pct(times), healthz=pct(base),
-                   search_over_healthz_p50_ms=pct(times)["p50_ms"] - pct(base)["p50_ms"],
+                   search=search, healthz=healthz,
+                   search_over_healthz_p50_ms=search["p50_ms"] - healthz["p50_ms"],
                    search_over_healthz_paired_p50_ms=float(np.median(np.subtract(times, base))),
                    recall_at_10=recall(got, want), rss_after_searches_mb=srv.rss_mb())
     finally:
@@ -88,13 +89,16 @@ def serve(bundle_dir: Path, data_dir: Path, all_ids: np.ndarray, emb: np.ndarray
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+QUICK = {"total": 5000, "out": Path("benchmarks/results/quick/gallery_million.json")}
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, default=Path("bundles/default"))
     p.add_argument("--total", type=int, default=1_000_000)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/gallery_million.json"))
-    args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+
+def run(args: argparse.Namespace) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         data = Path(tmp) / "data"
@@ -105,7 +109,3 @@ def main() -> None:
     write_result(args.out, {"benchmark": "gallery_million", "hardware": hardware(),
                             "bundle": args.bundle.name, "vectors": args.total,
                             "build": built, "serve": served})
-
-
-if __name__ == "__main__":
-    main()
