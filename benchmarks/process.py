@@ -60,7 +60,7 @@ class ServiceProcess:
                         return self
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
-            time.sleep(0.2)
+            time.sleep(0.01)  # restart times are read off this poll: it sets their resolution
         self.stop(signal.SIGKILL)
         raise TimeoutError(f"server not ready after {timeout} s: see {self.log_path}")
 

@@ -12,8 +12,8 @@ keep its cluster structure; queries are stored vectors with a little noise (sigm
 where recall has to be measured and held, #39). Each step also searches 1,000 stored vectors
 with k=1: how many come back as their own first hit, and what `/v1/model` says of the recall.
 
-    python -m benchmarks.gallery search growth --bundle bundles/default
-    python -m benchmarks.gallery search growth --bundle bundles/default --random --added 200000 \
+    python -m benchmarks.gallery growth --bundle bundles/default
+    python -m benchmarks.gallery growth --bundle bundles/default --random --added 200000 \
         --out benchmarks/results/gallery_growth_random.json
 """
 

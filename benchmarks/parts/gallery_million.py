@@ -8,7 +8,7 @@ search over the whole million.
 Added vectors are the bundle's own embeddings with noise (sigma 0.05, renormalized), queries
 stored vectors with a little noise (sigma 0.01), as in benchmarks/gallery_growth.py.
 
-    python -m benchmarks.gallery search million --bundle bundles/default
+    python -m benchmarks.gallery million --bundle bundles/default
 """
 
 from __future__ import annotations
