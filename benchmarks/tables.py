@@ -90,19 +90,28 @@ def search_hop(root: Path) -> str:
         f"\nThe hop, paired per query: {d['hop_p50_ms']:.3f} ms at p50.\n"
 
 
+# The names a wrk run's result had before benchmarks/harness.py (6f87cc0): the committed
+# model_swap.json (2 Dec) has them. Its req_per_s counted every answer; none was a non-2xx.
+BEFORE_HARNESS = {"requests_per_s": "req_per_s", "failed": "socket_errors"}
+
+
+def field(run: dict, key: str) -> float:
+    return run[key] if key in run else run[BEFORE_HARNESS[key]]
+
+
 def model_swap(root: Path) -> str:
     d = _load(root, "model_swap.json")
 
     def med(runs: list[dict], key: str) -> str:
-        return f"{sorted(r[key] for r in runs)[len(runs) // 2]:.1f}"
+        return f"{sorted(field(r, key) for r in runs)[len(runs) // 2]:.1f}"
 
     hey = d["hey_swap"]
     rows = [["wrk, no swap", med(d["wrk_baseline"], "requests_per_s"),
              med(d["wrk_baseline"], "p50_ms"), med(d["wrk_baseline"], "p99_ms"),
-             sum(r["non2xx"] + r["failed"] for r in d["wrk_baseline"])],
+             sum(r["non2xx"] + field(r, "failed") for r in d["wrk_baseline"])],
             ["wrk, one swap a third of the way in", med(d["wrk_swap"], "requests_per_s"),
              med(d["wrk_swap"], "p50_ms"), med(d["wrk_swap"], "p99_ms"),
-             sum(r["non2xx"] + r["failed"] for r in d["wrk_swap"])],
+             sum(r["non2xx"] + field(r, "failed") for r in d["wrk_swap"])],
             ["hey, requests sent during the swap", "",
              med([r["during_swap"] for r in hey], "p50_ms"),
              med([r["during_swap"] for r in hey], "p99_ms"), sum(r["non2xx"] for r in hey)],
