@@ -13,7 +13,7 @@ little-endian bytes; sizes for 512 dimensions are in docs/serving.md, "Compact v
 The bit formats take their signs in the bundle's PCA coordinates (`output`): the embedding is a
 pooled ReLU feature, 65 % of its values above zero and some dimensions always so, and its raw
 signs keep little: recall@10 of bit search on the 10,000 CIFAR-10 test images is 0.29 on the
-raw signs, 0.37 on the rotated ones (benchmarks/compact_vectors.py).
+raw signs, 0.37 on the rotated ones (benchmarks/parts/compact_vectors.py).
 """
 
 from __future__ import annotations

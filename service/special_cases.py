@@ -2,7 +2,7 @@
 benchmark here measured what it buys (docs/benchmarks.md, "The request path's special cases":
 `benchmarks/results/special_cases.json`, `gc_settle.json`, `spinning.json`). They live here
 with their reasons, the service always runs with these values, and nothing else decides
-whether they apply; `benchmarks/variant_server.py` turns one off to measure it again.
+whether they apply; `benchmarks/servers/variant_server.py` turns one off to measure it again.
 """
 
 from __future__ import annotations

@@ -279,7 +279,7 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
     report_every = max(1, run.steps_per_epoch // 10)
     bar = tqdm(range(run.steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}",
                disable=run.rank != 0)
-    for step in bar:  # the labels name the stages in benchmarks/step_profile.py
+    for step in bar:  # the labels name the stages in benchmarks/parts/step_profile.py
         with record_function("data"):
             idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]  # (B,)
             idx = idx[run.rank * per_rank : (run.rank + 1) * per_rank]  # (n,)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The leased H200 calls (device tool): the CIFAR archives travel in .data/ (ignored by git);
 # results land in $OUT (the device's return folder) or benchmarks/results/gpu.
-#   call 1, the 500-epoch run:     bash benchmarks/gpu_reference.sh            (carry: .data)
-#   call 2, step profile + grid:   bash benchmarks/gpu_reference.sh --ablation --deadline-s 280
+#   call 1, the 500-epoch run:     bash benchmarks/archive/gpu_reference.sh            (carry: .data)
+#   call 2, step profile + grid:   bash benchmarks/archive/gpu_reference.sh --ablation --deadline-s 280
 #   CPU check of either:           add --smoke
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -6,7 +6,7 @@ search by embedding p50/p95/p99 over HTTP paired with `/healthz`, and recall@10 
 search over the whole million.
 
 Added vectors are the bundle's own embeddings with noise (sigma 0.05, renormalized), queries
-stored vectors with a little noise (sigma 0.01), as in benchmarks/gallery_growth.py.
+stored vectors with a little noise (sigma 0.01), as in benchmarks/parts/gallery_growth.py.
 
     python -m benchmarks.gallery million --bundle bundles/default
 """

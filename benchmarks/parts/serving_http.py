@@ -8,7 +8,7 @@ this run.
 engines  the raw model in process: ONNX Runtime FP32 / INT8 and, where installed, OpenVINO
          reading the same ONNX files, at batch 1 and 64.
 http     our service on its default provider=auto, pinned to ONNX Runtime, and as 2 workers x
-         1 thread; the naive baseline (benchmarks/naive_server.py) on ONNX Runtime and on
+         1 thread; the naive baseline (benchmarks/servers/naive_server.py) on ONNX Runtime and on
          OpenVINO; one 32x32 PNG per request: wrk (closed loop) at 1 and 32 connections, hey
          (open loop) at fixed offered rates; each load generator's own CPU time is recorded.
          The default service also gets 16 PNGs per request at 32 connections.
