@@ -180,7 +180,7 @@ def thumbnails(images: np.ndarray, side: int = 32) -> np.ndarray:
         return images
     from PIL import Image
 
-    return np.stack([np.asarray(Image.fromarray(x).resize((side, side), Image.BICUBIC))
+    return np.stack([np.asarray(Image.fromarray(x).resize((side, side), Image.Resampling.BICUBIC))
                      for x in images])
 
 

@@ -34,6 +34,8 @@ class EmbedClassify(nn.Module):
     def __init__(self, encoder: nn.Module, head: nn.Linear, mean: list[float], std: list[float]):
         super().__init__()
         self.encoder, self.head = encoder, head
+        self.mean: Tensor
+        self.std: Tensor
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
 

@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
 
 from simclr_embed.errors import ConfigError
 
@@ -27,7 +28,7 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANT_TYPES = ("quint8", "qint8")
 
 
-class ArrayReader:
+class ArrayReader(CalibrationDataReader):
     """ORT CalibrationDataReader over a uint8 image array, in fixed-size batches."""
 
     def __init__(self, images: np.ndarray, input_name: str, batch_size: int = 32) -> None:
@@ -35,7 +36,8 @@ class ArrayReader:
         self.input_name = input_name
         self.pos = 0
 
-    def get_next(self) -> dict[str, np.ndarray] | None:
+    # ORT annotates get_next as returning dict, yet its own __next__ stops on None.
+    def get_next(self) -> dict[str, np.ndarray] | None:  # pyright: ignore[reportIncompatibleMethodOverride]
         if self.pos >= len(self.batches):
             return None
         self.pos += 1

@@ -104,7 +104,8 @@ def make_session(path: Path | str, threads: int = 0, provider: str = "cpu",
 
 
 def run_batches(
-    session: ort.InferenceSession, images: np.ndarray, batch_size: int = 64, desc: str = "onnx"
+    session: ort.InferenceSession | OpenVinoSession, images: np.ndarray, batch_size: int = 64,
+    desc: str = "onnx"
 ) -> tuple[np.ndarray, np.ndarray]:
     """(N, S, S, 3) uint8 -> embeddings (N, D) and logits (N, C), in batches."""
     name = session.get_inputs()[0].name
