@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -170,9 +171,7 @@ class Load:
     def _hey(self, out: str) -> dict:
         self.rows = [(float(r["offset"]), float(r["response-time"]) * 1000,
                       int(r["status-code"])) for r in csv.DictReader(io.StringIO(out))]
-        statuses: dict[str, int] = {}
-        for _, _, status in self.rows:
-            statuses[str(status)] = statuses.get(str(status), 0) + 1
+        statuses = dict(Counter(str(status) for _, _, status in self.rows))
         ok = [ms for _, ms, status in self.rows if 200 <= status < 300]
         # hey's CSV leaves out requests that got no answer: a summary=True run counts those.
         return {"requests": len(self.rows), "ok": len(ok), "non2xx": len(self.rows) - len(ok),
