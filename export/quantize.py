@@ -29,10 +29,13 @@ QUANT_TYPES = ("quint8", "qint8")
 
 
 class ArrayReader(CalibrationDataReader):
-    """ORT CalibrationDataReader over a uint8 image array, in fixed-size batches."""
+    """ORT CalibrationDataReader over a uint8 image array, in batches of one size: the largest
+    divisor of N up to `batch_size`. ORT's histogram calibrators (entropy, percentile) stack
+    every batch's outputs into one array and fail on a shorter last batch (onnxruntime#18792)."""
 
     def __init__(self, images: np.ndarray, input_name: str, batch_size: int = 32) -> None:
-        self.batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        size = max(d for d in range(1, min(batch_size, len(images)) + 1) if len(images) % d == 0)
+        self.batches = [images[i : i + size] for i in range(0, len(images), size)]
         self.input_name = input_name
         self.pos = 0
 

@@ -4,7 +4,7 @@
     encoder_fp32.onnx        uint8 pixels -> (embedding, logits)
     encoder_int8.onnx        the same graph, statically quantized
     head.npz                 the linear head (weight, bias) that both graphs end in
-    gallery/ids.npy, labels.npy, embeddings_{fp32,int8}.npy
+    gallery/ids.npy, labels.npy, embeddings_{int8,fp32}.npy (those exported)
     report.json, report.md   FP32 vs INT8 on the test split
 
 Loading verifies every file against the manifest, so a missing, truncated or tampered file is
@@ -86,6 +86,11 @@ class Bundle:
         g = self.manifest["gallery"]
         ids = self.gallery_ids()
         labels = np.load(self.root / g["labels"], allow_pickle=False)
+        if precision not in g["embeddings"]:
+            raise BundleError(
+                f"{self.root} holds its gallery at {', '.join(g['embeddings'])} only; to serve "
+                f"{precision}, export it again with --gallery-precisions "
+                f"{','.join(sorted({*g['embeddings'], precision}))}")
         emb = np.load(self.root / g["embeddings"][precision], allow_pickle=False)
         return ids, labels, emb.astype(np.float32, copy=False)
 

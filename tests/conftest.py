@@ -48,7 +48,7 @@ def bundle_dir(short_checkpoint: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "b"
     return build_bundle(ExportConfig(str(short_checkpoint), out=str(out), calibration_per_class=5,
                                      gallery_per_class=20, test_per_class=10, latency_rounds=1,
-                                     tolerance=5.0))
+                                     tolerance=5.0, gallery_precisions="int8,fp32"))
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +65,7 @@ def second_bundle_dir(cifar10_dir: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle2") / "b2"
     return build_bundle(ExportConfig(str(ckpt), out=str(out), calibration_per_class=5,
                                      gallery_per_class=20, test_per_class=10, latency_rounds=1,
-                                     tolerance=5.0))
+                                     tolerance=5.0, gallery_precisions="int8,fp32"))
 
 
 @pytest.hookimpl(trylast=True)

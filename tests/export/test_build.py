@@ -11,6 +11,7 @@ import torch
 
 from simclr_embed.export.build import ExportConfig, ExportError, build_bundle, check_parity
 from simclr_embed.export.onnx_export import build_embed_classify, export_onnx
+from simclr_embed.export.quantize import quantize_int8
 from simclr_embed.service.bundle import BundleError, load_bundle
 from simclr_embed.service.runtime import make_session, run_batches
 from simclr_embed.training.checkpoint import CheckpointError, load_checkpoint
@@ -143,3 +144,37 @@ def test_model_id_names_the_weights(short_checkpoint: Path, bundle_dir: Path) ->
     key = next(k for k in state["model"] if k.startswith("encoder.") and "conv" in k)
     state["model"][key] = state["model"][key] + 1e-3  # same config, other weights
     assert weights_digest(state) != digest
+
+
+def test_the_gates_remedies_and_a_gallery_apart_from_the_report(short_checkpoint: Path, cifar10,
+                                                                tmp_path: Path) -> None:
+    """What a failed INT8 gate recommends (percentile calibration, the dynamo exporter) exports;
+    a gallery larger than the report's subset is embedded at INT8 alone, on the runtime
+    provider=auto takes among those that passed the gates."""
+    cfg = ExportConfig(str(short_checkpoint), out=str(tmp_path / "b"), exporter="dynamo",
+                       calibration_per_class=5, calibration_method="percentile",
+                       gallery_per_class=12, compare_per_class=4, test_per_class=5,
+                       latency_rounds=1, tolerance=100)
+    bundle = load_bundle(build_bundle(cfg))
+    m = bundle.manifest
+    assert m["metrics"]["gallery_images"] == 40 and m["export"]["exporter"] == "dynamo"
+    passed = m["metrics"]["runtimes"]["openvino"]["int8"]["passed"]
+    assert m["gallery"]["runtimes"]["int8"] in (("openvino", "cpu") if passed else ("cpu",))
+    _, labels, emb = bundle.gallery("int8")
+    gallery = stratified_subset(cifar10[0], 12, seed=0)
+    assert emb.shape == (120, 512) and labels.tolist() == gallery.labels.tolist()
+    ort, _ = run_batches(make_session(bundle.encoder_path("int8")), gallery.images)
+    assert float((ort * emb).sum(1).min()) > 0.99
+    with pytest.raises(BundleError, match="--gallery-precisions fp32,int8"):
+        bundle.gallery("fp32")
+
+
+def test_entropy_calibration_on_batches_that_do_not_divide(bundle_dir: Path, cifar10,
+                                                           tmp_path: Path) -> None:
+    """50 images: batches of 32 would leave one of 18, which ORT's histogram stacking refuses."""
+    fp32 = load_bundle(bundle_dir).encoder_path("fp32")
+    images = cifar10[0].images[:50]
+    quantize_int8(fp32, tmp_path / "int8.onnx", images, "entropy")
+    ref, _ = run_batches(make_session(fp32), images)
+    got, _ = run_batches(make_session(tmp_path / "int8.onnx"), images)
+    assert float((ref * got).sum(1).mean()) > 0.95
