@@ -97,7 +97,7 @@ class Gate:
         scope[policy.KEY] = found = self.policies.resolve(scope)
         rules, held = found[1], 0
         if found[0] is not None:
-            tracing.route(scope["method"], found[0].path)
+            tracing.route(scope["method"], getattr(found[0], "path", scope["path"]))
         try:
             authorize(self.settings, rules.scope, scope["method"], headers)
             scope[deadline.KEY] = deadline.parse(headers)

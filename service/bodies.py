@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
 
 from simclr_embed.service.errors import BadImage, InvalidInput, ServiceError, UnsupportedMedia
 from simclr_embed.service.fetch import fetch_image
@@ -118,7 +119,7 @@ async def read_body(request: Request, model: type[BaseModel]
         return body, await decode_base64_images(images, names, settings), names
     if ctype == "multipart/form-data":
         form = await request.form(max_files=10_000, max_fields=100)
-        files = [v for _, v in form.multi_items() if hasattr(v, "read")]
+        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
         if not files:
             raise InvalidInput("multipart body has no image files")
         names = [f"files[{n}] ({f.filename!r})" if f.filename else f"files[{n}]"

@@ -14,7 +14,7 @@ import time
 from starlette.requests import Request
 
 from simclr_embed.service.errors import DeadlineExceeded, InvalidInput
-from simclr_embed.service.metrics import Metrics
+from simclr_embed.service.metrics import Metrics, ModelMetrics
 
 HEADER = "x-request-timeout"
 KEY = "simclr_embed.deadline"  # the scope's key: the time.monotonic() it runs out at
@@ -45,13 +45,13 @@ def expired(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
 
 
-def exceeded(metrics: Metrics, stage: str) -> DeadlineExceeded:
+def exceeded(metrics: Metrics | ModelMetrics, stage: str) -> DeadlineExceeded:
     """Counts a drop at `stage`; the error to answer with."""
     metrics.deadline_dropped.labels(stage).inc()
     return DeadlineExceeded(f"the request's {HEADER} passed before its {stage} work; dropped "
                             "unrun", param=HEADER)
 
 
-def check(request: Request, metrics: Metrics, stage: str) -> None:
+def check(request: Request, metrics: Metrics | ModelMetrics, stage: str) -> None:
     if expired(of(request)):
         raise exceeded(metrics, stage)

@@ -19,12 +19,14 @@ raw signs, 0.37 on the rotated ones (benchmarks/parts/compact_vectors.py).
 from __future__ import annotations
 
 import base64
+from typing import Literal, get_args
 
 import numpy as np
 
 from simclr_embed.service.errors import InvalidInput
 
-FORMATS = ("float", "base64", "float16", "int8", "binary", "ubinary")
+Format = Literal["float", "base64", "float16", "int8", "binary", "ubinary"]
+FORMATS: tuple[str, ...] = get_args(Format)
 BITS = ("binary", "ubinary")
 
 
@@ -61,7 +63,7 @@ def reduce(emb: np.ndarray, rotation: np.ndarray | None, dimensions: int | None
     """(n, D) unit vectors -> (n, dimensions): the first principal components, re-normalized.
     `rotation` (D, D) has the components as rows, largest variance first."""
     check("float", dimensions, emb.shape[1], rotation)
-    if dimensions is None or dimensions == emb.shape[1]:
+    if dimensions is None or dimensions == emb.shape[1] or rotation is None:  # check()'d
         return emb
     out = emb @ rotation[:dimensions].T  # (n, d)
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
@@ -111,8 +113,8 @@ def decode(values: list, fmt: str, dim: int, scales: list[float] | None = None) 
     if fmt == "int8":
         q = np.stack([np.frombuffer(r, np.int8) for r in raw]).astype(np.float32)
         return q * np.asarray(scales, np.float32)[:, None]
-    u = np.stack([np.frombuffer(r, np.int8 if fmt == "binary" else np.uint8) for r in raw])
-    if fmt == "binary":
-        u = (u.astype(np.int16) + 128).astype(np.uint8)
+    u = np.stack([np.frombuffer(r, np.uint8) for r in raw])
+    if fmt == "binary":  # int8 bytes: the uint8 byte of the same bits is theirs + 128
+        u = u ^ np.uint8(0x80)
     bits = np.unpackbits(u, axis=1)[:, :dim]
     return bits.astype(np.float32) * 2 - 1

@@ -92,8 +92,8 @@ class Engine:
         self.ready = self._stopped = False
         self.failed = False  # the model can no longer run: /healthz answers 503
         self._crashes: deque[float] = deque(maxlen=CRASH_LIMIT)
-        self.bundle: Bundle | None = None
-        self.gallery: GalleryStore | None = None
+        self._bundle: Bundle | None = None  # load() reads them: see .bundle, .gallery
+        self._gallery: GalleryStore | None = None
         self._jobs: deque[_Job] = deque()
         self._pending = 0  # images queued, not yet handed to the model
         self._wake = asyncio.Event()
@@ -103,13 +103,25 @@ class Engine:
         self._worker: asyncio.Task | None = None
         self._taken: list[_Job] = []  # the batch being run
 
+    @property
+    def bundle(self) -> Bundle:
+        if self._bundle is None:
+            raise RuntimeError("the engine is used before load()")
+        return self._bundle
+
+    @property
+    def gallery(self) -> GalleryStore:
+        if self._gallery is None:
+            raise RuntimeError("the engine is used before load()")
+        return self._gallery
+
     # --- lifecycle -------------------------------------------------------------------------
     def load(self) -> None:
         """Blocking: verify the bundle, open the session and warm it up while the gallery loads
         beside it (its SQLite check and index snapshot are I/O and C code: ~1 s of a 200k
         gallery's start that the model's ~0.5 s no longer adds to)."""
         s = self.settings
-        self.bundle = load_bundle(self.bundle_dir)
+        self._bundle = load_bundle(self.bundle_dir)
         self.model_id = model_id(self.bundle.manifest)
         self.metrics = self.metrics.bind(self.model_id)
         self.dim = int(self.bundle.manifest["embedding_dim"])
@@ -150,10 +162,10 @@ class Engine:
     def _load_gallery(self) -> None:
         s = self.settings
         if self._previous is not None and self._previous.model_id == self.model_id:
-            self.gallery, self.owns_gallery = self._previous.gallery, False
+            self._gallery, self.owns_gallery = self._previous.gallery, False
             ids = self.bundle.gallery_ids()  # the vectors are in the shared gallery already
         else:
-            self.gallery = open_gallery(s, Space(self.model_id, s.precision, self.dim))
+            self._gallery = open_gallery(s, Space(self.model_id, s.precision, self.dim))
             ids, labels, emb = self.bundle.gallery(s.precision)
             classes = self.bundle.classes
             self.gallery.load(ids.tolist(), [classes[y] for y in labels.tolist()], emb)
@@ -193,7 +205,7 @@ class Engine:
     def _release(self) -> None:
         self._model_pool.shutdown(wait=True)
         self.decode_pool.shutdown(wait=False)
-        if self.gallery is not None and self.owns_gallery:
+        if self._gallery is not None and self.owns_gallery:
             self.gallery.close()
 
     async def gallery_size(self) -> int:

@@ -46,7 +46,7 @@ def addresses(host: str, port: int) -> list[str]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise FetchFailed(f"{host}: DNS lookup failed ({e.strerror})") from None
-    return list(dict.fromkeys(i[4][0] for i in infos))
+    return list(dict.fromkeys(str(i[4][0]) for i in infos))
 
 
 def is_public(ip: str) -> bool:

@@ -372,7 +372,7 @@ class Gallery:
         self.accept_loss = accept_loss
         self.hnsw_m, self.ef_search, self.faiss_threads = hnsw_m, ef_search, faiss_threads
         self.kind = index
-        self.mem: MemoryIndex | None = None
+        self._mem: MemoryIndex | None = None  # load() makes it: see .mem
         self.applied, self.saved = 0, 0
         self.bundle_key = ""
         self.snapshot = db_path.with_name(db_path.stem + ".index")
@@ -382,13 +382,25 @@ class Gallery:
         self.closing = False
         self.lock = RWLock()
         self.db_lock = threading.Lock()  # the writing connection, used from several threads
-        self.store: SQLiteStore | None = None
+        self._store: SQLiteStore | None = None  # load() opens it: see .store
+
+    @property
+    def mem(self) -> MemoryIndex:
+        if self._mem is None:
+            raise RuntimeError("the gallery is used before load()")
+        return self._mem
+
+    @property
+    def store(self) -> SQLiteStore:
+        if self._store is None:
+            raise RuntimeError("the gallery is used before load()")
+        return self._store
 
     def _want(self, n: int, now: str | None = None) -> str:
         """The index kind for n vectors: the setting, or by size with some hysteresis."""
         if self.requested != "auto":
             return self.requested
-        measured = self.mem.recall if self.mem is not None else None
+        measured = self._mem.recall if self._mem is not None else None
         if measured and measured["exact_cheaper"] and n < GROWTH * measured["size"]:
             return "flat"  # the graph could not beat exact search on this data (recall.py)
         if now == "hnsw":
@@ -455,17 +467,17 @@ class Gallery:
         # `simclr-embed serve` ran quick_check (a read of the whole file) before the workers.
         self._threads()
         checked = str(self.db_path) in os.environ.get(CHECKED_ENV, "").split("\n")
-        self.store = SQLiteStore(self.db_path, self.space, self.accept_loss, not checked)
+        self._store = SQLiteStore(self.db_path, self.space, self.accept_loss, not checked)
         emb = np.ascontiguousarray(emb, np.float32)
         self.bundle_key = hashlib.sha256(emb.tobytes() + "\0".join(ids).encode()).hexdigest()
         for orphan in snapshots.remove_orphans(self.snapshot):
             log.info("gallery: removed %s, left by a snapshot writer that died", orphan.name)
         found = self._sound_snapshot()
         if found is not None:
-            (self.mem, self.applied), self.kind = found, found[0].kind
+            (self._mem, self.applied), self.kind = found, found[0].kind
             log.info("gallery: index snapshot read (%s, %d changes)", self.kind, self.applied)
         else:
-            self.mem = MemoryIndex(self._bundle_index(emb, self.bundle_key), self.kind)
+            self._mem = MemoryIndex(self._bundle_index(emb, self.bundle_key), self.kind)
             self.mem.add(ids, labels, emb, in_index=True)
         self.saved = self.applied
         with self.lock.write():
@@ -532,7 +544,7 @@ class Gallery:
                     return
                 changes = self.store.changes_since(seq)
                 changes_in_bulk(changes, fresh)
-                self.mem, self.kind = fresh, kind
+                self._mem, self.kind = fresh, kind
                 if changes:  # they may go past what the old index had applied
                     self.applied = max(self.applied, changes[-1][3])
                 self.saved = self.applied
@@ -610,12 +622,12 @@ class Gallery:
         self.closing = True
         if self.snapshotting is not None:
             self.snapshotting.join()  # a daemon: killed half-written at exit otherwise
-        if self.mem is not None and self.applied != self.saved:
+        if self._mem is not None and self.applied != self.saved:
             self.save()
         with self.save_lock:  # a rebuild's snapshot being written is finished, not cut
             pass
         with self.db_lock:
-            if self.store is not None:
+            if self._store is not None:
                 self.store.close()
 
     def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray,

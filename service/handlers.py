@@ -4,7 +4,8 @@ FastAPI's own, all as {"error": {"code": ..., "message": ...}}."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,7 +21,7 @@ from simclr_embed.service.policy import UNMATCHED, Policy, leaf_routes
 log = logging.getLogger(__name__)
 
 
-def validation_message(errors: Sequence[dict]) -> str:
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
     """pydantic's error list as one line: 'field.path: what is wrong; ...'."""
     return "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in errors)
 
@@ -95,8 +96,10 @@ async def internal(request: Request, e: Exception) -> JSONResponse:
                           policy.of(request.scope))
 
 
-HANDLERS = ((ServiceError, service_error), (RequestValidationError, invalid_request),
-            (HTTPException, http_error), (ClientDisconnect, client_gone), (Exception, internal))
+Handler = Callable[[Request, Any], Awaitable[JSONResponse]]
+HANDLERS: tuple[tuple[type[Exception], Handler], ...] = (
+    (ServiceError, service_error), (RequestValidationError, invalid_request),
+    (HTTPException, http_error), (ClientDisconnect, client_gone), (Exception, internal))
 
 
 async def exception_response(request: Request, e: Exception) -> JSONResponse:

@@ -31,6 +31,8 @@ from simclr_embed.service.store import Filter, Neighbor
 
 # faiss's loader logs a harmless "ModuleNotFoundError" for each CPU flavour it tries first.
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+# FAISS's type information is its SWIG layer's C++ signatures; faiss/class_wrappers.py replaces
+# them at import with the numpy ones called here, so those lines carry pyright ignores.
 import faiss  # noqa: E402
 
 COMPACT_FRACTION = 0.125
@@ -107,7 +109,7 @@ class MemoryIndex:
     def compact(self) -> None:
         """One remove_ids pass for the tombstones of an exact index, once they are many."""
         if self.kind == "flat" and len(self.dead) > COMPACT_FRACTION * self.index.ntotal:
-            self.index.remove_ids(np.fromiter(self.dead, np.int64, len(self.dead)))
+            self.index.remove_ids(np.fromiter(self.dead, np.int64, len(self.dead)))  # pyright: ignore[reportArgumentType]
             self.dead.clear()
             self._selector = self._ids = None
 
@@ -142,19 +144,19 @@ class MemoryIndex:
         if len(rows) == 0:
             return np.zeros((0, self.index.d), np.float32)
         if self._ids is None:  # ascending: rows are added in order, and remove_ids keeps it
-            self._ids = faiss.vector_to_array(self.index.id_map)
+            self._ids = faiss.vector_to_array(self.index.id_map)  # pyright: ignore[reportAttributeAccessIssue]
         pos = np.searchsorted(self._ids, rows)
         if pos.max() >= len(self._ids) or not np.array_equal(self._ids[pos], rows):
             raise RuntimeError("the index's ids are out of order")  # never: add() appends
-        base = faiss.downcast_index(self.index.index)
-        flat = faiss.downcast_index(base.storage) if self.kind == "hnsw" else base
+        base = faiss.downcast_index(self.index.index)  # pyright: ignore[reportAttributeAccessIssue]
+        flat = faiss.downcast_index(base.storage) if self.kind == "hnsw" else base  # pyright: ignore[reportAttributeAccessIssue]
         return flat.reconstruct_batch(pos)
 
     def vector(self, id_: str) -> tuple[str | None, np.ndarray, dict | None] | None:
         n = self.by_id.get(id_)
         if n is None:
             return None
-        return self.rows[n][1], self.index.reconstruct(n), self.meta.get(n)
+        return self.rows[n][1], self.index.reconstruct(n), self.meta.get(n)  # pyright: ignore[reportReturnType]
 
     def matching(self, f: Filter) -> np.ndarray:
         """Internal ids of the live rows the filter lets through."""
@@ -194,17 +196,17 @@ class MemoryIndex:
             live = np.ones(self.next, bool)
             live[np.fromiter(self.dead, np.int64, len(self.dead))] = False
             bits = np.packbits(live, bitorder="little")
-            self._selector = faiss.IDSelectorBitmap(bits)
-            self._selector.bits_ref = bits  # FAISS reads the array; it must outlive the search
+            self._selector = faiss.IDSelectorBitmap(bits)  # pyright: ignore[reportCallIssue]
+            self._selector.bits_ref = bits  # FAISS reads the array; it must outlive the search  # pyright: ignore[reportAttributeAccessIssue]
         return self._selector
 
     def _search(self, queries: np.ndarray, k: int, sel: faiss.IDSelector | None,
                 ef: int) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, max(1, len(self)))
         if self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(ef, k))
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(ef, k))  # pyright: ignore[reportAttributeAccessIssue]
         else:
-            params = faiss.SearchParameters(sel=sel) if sel is not None else None
+            params = faiss.SearchParameters(sel=sel) if sel is not None else None  # pyright: ignore[reportCallIssue]
         return self.index.search(queries, k, params=params)
 
     def _exact(self, queries: np.ndarray, k: int,
@@ -246,7 +248,7 @@ def save(mem: MemoryIndex, seq: int, bundle: str, path: Path) -> None:
     data = faiss.serialize_index(mem.index)
     info = {"seq": seq, "bundle": bundle, "kind": mem.kind, "next": mem.next,
             "recall": mem.recall,
-            "dead": sorted(mem.dead), "crc32": zlib.crc32(data), "index_bytes": len(data),
+            "dead": sorted(mem.dead), "crc32": zlib.crc32(data), "index_bytes": len(data),  # pyright: ignore[reportArgumentType]
             "rows": {"n": list(mem.rows), "id": [i for i, _ in mem.rows.values()],
                      "label": [lab for _, lab in mem.rows.values()],
                      "metadata": [mem.meta.get(n) for n in mem.rows]}}
@@ -258,7 +260,7 @@ def save(mem: MemoryIndex, seq: int, bundle: str, path: Path) -> None:
                                 dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(memoryview(data))
+            f.write(memoryview(data))  # pyright: ignore[reportArgumentType]
             f.write(tail + len(tail).to_bytes(8, "little")
                     + zlib.crc32(tail).to_bytes(4, "little"))
         os.replace(name, path)

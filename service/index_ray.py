@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from typing import cast
 
 import numpy as np
 from tqdm import tqdm
@@ -67,7 +68,7 @@ class Embedder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         emb, _ = self.session.run(None, {self.name: batch.pop("pixels")})
-        batch["embedding"] = emb
+        batch["embedding"] = np.asarray(emb)
         return batch
 
 
@@ -107,14 +108,17 @@ def _run(job: IndexJob, settings: Settings, bundle: Bundle, source: Source, todo
     del session
     ds = ray.data.from_items([{"n": n, "path": e.path, "size": e.size}
                               for n, e in enumerate(todo)])
-    ds = ds.map_batches(decode_rows, fn_kwargs={"size": size, "settings": settings},
+    # batch_format="numpy": each batch is a dict of arrays (Ray annotates every format's union).
+    ds = ds.map_batches(decode_rows, fn_kwargs=  # pyright: ignore[reportArgumentType]
+                        {"size": size, "settings": settings},
                         batch_size=BATCH, batch_format="numpy")
     ds = ds.map_batches(Embedder, fn_constructor_args=(model, settings),
                         concurrency=job.actors, num_cpus=1, batch_size=BATCH,
                         batch_format="numpy")
     indexed, skipped = 0, []
     with tqdm(total=len(todo), unit="img", desc="index (ray)", smoothing=0.05) as bar:
-        for b in ds.iter_batches(batch_size=BATCH, batch_format="numpy"):
+        for batch in ds.iter_batches(batch_size=BATCH, batch_format="numpy"):
+            b = cast("dict[str, np.ndarray]", batch)
             rows = [int(n) for n in b["n"]]
             good = [k for k, ok in enumerate(b["ok"]) if ok]
             skipped += [(todo[rows[k]], str(b["reason"][k])) for k in range(len(rows))

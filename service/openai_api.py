@@ -6,7 +6,7 @@ service/fetch.py). Errors on these routes take OpenAI's shape ({"error": {"messa
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -31,7 +31,7 @@ class EmbeddingsRequest(schemas.Strict):
         ..., description="images as data URLs (data:image/png;base64,...) or plain base64")
     model: str = Field(..., description="the served model id (GET /v1/models) or "
                        "'simclr-embed'")
-    encoding_format: Literal[encodings.FORMATS] = Field(
+    encoding_format: encodings.Format = Field(
         "float", description="float, base64 (float32), float16, int8 (each item gets its "
         "`scale`), binary or ubinary (sign bits): service/encodings.py")
     dimensions: int | None = Field(None, ge=1, description="the first principal components "

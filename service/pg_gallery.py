@@ -145,7 +145,6 @@ class PgGallery:
         from psycopg.types.json import Jsonb
 
         none = [None] * len(ids)
-        thumbs, metas, prints = thumbs or none, metas or none, fingerprints or none
         with self.db() as db, db.transaction():
             db.cursor().executemany(
                 f"INSERT INTO {self.table} (id, label, embedding, thumb, metadata, origin, "
@@ -154,7 +153,8 @@ class PgGallery:
                 "thumb = EXCLUDED.thumb, metadata = EXCLUDED.metadata, "
                 "origin = EXCLUDED.origin, fingerprint = EXCLUDED.fingerprint",
                 [(i, lab, e.astype(np.float32), t, Jsonb(m) if m else None, origin, fp)
-                 for i, lab, e, t, m, fp in zip(ids, labels, emb, thumbs, metas, prints,
+                 for i, lab, e, t, m, fp in zip(ids, labels, emb, thumbs or none,
+                                                metas or none, fingerprints or none,
                                                 strict=True)])
 
     def fingerprints(self, origin: str) -> dict[str, str]:
@@ -199,7 +199,7 @@ class PgGallery:
         selective filter from the label / metadata indexes (a bitmap scan of the matching rows)
         and a broad one with a sequential scan."""
         where, params = _where(f)
-        queries = list(np.asarray(queries, np.float32))
+        vectors = list(np.asarray(queries, np.float32))
         with self.db() as db, db.transaction():
             db.execute(f"SET LOCAL hnsw.ef_search = {max(self.ef_search, k)}")
             if f is not None:
@@ -208,8 +208,8 @@ class PgGallery:
                 "SELECT q.n, g.* FROM unnest(%s::vector[]) WITH ORDINALITY AS q(v, n) "
                 "CROSS JOIN LATERAL (SELECT id, label, -(embedding <#> q.v) AS score, metadata "
                 f"FROM {self.table} {where} ORDER BY embedding <#> q.v LIMIT %s) AS g "
-                "ORDER BY q.n, g.score DESC", (queries, *params, k)).fetchall()
-        out: list[list[Neighbor]] = [[] for _ in queries]
+                "ORDER BY q.n, g.score DESC", (vectors, *params, k)).fetchall()
+        out: list[list[Neighbor]] = [[] for _ in vectors]
         for n, i, lab, s, m in rows:
             out[n - 1].append(Neighbor(i, lab, float(s), m))
         return out

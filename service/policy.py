@@ -11,7 +11,7 @@ FRAMEWORK.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
@@ -119,6 +119,6 @@ class Policies:
         return None, partial
 
 
-def of(scope: dict) -> Policy:
+def of(scope: MutableMapping[str, Any]) -> Policy:
     """The request's policy, as the Gate found it."""
     return scope.get(KEY, (None, UNMATCHED))[1]

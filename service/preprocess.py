@@ -76,7 +76,8 @@ def to_square_rgb(img: Image.Image, size: int) -> np.ndarray:
     side = min(w, h)
     if (w, h) != (size, size):
         left, top = (w - side) // 2, (h - side) // 2
-        img = img.resize((size, size), Image.BICUBIC, box=(left, top, left + side, top + side))
+        img = img.resize((size, size), Image.Resampling.BICUBIC,
+                         box=(left, top, left + side, top + side))
     if turn is not None:
         img = img.transpose(turn)
     if img.mode in ("RGBA", "LA"):  # onto black, as the resampling (premultiplied) already does

@@ -84,7 +84,7 @@ def _exact_top(mem: MemoryIndex, rows: np.ndarray, queries: np.ndarray
         part = np.sort(rows[start:start + CHUNK])
         vecs = mem._vectors(part)
         t0 = time.perf_counter()
-        vecs @ queries[0]  # what exact search pays for this part, for one query
+        _ = vecs @ queries[0]  # what exact search pays for this part, for one query
         one_query_s += time.perf_counter() - t0
         sims = np.concatenate([best_s, queries @ vecs.T], axis=1)
         ids = np.concatenate([best_i, np.broadcast_to(part, (len(queries), len(part)))], 1)

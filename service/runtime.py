@@ -48,7 +48,7 @@ class OpenVinoSession:
         # One request at a time (the engine's model thread): LATENCY's single stream uses every
         # core for it. f32 keeps the non-quantized operators exact
         # (benchmarks/archive/openvino_knobs.py measured the alternatives).
-        config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": precision}
+        config: dict[str, Any] = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": precision}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
@@ -192,7 +192,7 @@ def open_runtime(path: Path, manifest: dict, precision: str, threads: int = 0,
     candidates, why_not = eligible(manifest, precision)
     key = choice_key(path, manifest, precision, threads)
     kept = _read_choice(choice_file, key)
-    if kept is not None and kept["provider"] in candidates:
+    if kept is not None and choice_file is not None and kept["provider"] in candidates:
         return (make_session(path, threads, kept["provider"], spinning),
                 f"{kept['reason']} (kept in {choice_file.name})")
     size = int(manifest["input"]["size"])

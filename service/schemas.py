@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
@@ -151,7 +151,7 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-ERRORS = {code: {"model": ErrorResponse}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse}
           for code in (400, 401, 403, 404, 408, 413, 415, 422, 499, 500, 503, 507)}
 
 
@@ -205,7 +205,7 @@ def inline_schema(model: type[BaseModel]) -> dict:
             return {k: resolve(v) for k, v in node.items()}
         return [resolve(v) for v in node] if isinstance(node, list) else node
 
-    return resolve(schema)
+    return dict(resolve(schema))
 
 
 def json_body(json_model: type[BaseModel]) -> dict:

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -42,8 +43,9 @@ def _add_dataclass_args(p: argparse.ArgumentParser, cls: type, prefix: str = "",
     """One --flag per field of a flat config dataclass, its default shown in --help; a
     tuple[float, ...] field takes that many values (--aug-crop-scale 0.2 1.0)."""
     for f in dataclasses.fields(cls):
-        arity = f.type.count("float") if f.type.startswith("tuple[") else 0
-        if f.name in skip or (f.type not in _TYPES and f.type != "bool" and not arity):
+        ftype = str(f.type)  # a string: the configs' modules use postponed annotations
+        arity = ftype.count("float") if ftype.startswith("tuple[") else 0
+        if f.name in skip or (ftype not in _TYPES and ftype != "bool" and not arity):
             continue  # nested configs get their own prefixed flags
         flag = "--" + (prefix + f.name).replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
@@ -51,13 +53,13 @@ def _add_dataclass_args(p: argparse.ArgumentParser, cls: type, prefix: str = "",
         if arity:
             p.add_argument(flag, type=float, nargs=arity, **kw)
             continue
-        if f.type == "bool":
+        if ftype == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
         if f.name in _CHOICES:
             module, attr = _CHOICES[f.name]
             kw["choices"] = getattr(importlib.import_module(module), attr)
-        p.add_argument(flag, type=_TYPES[f.type], **kw)
+        p.add_argument(flag, type=_TYPES[ftype], **kw)
 
 
 def _train_parser(sub: argparse._SubParsersAction, argv: Sequence[str] = ()) -> None:
@@ -188,8 +190,9 @@ def _run_ablate(args: argparse.Namespace) -> None:
     from simclr_embed.training.ablate import AblateConfig, run_ablation
 
     v = vars(args)
-    cfg = AblateConfig(**{f.name: tuple(v[f.name]) if isinstance(v[f.name], list) else v[f.name]
-                          for f in dataclasses.fields(AblateConfig)})
+    fields: dict[str, Any] = {f.name: tuple(v[f.name]) if isinstance(v[f.name], list)
+                              else v[f.name] for f in dataclasses.fields(AblateConfig)}
+    cfg = AblateConfig(**fields)
     run_ablation(cfg)
 
 

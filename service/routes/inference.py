@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
@@ -47,7 +47,7 @@ async def embed_response(request: Request, engine: Engine, settings: Settings) -
              responses=schemas.ERRORS, openapi_extra=schemas.image_body(schemas.ImagesRequest))
 @policy("any", fast=embed_response)
 async def embed(request: Request, engine: EngineDep, settings: SettingsDep,
-                encoding_format: Annotated[Literal[encodings.FORMATS], Query(
+                encoding_format: Annotated[encodings.Format, Query(
                     description="float, or base64 of float32 / float16 / int8 (with per-vector"
                     " scales) / binary / ubinary (sign bits)")] = "float",
                 dimensions: Annotated[int | None, Query(

@@ -1,0 +1,15 @@
+"""The type checker's baseline (.basedpyright/baseline.json: what it found when it joined the
+test command) exempts nothing in the service, the export stage or the command line: those are
+clean at basedpyright's standard level, so any error there fails the test command."""
+
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CLEAN = ("./simclr_embed/service/", "./simclr_embed/export/", "./simclr_embed/cli.py")
+
+
+def test_the_baseline_exempts_nothing_that_must_be_clean() -> None:
+    files = json.loads((REPO / ".basedpyright/baseline.json").read_text())["files"]
+    assert files, "the baseline lists the remaining files"
+    assert [f for f in files if f.startswith(CLEAN) and files[f]] == []
