@@ -56,7 +56,7 @@ class ExportConfig:
     # ONNX Runtime; the whole gallery is embedded only at `gallery_precisions`. FP32 runs at
     # about a tenth of INT8-on-OpenVINO's rate, so the full 50,000 at FP32 was 3 of the old
     # export's 5 minutes (docs/export.md).
-    compare_per_class: int = 300
+    compare_per_class: int = 200
     test_per_class: int | None = 200  # None: the whole test split
     gallery_precisions: str = "int8"  # comma-separated; add fp32 to serve FP32
     tolerance: float = 2.0  # max INT8 linear top-1 drop vs FP32, in points
