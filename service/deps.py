@@ -33,7 +33,7 @@ async def get_settings(request: Request) -> Settings:
 
 
 def check_ready(engine: Engine) -> Engine:
-    """503 + Retry-After once the batch loop has crashed past recovery (service/engine.py,
+    """503 + Retry-After once the batch loop has crashed past recovery (service/batcher.py,
     _supervise): for the dependency and the hot path alike. A server still loading does not
     listen yet."""
     if not engine.ready:

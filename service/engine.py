@@ -1,60 +1,29 @@
-"""The engine behind the routes: bundle + ONNX Runtime session + gallery, and the micro-batcher.
-
-Batching policy: a request never waits for company. The worker takes whatever is queued when the
-model becomes free (up to max_batch_size images) and runs it at once, so a lone request pays no
-batching delay, while under load the requests that arrived during one batch form the next one.
-max_wait_ms > 0 adds a short gathering window for deployments that prefer throughput. The queue
-is bounded in images: past max_queue_images callers get 503 with Retry-After right away instead
-of a latency that grows without bound.
-"""
+"""One model as the routes see it: its encoder (service/model.py), its micro-batcher
+(service/batcher.py) and its gallery (a GalleryStore), behind a narrow API: `infer`, `admit`,
+`search`, `thumbnail`, `gallery_size`, the decode pool, and `users` (the lease a swap drains on,
+service/models.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from opentelemetry.trace import SpanContext
-from starlette.requests import ClientDisconnect
 
-from simclr_embed.service import deadline, request_log, tracing
-from simclr_embed.service.bundle import Bundle, BundleError, load_bundle, model_id
-from simclr_embed.service.errors import (
-    DeadlineExceeded,
-    ModelFailure,
-    NotReady,
-    Overloaded,
-    ServiceError,
-)
+from simclr_embed.service import tracing
+from simclr_embed.service.batcher import Batcher
+from simclr_embed.service.bundle import Bundle
 from simclr_embed.service.gallery import Gallery, gallery_path
 from simclr_embed.service.metrics import Metrics, ModelMetrics
-from simclr_embed.service.runtime import CHOICE_FILE, open_runtime
+from simclr_embed.service.model import Model
 from simclr_embed.service.settings import Settings
 from simclr_embed.service.special_cases import CASES
 from simclr_embed.service.store import Filter, GalleryStore, Neighbor, Space
 
 log = logging.getLogger(__name__)
-
-CRASH_LIMIT, CRASH_WINDOW_S = 5, 10.0  # batch-loop crashes that mean it cannot recover
-
-
-@dataclass
-class _Job:
-    images: np.ndarray  # (n, S, S, 3) uint8
-    future: asyncio.Future
-    deadline: float | None  # the time.monotonic() its caller stops waiting at (deadline.py)
-    trace: SpanContext | None  # its request's span (service/tracing.py), None when off
-    notes: dict | None  # its request's log line (service/request_log.py), None when off
-    enqueued: float = field(default_factory=time.perf_counter)
-    enqueued_ns: int = field(default_factory=time.time_ns)  # a span's clock
-    taken: bool = False  # in a model batch: its deadline no longer drops it
 
 
 def open_gallery(settings: Settings, space: Space) -> GalleryStore:
@@ -74,40 +43,32 @@ def open_gallery(settings: Settings, space: Space) -> GalleryStore:
 
 
 class Engine:
-    """One model: its bundle, runtime session, gallery and batch loop. `previous`: the engine
-    this one is to replace (service/models.py), whose gallery it shares when both serve the
-    same model."""
+    """`previous`: the engine this one is to replace (service/models.py), whose gallery it
+    shares when both serve the same model."""
 
     def __init__(self, settings: Settings, metrics: Metrics,
                  in_flight: Callable[[], int] = lambda: 0,
                  bundle_dir: Path | None = None, previous: Engine | None = None) -> None:
         self.settings = settings
+        self._server_metrics = metrics
         self.metrics: Metrics | ModelMetrics = metrics  # bound to the model once it is known
         self.bundle_dir = bundle_dir or settings.bundle
-        self.in_flight = in_flight  # requests admitted and not yet answered (the Gate's count)
+        self.batcher = Batcher(settings, metrics, in_flight)
         self.users = 0  # requests holding this engine (service/models.py drains on it)
         self.owns_gallery = True  # closes it at stop; a swap hands a shared one over
         self._previous = previous
-        self._running = False  # a batch is in the model thread
-        self.ready = self._stopped = False
-        self.failed = False  # the model can no longer run: /healthz answers 503
-        self._crashes: deque[float] = deque(maxlen=CRASH_LIMIT)
-        self._bundle: Bundle | None = None  # load() reads them: see .bundle, .gallery
+        self._stopped = False
+        self._model: Model | None = None  # load() makes them: see .model, .gallery
         self._gallery: GalleryStore | None = None
-        self._jobs: deque[_Job] = deque()
-        self._pending = 0  # images queued, not yet handed to the model
-        self._wake = asyncio.Event()
-        self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="onnx")
         self.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="dec")
         self.decode_slots = asyncio.Semaphore(settings.decode_threads)
-        self._worker: asyncio.Task | None = None
-        self._taken: list[_Job] = []  # the batch being run
+        self.size = 0  # the model's input side, which decoding resizes to: set by load()
 
     @property
-    def bundle(self) -> Bundle:
-        if self._bundle is None:
+    def model(self) -> Model:
+        if self._model is None:
             raise RuntimeError("the engine is used before load()")
-        return self._bundle
+        return self._model
 
     @property
     def gallery(self) -> GalleryStore:
@@ -115,60 +76,66 @@ class Engine:
             raise RuntimeError("the engine is used before load()")
         return self._gallery
 
+    # What the routes read about the model.
+    @property
+    def model_id(self) -> str:
+        return self.model.id
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.model.bundle
+
+    @property
+    def dim(self) -> int:
+        return self.model.dim
+
+    @property
+    def pca(self) -> np.ndarray | None:
+        return self.model.pca
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher.ready
+
+    @property
+    def failed(self) -> bool:
+        return self.batcher.failed
+
+    @property
+    def pending(self) -> int:
+        return self.batcher.pending
+
     # --- lifecycle -------------------------------------------------------------------------
     def load(self) -> None:
         """Blocking: verify the bundle, open the session and warm it up while the gallery loads
         beside it (its SQLite check and index snapshot are I/O and C code: ~1 s of a 200k
         gallery's start that the model's ~0.5 s no longer adds to)."""
-        s = self.settings
-        self._bundle = load_bundle(self.bundle_dir)
-        self.model_id = model_id(self.bundle.manifest)
-        self.metrics = self.metrics.bind(self.model_id)
-        self.dim = int(self.bundle.manifest["embedding_dim"])
+        self._model = model = Model(self.bundle_dir, self.settings)
+        self.size = model.size
+        self.metrics = bound = self._server_metrics.bind(model.id)
         with ThreadPoolExecutor(1, thread_name_prefix="gallery-load") as pool:
             gallery = pool.submit(self._load_gallery)
-            self.session, self.runtime_reason = open_runtime(
-                self.bundle.encoder_path(s.precision), self.bundle.manifest, s.precision,
-                s.threads, s.provider, s.data_dir / CHOICE_FILE, spinning=CASES.spinning)
-            self.input_name = self.session.get_inputs()[0].name
-            self.size = int(self.bundle.manifest["input"]["size"])
-            self.pca = self.bundle.pca()  # for `dimensions`; None in older bundles
-            for batch in (1, s.max_batch_size):  # first runs allocate and pick kernels
-                self._check_output(batch, *self._run(
-                    np.zeros((batch, self.size, self.size, 3), np.uint8)))
+            model.open()
             gallery.result()
         self._previous = None  # not kept alive by its successor
-        self.thumbs = self.bundle.thumbnails()
-        self.metrics.set_model(*self.labels)
-        self.span_attributes = {"model.id": self.model_id, "model.precision": s.precision,
-                                "model.runtime": self.session.get_providers()[0]}
+        self._thumbs = model.bundle.thumbnails()
+        self.metrics.set_model(*model.labels)
+        self.batcher.bind(model.run, model.id, model.span_attributes, bound)
         self.metrics.gallery_size.set(len(self.gallery))
-        log.info("engine ready: %s %s on %s (%s), gallery %d", self.model_id, s.precision,
-                 self.session.get_providers()[0], self.runtime_reason, len(self.gallery))
-
-    @property
-    def labels(self) -> tuple[str, str, str, str]:
-        """Its model_info labels: the bundle by its name, not its path on the server."""
-        return (self.model_id, self.settings.precision, self.session.get_providers()[0],
-                self.bundle_dir.name)
-
-    def _check_output(self, batch: int, emb: np.ndarray, logits: np.ndarray) -> None:
-        """A bundle whose graph does not give what its manifest says is refused at load."""
-        want = ((batch, self.dim), (batch, len(self.bundle.classes)))
-        if (emb.shape, logits.shape) != want or not np.isfinite(emb).all():
-            raise BundleError(f"{self.bundle_dir}: the encoder gives {emb.shape} embeddings and "
-                             f"{logits.shape} logits for {batch} images, not {want}")
+        log.info("engine ready: %s %s on %s (%s), gallery %d", model.id,
+                 self.settings.precision, model.provider, model.runtime_reason,
+                 len(self.gallery))
 
     def _load_gallery(self) -> None:
-        s = self.settings
-        if self._previous is not None and self._previous.model_id == self.model_id:
+        s, model = self.settings, self.model
+        if self._previous is not None and self._previous.model_id == model.id:
             self._gallery, self.owns_gallery = self._previous.gallery, False
-            ids = self.bundle.gallery_ids()  # the vectors are in the shared gallery already
+            ids = model.bundle.gallery_ids()  # the vectors are in the shared gallery already
         else:
-            self._gallery = open_gallery(s, Space(self.model_id, s.precision, self.dim))
-            ids, labels, emb = self.bundle.gallery(s.precision)
-            classes = self.bundle.classes
-            self.gallery.load(ids.tolist(), [classes[y] for y in labels.tolist()], emb)
+            self._gallery = open_gallery(s, Space(model.id, s.precision, model.dim))
+            ids, labels, emb = model.bundle.gallery(s.precision)
+            classes = model.bundle.classes
+            self._gallery.load(ids.tolist(), [classes[y] for y in labels.tolist()], emb)
         self.bundle_rows = {i: n for n, i in enumerate(ids.tolist())}
 
     def thumbnail(self, id_: str) -> np.ndarray | bytes | None:
@@ -178,32 +145,26 @@ class Engine:
         if stored is not None:
             return stored
         row = self.bundle_rows.get(id_)
-        if row is None or self.thumbs is None or self.gallery.get(id_) is None:
+        if row is None or self._thumbs is None or self.gallery.get(id_) is None:
             return None
-        return np.asarray(self.thumbs[row])
+        return np.asarray(self._thumbs[row])
 
     async def start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.load)
-        self._worker = asyncio.create_task(self._supervise())
-        self.ready = True
+        self.batcher.start()
 
     async def stop(self) -> None:
         """Idempotent: a server stopping while a swap drains stops the old engine too."""
         if self._stopped:
             return
-        self._stopped, self.ready = True, False
-        if self._worker:
-            self._worker.cancel()
-        if self._taken or self._jobs:  # (an engine whose load failed has no model metrics)
-            self._fail_all(self._taken + list(self._jobs),
-                           NotReady("the model was stopped (a swap or a shutdown); retry",
-                                    headers={"Retry-After": "1"}))
+        self._stopped = True
+        self.batcher.stop()
         # Off the event loop: joining the model thread, the index snapshot and the WAL
         # checkpoint of a 200k gallery took 5 s, and every other request waited for them.
         await asyncio.to_thread(self._release)
 
     def _release(self) -> None:
-        self._model_pool.shutdown(wait=True)
+        self.batcher.close()
         self.decode_pool.shutdown(wait=False)
         if self._gallery is not None and self.owns_gallery:
             self.gallery.close()
@@ -212,70 +173,15 @@ class Engine:
         """In a thread: PostgreSQL's is a count(*) over the network."""
         return await asyncio.to_thread(len, self.gallery)
 
-    # --- inference -------------------------------------------------------------------------
-    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        emb, logits = self.session.run(None, {self.input_name: batch})
-        return emb, logits
-
-    @property
-    def pending(self) -> int:
-        """Images queued for the model, not yet in a batch."""
-        return self._pending
-
+    # --- inference and search --------------------------------------------------------------
     def admit(self, n: int) -> None:
-        """Refuse n more images when the queue is full: called before decoding too, so that a
-        refusal costs as little CPU as possible when CPU is what is short."""
-        if self._pending + n > self.settings.max_queue_images:
-            self.metrics.rejected.inc()
-            raise Overloaded(f"{self._pending} images already queued; retry shortly",
-                             headers={"Retry-After": "1"})
+        self.batcher.admit(n)
 
     async def infer(self, images: np.ndarray, until: float | None = None,
                     gone: Callable[[], Awaitable[object]] | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
-        """(n, S, S, 3) uint8 -> this caller's own (embeddings (n, D), logits (n, C)). `until`:
-        the caller's deadline (service/deadline.py), past which its job leaves the queue unrun
-        and it gets 504 (once in a model batch, it waits for its answer); `gone()`: returns when
-        the caller has left, and its job leaves the queue unrun too."""
-        n = len(images)
-        if not self.ready:  # held since before a stop or a failure: never queued to wait
-            raise NotReady("the model is not running (stopped, or failed); retry",
-                           headers={"Retry-After": "1"})
-        self.admit(n)
-        tracing.annotate(self.span_attributes)
-        request_log.note(model=self.model_id)
-        if n == 1 and CASES.lone_run and self._idle():
-            await asyncio.sleep(0)  # requests already read off the sockets enter the Gate first
-            if self._idle():
-                return self._run_alone(images)
-        job = _Job(images, asyncio.get_running_loop().create_future(), until, tracing.current(),
-                   request_log.current())
-        self._jobs.append(job)
-        self._pending += n
-        self.metrics.queue_images.set(self._pending)
-        self._wake.set()
-        limit = self.settings.model_timeout_s
-        left = limit if until is None else min(limit, until - time.monotonic())
-        watcher = asyncio.ensure_future(gone()) if gone is not None else None
-        try:  # a timed-out job stays queued (dropped there if its deadline passed)
-            done, _ = await asyncio.wait([job.future, *([watcher] if watcher else [])],
-                                         timeout=left, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-        if job.future in done:
-            return job.future.result()
-        if watcher in done:  # its place is freed: the batcher skips a cancelled job
-            job.future.cancel()
-            raise ClientDisconnect()
-        if left < limit and not job.taken:
-            raise DeadlineExceeded(f"the request's {deadline.HEADER} passed while it waited "
-                                   "for the model", param=deadline.HEADER)
-        if left < limit:  # its deadline passed in the model: a late answer beats a 504, as
-            with contextlib.suppress(TimeoutError):  # Triton's deadline covers the queue alone
-                return await asyncio.wait_for(asyncio.shield(job.future), limit - left)
-        raise Overloaded(f"the model did not answer within {limit:g} s; retry shortly",
-                         headers={"Retry-After": "1"})
+        """The batcher's infer (service/batcher.py)."""
+        return await self.batcher.infer(images, until, gone)
 
     async def search(self, queries: np.ndarray, k: int, f: Filter | None
                      ) -> list[list[Neighbor]]:
@@ -285,146 +191,8 @@ class Engine:
         (benchmarks/archive/search_hop.py)."""
         with tracing.span("search", {"search.k": k, "search.index": self.gallery.kind,
                                      "search.filtered": f is not None}):
-            if CASES.lone_run and self.gallery.in_memory and self.in_flight() <= 1:
+            if CASES.lone_run and self.gallery.in_memory and self.batcher.in_flight() <= 1:
                 await asyncio.sleep(0)  # requests already read off the sockets go first
-                if self.in_flight() <= 1:
+                if self.batcher.in_flight() <= 1:
                     return self.gallery.search(queries, k, f)
             return await asyncio.to_thread(self.gallery.search, queries, k, f)
-
-    def _idle(self) -> bool:
-        """No other request admitted, queued or in the model. A request still in a socket buffer
-        is not counted: without the yield in infer(), a closed loop of clients degrades into
-        one-image runs on the event loop (measured: 32 clients, 1,100 -> 700 req/s)."""
-        return self.in_flight() <= 1 and not self._jobs and not self._running
-
-    def _run_alone(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A lone image runs right here on the event loop: waking the model thread after an idle
-        gap costs more than the INT8 model itself (docs/benchmarks.md, "Serving"), and with no
-        other request in flight there is nothing the loop could do meanwhile."""
-        start = time.perf_counter()
-        try:
-            with tracing.span("model run", {"batch.size": 1}):
-                out = self._run(images)
-        except Exception as e:
-            log.exception("inference failed (lone run)")
-            self._model_failed()
-            raise ModelFailure(f"inference failed: {e}") from e
-        took = time.perf_counter() - start
-        self.metrics.lone_runs.inc()
-        self.metrics.queue_wait.observe(0.0)
-        self.metrics.batch_size.observe(1)
-        self.metrics.inference.observe(took)
-        request_log.note(queue_ms=0.0, model_ms=round(took * 1000, 3), batch_size=1)
-        return out
-
-    def _take_batch(self) -> list[_Job]:
-        """Moves the next batch from the queue into self._taken (job by job, so that a crash
-        midway loses none of them to the supervisor)."""
-        jobs: list[_Job] = []
-        self._taken, count = jobs, 0
-        limit = self.settings.max_batch_size
-        while self._jobs and (not jobs or count + len(self._jobs[0].images) <= limit):
-            job = self._jobs.popleft()
-            self._pending -= len(job.images)
-            if job.future.cancelled():  # its caller left (counted where it was seen)
-                continue
-            if deadline.expired(job.deadline):  # its caller has its 504: no model time
-                self._drop(job)
-                continue
-            job.taken = True
-            jobs.append(job)
-            count += len(job.images)
-        self.metrics.queue_images.set(self._pending)
-        return jobs
-
-    def _drop(self, job: _Job) -> None:
-        error = deadline.exceeded(self.metrics, "model")
-        if not job.future.done():
-            job.future.set_exception(error)
-
-    async def _supervise(self) -> None:
-        """Runs the batch loop; when it dies of an unexpected error, that batch's and every
-        queued caller get a 500, the crash is counted and logged, and the loop starts again.
-        Crashing CRASH_LIMIT times within CRASH_WINDOW_S means it cannot recover: the engine
-        fails for good (/readyz and /healthz 503) for the orchestrator to replace it."""
-        while not self.failed:
-            try:
-                await self._batch_loop()
-            except Exception as e:
-                log.exception("the model's batch loop crashed; failing its requests")
-                self._fail_all(self._taken + list(self._jobs),
-                               ModelFailure(f"the model failed: {type(e).__name__}"))
-                self._model_failed()
-        self._fail_all(list(self._jobs), NotReady("the model can no longer run; see the "
-                                                  "server's log"))
-
-    def _model_failed(self) -> None:
-        """Counts a crash of the batch loop or a failed model run (batched or lone): CRASH_LIMIT
-        of them within CRASH_WINDOW_S mean the model cannot recover, and the engine fails for
-        good: not ready, and not alive, so that a liveness probe restarts the process."""
-        self.metrics.model_crashes.inc()
-        self._crashes.append(time.monotonic())
-        crashes = self._crashes
-        if len(crashes) == CRASH_LIMIT and crashes[-1] - crashes[0] < CRASH_WINDOW_S:
-            log.error("the model failed %d times in %g s: not ready, not alive", CRASH_LIMIT,
-                      CRASH_WINDOW_S)
-            self.ready, self.failed = False, True
-            self._wake.set()  # the batch loop, if waiting, ends
-
-    def _fail_all(self, jobs: list[_Job], error: ServiceError) -> None:
-        self._jobs.clear()
-        self._taken = []
-        self._pending, self._running = 0, False
-        self.metrics.queue_images.set(0)
-        for j in jobs:
-            if not j.future.done():
-                j.future.set_exception(error)
-
-    async def _batch_loop(self) -> None:
-        wait = self.settings.max_wait_ms / 1000
-        while True:
-            if not self._jobs:
-                self._wake.clear()
-                await self._wake.wait()
-            if self.failed:
-                return
-            if wait and self._pending < self.settings.max_batch_size:
-                await asyncio.sleep(wait)
-            self._running = True
-            if jobs := self._take_batch():
-                await self._run_batch(jobs)
-            self._taken, self._running = [], False
-
-    async def _run_batch(self, jobs: list[_Job]) -> None:
-        start, start_ns = time.perf_counter(), time.time_ns()
-        for j in jobs:
-            self.metrics.queue_wait.observe(start - j.enqueued)
-        batch = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
-        self.metrics.batch_size.observe(len(batch))
-        size = {"batch.size": len(batch), "batch.requests": len(jobs)}
-        try:
-            with tracing.batch_span([j.trace for j in jobs],
-                                    {**self.span_attributes, **size}) as batch_trace:
-                emb, logits = await asyncio.get_running_loop().run_in_executor(
-                    self._model_pool, self._run, batch)
-        except Exception as e:  # a model failure fails this batch's callers, not the loop
-            log.exception("inference failed")
-            self._model_failed()
-            for j in jobs:
-                if not j.future.done():
-                    j.future.set_exception(ModelFailure(f"inference failed: {e}"))
-            return
-        took = time.perf_counter() - start
-        self.metrics.inference.observe(took)
-        end_ns = time.time_ns()
-        for j in jobs:
-            tracing.queued_and_run(j.trace, batch_trace, j.enqueued_ns, start_ns, end_ns, size)
-            if j.notes is not None:
-                j.notes.update(queue_ms=round((start - j.enqueued) * 1000, 3),
-                               model_ms=round(took * 1000, 3), batch_size=len(batch))
-        offset = 0
-        for j in jobs:
-            n = len(j.images)
-            if not j.future.done():  # the caller may have gone away
-                j.future.set_result((emb[offset : offset + n], logits[offset : offset + n]))
-            offset += n

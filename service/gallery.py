@@ -632,14 +632,18 @@ class Gallery:
 
     def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray,
             thumbs: list[bytes | None] | None = None,
-            metas: list[dict | None] | None = None) -> None:
+            metas: list[dict | None] | None = None, origin: str | None = None,
+            fingerprints: list[str] | None = None) -> None:
         # The commit (and its busy wait on other workers) runs outside the in-memory lock, so
         # searches go on meanwhile; the catch-up applies it in commit order.
         with self.db_lock, storage_errors(self.db_path):
             self.store.add(ids, labels, emb, thumbs or [None] * len(ids),
-                           metas or [None] * len(ids))
+                           metas or [None] * len(ids), origin, fingerprints)
         with self.lock.write():
             self._catch_up()
+
+    def fingerprints(self, origin: str) -> dict[str, str]:
+        return self.store.fingerprints(origin)
 
     def thumbnail(self, id_: str) -> bytes | None:
         """The PNG stored with an added item, if it came with an image."""

@@ -26,12 +26,13 @@ from simclr_embed.service.indexer import (
     IndexingError,
     IndexJob,
     Source,
-    Target,
+    add_args,
     decode_chunk,
     read_files,
 )
 from simclr_embed.service.runtime import CHOICE_FILE, make_session, open_runtime, provider_name
 from simclr_embed.service.settings import Settings
+from simclr_embed.service.store import GalleryWriter
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,8 @@ class Embedder:
 
 
 def embed_on_ray(job: IndexJob, settings: Settings, bundle: Bundle, source: Source,
-                 todo: list[Entry], target: Target) -> tuple[int, list[tuple[Entry, str]]]:
+                 todo: list[Entry], writer: GalleryWriter
+                 ) -> tuple[int, list[tuple[Entry, str]]]:
     try:
         import ray
     except ImportError:
@@ -87,14 +89,14 @@ def embed_on_ray(job: IndexJob, settings: Settings, bundle: Bundle, source: Sour
     ray.init(address=job.ray or None, ignore_reinit_error=True, log_to_driver=False,
              **({"num_cpus": os.cpu_count(), "include_dashboard": False} if local else {}))
     try:
-        return _run(job, settings, bundle, source, todo, target)
+        return _run(job, settings, bundle, source, todo, writer)
     finally:
         if local:  # the instance this job started ends with it
             ray.shutdown()
 
 
 def _run(job: IndexJob, settings: Settings, bundle: Bundle, source: Source, todo: list[Entry],
-         target: Target) -> tuple[int, list[tuple[Entry, str]]]:
+         writer: GalleryWriter) -> tuple[int, list[tuple[Entry, str]]]:
     import ray
 
     size = int(bundle.manifest["input"]["size"])
@@ -126,7 +128,8 @@ def _run(job: IndexJob, settings: Settings, bundle: Bundle, source: Source, todo
             if good:
                 d = Decoded([todo[rows[k]] for k in good], np.zeros(0),
                             [bytes(b["thumb"][k]) for k in good], [])
-                target.write(d, np.asarray(b["embedding"][good], np.float32), source.origin)
+                writer.add(*add_args(d, np.asarray(b["embedding"][good], np.float32),
+                                     source.origin))
                 indexed += len(good)
             bar.update(len(rows))
     for e, reason in skipped:

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -38,7 +38,7 @@ from simclr_embed.service.preprocess import decode_image
 from simclr_embed.service.runtime import CHOICE_FILE, open_runtime
 from simclr_embed.service.schemas import MAX_ID_CHARS, MAX_METADATA_BYTES, MAX_METADATA_KEYS
 from simclr_embed.service.settings import Settings
-from simclr_embed.service.store import Space
+from simclr_embed.service.store import GalleryWriter, Space
 
 log = logging.getLogger(__name__)
 
@@ -262,74 +262,54 @@ def decoded_batches(stream: Iterable[tuple[Entry, bytes | Exception]], size: int
 
 
 # --- the target -----------------------------------------------------------------------------
-class Target(Protocol):
-    def fingerprints(self, origin: str) -> dict[str, str]: ...
-    def write(self, d: Decoded, emb: np.ndarray, origin: str) -> None: ...
-    def remove(self, ids: list[str]) -> int: ...
-    def close(self) -> None: ...
-
-
 def add_args(d: Decoded, emb: np.ndarray, origin: str) -> tuple:
-    """The arguments of both stores' `add` for one decoded batch."""
+    """The arguments of GalleryWriter.add for one decoded batch."""
     return ([e.id for e in d.entries], [e.label for e in d.entries], emb, list(d.thumbs),
             [e.metadata for e in d.entries], origin, [e.fingerprint for e in d.entries])
 
 
-class SQLiteTarget:
-    """The embedded gallery's database, written as the server writes it (a server beside it
-    applies the new changes before its next answer)."""
+class SQLiteWriter:
+    """The embedded gallery's database, written as the server writes it but without its
+    in-memory index (a server beside it applies the new changes before its next answer)."""
 
     def __init__(self, settings: Settings, space: Space) -> None:
         self.path = gallery_path(settings.data_dir, space)  # the one the server opens
         self.store = SQLiteStore(self.path, space, settings.accept_gallery_loss)
 
-    def fingerprints(self, origin: str) -> dict[str, str]:
-        return self.store.fingerprints(origin)
-
-    def write(self, d: Decoded, emb: np.ndarray, origin: str) -> None:
+    def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray,
+            thumbs: list[bytes | None] | None = None,
+            metas: list[dict | None] | None = None, origin: str | None = None,
+            fingerprints: list[str] | None = None) -> None:
         with storage_errors(self.path):
-            self.store.add(*add_args(d, emb, origin))
+            self.store.add(ids, labels, emb, thumbs or [None] * len(ids),
+                           metas or [None] * len(ids), origin, fingerprints)
 
-    def remove(self, ids: list[str]) -> int:
+    def delete(self, ids: list[str]) -> list[str]:
         """ids come from `fingerprints`: all present (the store skips any deleted since)."""
         with storage_errors(self.path):
-            return len(self.store.delete(ids, set(ids)))
+            return self.store.delete(ids, set(ids))
+
+    def fingerprints(self, origin: str) -> dict[str, str]:
+        return self.store.fingerprints(origin)
 
     def close(self) -> None:
         self.store.close()
 
 
-class PgTarget:
-    def __init__(self, settings: Settings, space: Space) -> None:
-        import psycopg
-
-        from simclr_embed.service.pg_gallery import PgGallery
-
-        try:
-            self.gallery = PgGallery(space, settings.gallery_url.get_secret_value(),
-                                     settings.hnsw_m, settings.hnsw_ef_search)
-        except psycopg.OperationalError as e:
-            raise StorageError(f"cannot reach the gallery database "
-                               f"(SIMCLR_EMBED_GALLERY_URL): {e}") from e
-
-    def fingerprints(self, origin: str) -> dict[str, str]:
-        return self.gallery.fingerprints(origin)
-
-    def write(self, d: Decoded, emb: np.ndarray, origin: str) -> None:
-        self.gallery.add(*add_args(d, emb, origin))
-
-    def remove(self, ids: list[str]) -> int:
-        return len(self.gallery.delete(ids))
-
-    def close(self) -> None:
-        self.gallery.close()
-
-
-def open_target(settings: Settings, space: Space) -> Target:
+def open_writer(settings: Settings, space: Space) -> GalleryWriter:
     """The gallery the server with these settings serves: PostgreSQL or the embedded store."""
-    if settings.gallery_url is not None:
-        return PgTarget(settings, space)
-    return SQLiteTarget(settings, space)
+    if settings.gallery_url is None:
+        return SQLiteWriter(settings, space)
+    import psycopg
+
+    from simclr_embed.service.pg_gallery import PgGallery
+
+    try:
+        return PgGallery(space, settings.gallery_url.get_secret_value(), settings.hnsw_m,
+                         settings.hnsw_ef_search)
+    except psycopg.OperationalError as e:
+        raise StorageError(f"cannot reach the gallery database "
+                           f"(SIMCLR_EMBED_GALLERY_URL): {e}") from e
 
 
 # --- the job --------------------------------------------------------------------------------
@@ -373,9 +353,9 @@ def run_index(job: IndexJob, settings: Settings) -> dict[str, Any]:
     bundle = load_bundle(pick_bundle(settings, job.model))
     space = Space(model_id(bundle.manifest), settings.precision,
                   int(bundle.manifest["embedding_dim"]))
-    target = open_target(settings, space)  # GalleryMismatch for another model's gallery
+    writer = open_writer(settings, space)  # GalleryMismatch for another model's gallery
     try:
-        have = target.fingerprints(source.origin)
+        have = writer.fingerprints(source.origin)
         todo = [e for e in entries if have.get(e.id) != e.fingerprint]
         gone = sorted(set(have) - {e.id for e in entries})
         log.info("%s: %d files, %d unchanged, %d to embed%s", job.source, len(entries),
@@ -386,20 +366,20 @@ def run_index(job: IndexJob, settings: Settings) -> dict[str, Any]:
         if job.ray is not None:
             from simclr_embed.service.index_ray import embed_on_ray
 
-            indexed, skipped = embed_on_ray(job, settings, bundle, source, todo, target)
+            indexed, skipped = embed_on_ray(job, settings, bundle, source, todo, writer)
         else:
-            indexed, skipped = embed_here(job, settings, bundle, source, todo, target)
+            indexed, skipped = embed_here(job, settings, bundle, source, todo, writer)
         embed_s = time.perf_counter() - embed_start
-        pruned = target.remove(gone) if job.prune and gone else 0
+        pruned = len(writer.delete(gone)) if job.prune and gone else 0
     finally:
-        target.close()
+        writer.close()
     return finish(job, source, settings, space, time.perf_counter() - started, embed_s,
                   {"files": listed, "unchanged": len(entries) - len(todo), "embedded": len(todo),
                    "indexed": indexed, "pruned": pruned}, skipped)
 
 
 def embed_here(job: IndexJob, settings: Settings, bundle, source: Source, todo: list[Entry],
-               target: Target) -> tuple[int, list[tuple[Entry, str]]]:
+               writer: GalleryWriter) -> tuple[int, list[tuple[Entry, str]]]:
     """Decode on a thread pool, embed and write here; (items written, entries skipped)."""
     session, why = open_runtime(bundle.encoder_path(settings.precision), bundle.manifest,
                                 settings.precision, settings.threads, settings.provider,
@@ -416,7 +396,7 @@ def embed_here(job: IndexJob, settings: Settings, bundle, source: Source, todo: 
             skipped += d.skipped
             if d.entries:
                 emb, _ = session.run(None, {name: d.pixels})
-                target.write(d, emb, source.origin)
+                writer.add(*add_args(d, emb, source.origin))
                 indexed += len(d.entries)
             bar.update(len(d.entries) + len(d.skipped))
             bar.set_postfix(skipped=len(skipped), refresh=False)

@@ -113,7 +113,7 @@ class Models:
         self.engines[n] = new  # the swap: requests from here on get the new engine
         if new.gallery is old.gallery:
             old.owns_gallery, new.owns_gallery = False, True
-        self.metrics.unset_model(*old.labels)
+        self.metrics.unset_model(*old.model.labels)
         self.metrics.swaps.labels("swapped").inc()
         log.info("swapped %s -> %s from %s in %.2f s; draining the old one", old.model_id,
                  new.model_id, old.bundle_dir, time.perf_counter() - start)

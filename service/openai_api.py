@@ -82,4 +82,4 @@ def model_card(engine: Engine, gallery_size: int) -> dict:
     return {"id": engine.model_id, "object": "model", "created": created,
             "owned_by": "simclr-embed", "bundle": engine.bundle_dir.name,
             "precision": engine.settings.precision,
-            "provider": engine.session.get_providers()[0], "gallery_size": gallery_size}
+            "provider": engine.model.provider, "gallery_size": gallery_size}

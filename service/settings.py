@@ -43,7 +43,7 @@ class ModelSettings(BaseModel):
 
 
 class BatchingSettings(BaseModel):
-    """Requests queued while a batch runs form the next one (service/engine.py)."""
+    """Requests queued while a batch runs form the next one (service/batcher.py)."""
 
     max_batch_size: int = Field(64, ge=1, description="images in one model run at most")
     max_wait_ms: float = Field(0.0, ge=0, description="how long a lone request waits for "

@@ -18,7 +18,7 @@ class SpecialCases:
     # The loaded heap frozen and the collector's first generation enlarged (app.settle_heap):
     # +10 % requests/s at 32 clients, p99 halved.
     settle_heap: bool = True
-    # A lone image runs on the event loop instead of the model thread (Engine._run_alone):
+    # A lone image runs on the event loop instead of the model thread (Batcher._run_alone):
     # -4 % lone-request latency.
     lone_run: bool = True
     # Images up to this many pixels decode on the event loop while no decode is queued

@@ -43,20 +43,34 @@ class Filter:
         return cls(labels, meta)
 
 
-class GalleryStore(Protocol):
+class GalleryWriter(Protocol):
+    """What writes a gallery without serving it (`simclr-embed index`): durable before `add` or
+    `delete` returns. `origin` and `fingerprints` record where an indexed item came from and
+    what its file was, so that a rerun embeds only what changed."""
+
+    def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray,
+            thumbs: list[bytes | None] | None = None,
+            metas: list[dict | None] | None = None, origin: str | None = None,
+            fingerprints: list[str] | None = None) -> None: ...
+
+    def delete(self, ids: list[str]) -> list[str]: ...
+
+    def fingerprints(self, origin: str) -> dict[str, str]: ...
+
+    def close(self) -> None: ...
+
+
+class GalleryStore(GalleryWriter, Protocol):
     """A gallery: the bundle's items plus the changes made through the API, durable before an
-    add or delete returns, searched by inner product over unit vectors."""
+    add or delete returns, searched by inner product over unit vectors. Its implementations
+    (service/gallery.py, service/pg_gallery.py) are checked against it where
+    service/engine.py's `open_gallery` returns them; the indexer's writers where
+    service/indexer.py's `open_writer` does."""
 
     kind: str  # the index that answers searches, for /v1/model
     in_memory: bool  # True: a search never waits on I/O (the engine may run it on the loop)
 
     def load(self, ids: list[str], labels: list[str | None], emb: np.ndarray) -> None: ...
-
-    def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray,
-            thumbs: list[bytes | None] | None = None,
-            metas: list[dict | None] | None = None) -> None: ...
-
-    def delete(self, ids: list[str]) -> list[str]: ...
 
     def get(self, id_: str) -> tuple[str | None, np.ndarray, dict | None] | None: ...
 
@@ -74,5 +88,3 @@ class GalleryStore(Protocol):
     def healthy(self) -> bool: ...
 
     def recall_info(self) -> dict: ...
-
-    def close(self) -> None: ...

@@ -75,8 +75,8 @@ async def model_info(engine: EngineDep, settings: SettingsDep) -> dict:
     scores = {k: v for k, v in ckpt.get("eval", {}).items() if isinstance(v, int | float)}
     # No file paths and no training history: this route answers anyone who can reach it.
     return {"model": engine.model_id, "precision": settings.precision,
-            "provider": engine.session.get_providers()[0],
-            "provider_reason": engine.runtime_reason, "classes": m["classes"],
+            "provider": engine.model.provider,
+            "provider_reason": engine.model.runtime_reason, "classes": m["classes"],
             "embedding_dim": engine.dim, "input": m["input"], "created": m["created"],
             "metrics": m["metrics"], "gallery_size": await engine.gallery_size(),
             "gallery_index": engine.gallery.kind,

@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from simclr_embed.service.engine import CRASH_LIMIT, Engine
+from simclr_embed.service.batcher import CRASH_LIMIT
+from simclr_embed.service.engine import Engine
 from simclr_embed.service.errors import ModelFailure, NotReady, Overloaded
 from simclr_embed.service.metrics import Metrics
 from simclr_embed.service.settings import Settings
@@ -31,7 +32,7 @@ async def started(bundle_dir, tmp_path, **kw) -> Engine:
 def test_a_crashed_batch_loop_fails_its_callers_and_restarts(bundle_dir, tmp_path):
     async def run() -> None:
         engine = await started(bundle_dir, tmp_path)
-        real, calls = engine._take_batch, []
+        real, calls = engine.batcher._take_batch, []
 
         def crash_once():  # the fault: an error outside the model run, once
             calls.append(1)
@@ -40,7 +41,7 @@ def test_a_crashed_batch_loop_fails_its_callers_and_restarts(bundle_dir, tmp_pat
                 raise RuntimeError("bookkeeping bug")
             return real()
 
-        engine._take_batch = crash_once
+        engine.batcher._take_batch = crash_once
         results = await asyncio.gather(engine.infer(images(2)), engine.infer(images(3)),
                                        return_exceptions=True)
         assert all(isinstance(r, ModelFailure) for r in results), results
@@ -60,7 +61,7 @@ def test_a_loop_that_keeps_crashing_turns_readiness_off(bundle_dir, tmp_path):
         def always():  # the fault: every batch dies
             raise RuntimeError("broken for good")
 
-        engine._take_batch = always
+        engine.batcher._take_batch = always
         for _ in range(CRASH_LIMIT):
             with pytest.raises(ModelFailure):
                 await asyncio.wait_for(engine.infer(images(2)), 10)
@@ -77,16 +78,16 @@ def test_a_loop_that_keeps_crashing_turns_readiness_off(bundle_dir, tmp_path):
 def test_every_wait_on_the_model_has_a_deadline(bundle_dir, tmp_path):
     async def run() -> None:
         engine = await started(bundle_dir, tmp_path, model_timeout_s=0.3)
-        real = engine._run
+        real = engine.batcher.run
 
         def stuck(batch):  # the fault: a model run that takes far too long
             time.sleep(2)
             return real(batch)
 
-        engine._run = stuck
+        engine.batcher.run = stuck
         with pytest.raises(Overloaded, match=r"did not answer within 0\.3 s"):
             await engine.infer(images(2))
-        engine._run = real
+        engine.batcher.run = real
         await engine.stop()
 
     asyncio.run(run())

@@ -13,7 +13,7 @@ from PIL import Image
 
 from simclr_embed.service import special_cases
 from simclr_embed.service.app import create_app
-from simclr_embed.service.engine import CRASH_LIMIT
+from simclr_embed.service.batcher import CRASH_LIMIT
 from simclr_embed.service.settings import Settings
 from tests.support.servers import API_KEY, Server, png, wait_for_metric
 
@@ -156,7 +156,7 @@ def test_a_model_that_keeps_crashing_answers_503_not_ready(bundle_dir, tmp_path,
         async with app.router.lifespan_context(app), httpx.AsyncClient(
                 transport=httpx.ASGITransport(app), base_url="http://app") as c:
             assert (await c.get("/readyz")).status_code == 200
-            app.state.models.default._take_batch = broken
+            app.state.models.default.batcher._take_batch = broken
             crashed = [await c.post("/v1/embed", files=files) for _ in range(CRASH_LIMIT)]
             for _ in range(200):  # poll: the supervisor gives up right after the last crash
                 if (await c.get("/readyz")).status_code == 503:
@@ -194,7 +194,7 @@ def test_failed_lone_runs_count_toward_the_crash_limit(bundle_dir, tmp_path, mon
                 transport=httpx.ASGITransport(app), base_url="http://app") as c:
             assert (await c.get("/healthz")).status_code == 200
             engine = app.state.models.default
-            engine._run = broken
+            engine.batcher.run = broken
             failed = [await c.post("/v1/embed", files=one) for _ in range(CRASH_LIMIT)]
             crashes = engine.metrics.model_crashes._value.get()
             return failed, await c.get("/healthz"), await c.get("/readyz"), crashes

@@ -12,14 +12,14 @@ from simclr_embed.service.engine import Engine
 
 
 class HeldModel:
-    """Replaces `engine._run` (the model call, in the model thread): each batch records its
+    """Replaces `engine.batcher.run` (the model call, in the model thread): each batch records its
     size, says it has entered, and waits until `open()`."""
 
     def __init__(self, engine: Engine) -> None:
-        self.real = engine._run
+        self.real = engine.batcher.run
         self.sizes: list[int] = []
         self.gate, self.running = threading.Event(), threading.Event()
-        engine._run = self._run  # type: ignore[method-assign]
+        engine.batcher.run = self._run  # type: ignore[method-assign]
 
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self.sizes.append(len(batch))
