@@ -164,7 +164,7 @@ def _build(cfg: ExportConfig, out: Path) -> None:
     log.info("FP32 vs INT8:\n%s", markdown(report))
     check_int8(report, cfg)
 
-    runtimes = write_gallery(out, gallery, shown, emb, paths, report, cfg)
+    runtimes = write_gallery(out, gallery, shown, emb, paths, report, served, cfg)
     np.save(out / "pca.npy", pca_rotation(emb["fp32"][0]))
     head = state["linear_head"]
     np.savez(out / "head.npz", weight=head["weight"].numpy(), bias=head["bias"].numpy())
@@ -182,11 +182,11 @@ def precisions(text: str) -> list[str]:
 
 def write_gallery(out: Path, gallery: ImageArray, shown: ImageArray,
                   emb: dict[str, tuple[np.ndarray, ...]], paths: dict[str, Path], report: dict,
-                  cfg: ExportConfig) -> dict[str, str]:
+                  served: list[str], cfg: ExportConfig) -> dict[str, str]:
     """The gallery's ids, labels, thumbnails and its vectors at each asked precision: the
     report's when it embedded the whole gallery, else made here. -> {precision: runtime}."""
     runtimes = {}
-    for p in precisions(cfg.gallery_precisions):
+    for p in served:
         if shown is gallery:
             vectors, runtimes[p] = emb[p][0], "cpu"
         else:

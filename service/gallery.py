@@ -268,15 +268,17 @@ class SQLiteStore:
                                        "WHERE seq > ? ORDER BY seq", (seq,)).fetchall()
 
     def add(self, ids: list[str], labels: list[str | None], emb: np.ndarray,
-            thumbs: list[bytes | None], metas: list[dict | None], origin: str | None = None,
+            thumbs: list[bytes | None] | None = None,
+            metas: list[dict | None] | None = None, origin: str | None = None,
             fingerprints: list[str] | None = None) -> None:
-        prints = fingerprints or [None] * len(ids)
+        none = [None] * len(ids)
         with self._write():
             seq = self._seq(self.db)
             rows = [(i, lab, e.astype(np.float32).tobytes(), seq + n + 1, t,
                      json.dumps(m) if m else None, origin, fp)
-                    for n, (i, lab, e, t, m, fp) in enumerate(zip(ids, labels, emb, thumbs,
-                                                                  metas, prints, strict=True))]
+                    for n, (i, lab, e, t, m, fp) in enumerate(zip(
+                        ids, labels, emb, thumbs or none, metas or none, fingerprints or none,
+                        strict=True))]
             self.db.executemany("INSERT OR REPLACE INTO items (id, label, embedding, seq, "
                                 "thumb, metadata, origin, fingerprint) VALUES "
                                 "(?, ?, ?, ?, ?, ?, ?, ?)", rows)
@@ -637,8 +639,7 @@ class Gallery:
         # The commit (and its busy wait on other workers) runs outside the in-memory lock, so
         # searches go on meanwhile; the catch-up applies it in commit order.
         with self.db_lock, storage_errors(self.db_path):
-            self.store.add(ids, labels, emb, thumbs or [None] * len(ids),
-                           metas or [None] * len(ids), origin, fingerprints)
+            self.store.add(ids, labels, emb, thumbs, metas, origin, fingerprints)
         with self.lock.write():
             self._catch_up()
 

@@ -281,8 +281,7 @@ class SQLiteWriter:
             metas: list[dict | None] | None = None, origin: str | None = None,
             fingerprints: list[str] | None = None) -> None:
         with storage_errors(self.path):
-            self.store.add(ids, labels, emb, thumbs or [None] * len(ids),
-                           metas or [None] * len(ids), origin, fingerprints)
+            self.store.add(ids, labels, emb, thumbs, metas, origin, fingerprints)
 
     def delete(self, ids: list[str]) -> list[str]:
         """ids come from `fingerprints`: all present (the store skips any deleted since)."""

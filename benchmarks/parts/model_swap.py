@@ -145,7 +145,7 @@ def fill_gallery(bundle: Path, data: Path, n: int) -> None:
         m = min(20_000, n - start)
         v = rng.standard_normal((m, space.dim)).astype(np.float32)
         v /= np.linalg.norm(v, axis=1, keepdims=True)
-        store.add([f"r{start + i}" for i in range(m)], [None] * m, v, [None] * m, [None] * m)
+        store.add([f"r{start + i}" for i in range(m)], [None] * m, v)
     store.close()
 
 
