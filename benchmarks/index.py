@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> None:
         pixels = np.stack([decode_image(f.read_bytes(), size, 10**8) for f in files])
         variants = {"jpeg_32": (work / "small", None), "jpeg_640x480": (work / "large", None)}
         if not args.no_ray:
-            variants["jpeg_32_ray_local"] = (work / "small", "")
+            variants["jpeg_32_ray_local"] = (work / "small", "local")
         rounds = []
         for r in range(args.rounds):
             row: dict = {}

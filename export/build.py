@@ -20,12 +20,13 @@ import torch
 
 from simclr_embed.errors import UserError
 from simclr_embed.export.onnx_export import (
+    Exporter,
     build_embed_classify,
     config_digest,
     export_onnx,
     weights_digest,
 )
-from simclr_embed.export.quantize import quantize_int8
+from simclr_embed.export.quantize import CalibrationMethod, QuantType, quantize_int8
 from simclr_embed.export.report import compare, embed_all, markdown, runtime_gates
 from simclr_embed.service.bundle import write_manifest
 from simclr_embed.service.runtime import make_session, open_runtime, provider_name, run_batches
@@ -46,11 +47,11 @@ class ExportConfig:
     checkpoint: str
     out: str = "bundles/default"
     data: str | None = None  # None: the checkpoint's own data source
-    exporter: str = "torchscript"
+    exporter: Exporter = "torchscript"
     calibration_per_class: int = 30
-    calibration_method: str = "minmax"
-    activation_type: str = "quint8"
-    weight_type: str = "qint8"
+    calibration_method: CalibrationMethod = "minmax"
+    activation_type: QuantType = "quint8"
+    weight_type: QuantType = "qint8"
     gallery_per_class: int | None = None  # None: the whole training split
     # The FP32-vs-INT8 report embeds this many gallery images per class at both precisions on
     # ONNX Runtime; the whole gallery is embedded only at `gallery_precisions`. FP32 runs at

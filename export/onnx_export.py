@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,8 @@ from simclr_embed.training.checkpoint import CheckpointError, model_from_checkpo
 
 log = logging.getLogger(__name__)
 
-EXPORTERS = ("torchscript", "dynamo")
+Exporter = Literal["torchscript", "dynamo"]
+EXPORTERS: tuple[str, ...] = get_args(Exporter)
 OPSET = 17
 INPUT_NAME, OUTPUT_NAMES = "pixels", ("embedding", "logits")
 

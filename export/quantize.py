@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
@@ -24,8 +25,10 @@ from simclr_embed.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-QUANT_TYPES = ("quint8", "qint8")
+CalibrationMethod = Literal["minmax", "entropy", "percentile"]
+QuantType = Literal["quint8", "qint8"]
+CALIBRATION_METHODS: tuple[str, ...] = get_args(CalibrationMethod)
+QUANT_TYPES: tuple[str, ...] = get_args(QuantType)
 
 
 class ArrayReader(CalibrationDataReader):

@@ -1,4 +1,4 @@
-"""`simclr-embed index --ray [ADDRESS]`: the indexer's read -> decode -> embed -> write as a Ray
+"""`simclr-embed index --ray local|ADDRESS`: the indexer's read -> decode -> embed -> write as a Ray
 Data job, for collections one machine embeds too slowly.
 
 from_items(the files to embed) -> map_batches(read + decode: tasks, the service's decoder) ->
@@ -85,8 +85,9 @@ def embed_on_ray(job: IndexJob, settings: Settings, bundle: Bundle, source: Sour
                             "in a manifest")
     if not todo:
         return 0, []
-    local = not job.ray and not ray.is_initialized()
-    ray.init(address=job.ray or None, ignore_reinit_error=True, log_to_driver=False,
+    local = job.ray == "local" and not ray.is_initialized()
+    ray.init(address=None if job.ray == "local" else job.ray, ignore_reinit_error=True,
+             log_to_driver=False,
              **({"num_cpus": os.cpu_count(), "include_dashboard": False} if local else {}))
     try:
         return _run(job, settings, bundle, source, todo, writer)

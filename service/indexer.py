@@ -33,6 +33,7 @@ from simclr_embed.errors import UserError
 from simclr_embed.service.bundle import load_bundle, model_id
 from simclr_embed.service.errors import PayloadTooLarge, ServiceError, StorageError
 from simclr_embed.service.gallery import SQLiteStore, gallery_path, storage_errors
+from simclr_embed.service.index_job import IndexJob
 from simclr_embed.service.page import png_bytes
 from simclr_embed.service.preprocess import decode_image
 from simclr_embed.service.runtime import CHOICE_FILE, open_runtime
@@ -312,19 +313,6 @@ def open_writer(settings: Settings, space: Space) -> GalleryWriter:
 
 
 # --- the job --------------------------------------------------------------------------------
-@dataclass
-class IndexJob:
-    source: Path
-    labels: bool = True
-    path_column: str = "path"
-    prune: bool = False
-    decode_threads: int = 2
-    report: Path | None = Path("index-report.json")
-    ray: str | None = None  # None: here; "" a local Ray instance; else its address
-    actors: int = 1  # with ray: embedding actors, one runtime session each
-    model: str | None = None  # a served model's id or bundle name; None: the first
-
-
 def pick_bundle(settings: Settings, model: str | None) -> Path:
     """The bundle of the model to index for, chosen as the server chooses it: by model id or
     bundle directory name among the bundles these settings serve, the first by default."""
@@ -411,7 +399,7 @@ def finish(job: IndexJob, source: Source, settings: Settings, space: Space, seco
     report = {"source": str(job.source), "origin": source.origin, "model": space.model_id,
               "precision": space.precision,
               "target": "postgresql" if settings.gallery_url else str(settings.data_dir),
-              "runner": "here" if job.ray is None else f"ray {job.ray or '(local)'}",
+              "runner": "here" if job.ray is None else f"ray {job.ray}",
               **counts, "skipped": len(skipped) + len(rejected), "seconds": round(seconds, 2),
               "embed_seconds": round(embed_s, 2),
               "images_per_s": round(counts["embedded"] / embed_s, 1) if embed_s else None,

@@ -8,9 +8,9 @@ against each other at start."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from simclr_embed.errors import ConfigError
@@ -153,6 +153,24 @@ class Settings(BaseSettings, *GROUPS):  # type: ignore[misc]
         _at_most("max_images_per_request", self, "max_batch_size",
                  "such requests would run in batch shapes never warmed up")
         return self
+
+
+def load_settings(**given: Any) -> Settings:
+    """The settings given (flags of `simclr-embed`), the SIMCLR_EMBED_* variables for the rest;
+    a value that cannot work is a user's error, each named in one line."""
+    try:
+        return Settings(**given)
+    except ValidationError as e:
+        raise ConfigError("; ".join(_problem(err) for err in e.errors())) from None
+
+
+def _problem(err: Any) -> str:
+    cause = err.get("ctx", {}).get("error")
+    if isinstance(cause, ConfigError):  # ours already names the settings
+        return str(cause)
+    name = "_".join(str(part) for part in err["loc"])
+    flag = "--" + name.replace("_", "-")
+    return f"{flag} / SIMCLR_EMBED_{name.upper()} ({err.get('input')!r}): {err['msg']}"
 
 
 def _at_most(small: str, s: Settings, large: str, why: str) -> None:

@@ -9,6 +9,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Under either way of naming the files: through the simclr_embed/<stage> links (as checked now)
 # or by the stages' own paths (as the first baseline named them).
 CLEAN = ("./simclr_embed/service/", "./simclr_embed/export/", "./simclr_embed/cli.py",
+         "./simclr_embed/commands/",
          "./service/", "./export/")
 
 

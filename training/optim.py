@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 from simclr_embed.errors import ConfigError
 
-OPTIMIZERS = ("sgd", "lars")
+Optimizer = Literal["sgd", "lars"]
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 
 
 class LARS(torch.optim.Optimizer):

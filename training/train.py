@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -36,12 +36,14 @@ from simclr_embed.training.evaluate import (
     linear_probe_augmented,
 )
 from simclr_embed.training.model import ModelConfig, SimCLR, stem_for
-from simclr_embed.training.optim import WarmupCosine, build_optimizer
+from simclr_embed.training.optim import Optimizer, WarmupCosine, build_optimizer
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DEVICES = ("auto", "cuda", "cpu")
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Device = Literal["auto", "cuda", "cpu"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+DEVICES: tuple[str, ...] = get_args(Device)
 # Measured defaults per optimizer (docs/benchmarks.md, "Training"): base lr at batch 256, weight
 # decay.
 OPTIMIZER_DEFAULTS = {"sgd": (0.06, 5e-4), "lars": (0.3, 1e-6)}
@@ -71,13 +73,13 @@ class TrainConfig:
     epochs: int = 200
     batch_size: int = 256
     temperature: float = 0.1
-    optimizer: str = "lars"
+    optimizer: Optimizer = "lars"
     lr: float | None = None  # None: OPTIMIZER_DEFAULTS base lr * batch_size / 256
     weight_decay: float | None = None
     momentum: float = 0.9
     warmup_epochs: int = 10
-    precision: str = "auto"
-    device: str = "auto"
+    precision: Precision = "auto"
+    device: Device = "auto"
     channels_last: bool = True
     compile: bool = False
     seed: int = 0
@@ -509,7 +511,7 @@ def write_metrics(out: Path, history: list[dict]) -> None:
 
 def evaluate_checkpoint(path: Path, data: str | None = None, probe_epochs: int | None = None,
                         train_per_class: int | None = None, test_per_class: int | None = None,
-                        device: str = "auto") -> dict[str, Any]:
+                        device: Device = "auto") -> dict[str, Any]:
     """kNN and linear probe for a saved checkpoint (the `eval` subcommand)."""
     state = load_checkpoint(path)
     cfg = TrainConfig.from_dict(state["config"])

@@ -142,7 +142,7 @@ def test_ops_endpoints_and_openapi(client, bundle_dir) -> None:
 
 def test_service_never_imports_torch() -> None:
     code = ("import sys\nfrom simclr_embed.service import app, engine, gallery, bundle, "
-            "preprocess\nfrom simclr_embed import cli\ncli.build_parser('serve')\n"
+            "preprocess\nfrom simclr_embed import cli\ncli.build_app('serve')\n"
             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr

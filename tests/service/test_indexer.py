@@ -280,7 +280,7 @@ def test_parquet_manifest_and_ray_equal_the_plain_run(bundle_dir: Path, folder: 
     pq.write_table(pa.table({"path": [str(p) for p in files],
                              "shelf": [n % 4 for n in range(len(files))]}), manifest)
     plain = run_index(IndexJob(manifest, report=None), settings_for(bundle_dir, tmp_path / "p"))
-    on_ray = run_index(IndexJob(manifest, report=None, ray=""),
+    on_ray = run_index(IndexJob(manifest, report=None, ray="local"),
                        settings_for(bundle_dir, tmp_path / "r"))
     assert plain["indexed"] == on_ray["indexed"] == 60
     assert {f["id"] for f in on_ray["skipped_files"]} == {
@@ -301,7 +301,7 @@ def test_parquet_manifest_and_ray_equal_the_plain_run(bundle_dir: Path, folder: 
         archive = tmp_path / "a.tar"
         with tarfile.open(archive, "w") as tar:
             tar.add(folder, arcname="photos")
-        run_index(IndexJob(archive, report=None, ray=""), settings_for(bundle_dir,
+        run_index(IndexJob(archive, report=None, ray="local"), settings_for(bundle_dir,
                                                                       tmp_path / "a"))
 
 

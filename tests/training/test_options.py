@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from simclr_embed.cli import build_parser, config_from_args, parse_args
+from simclr_embed import cli
 from simclr_embed.training import data
 from simclr_embed.training.augment import Normalize
 from simclr_embed.training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -30,11 +30,18 @@ def test_emulated_bf16_gets_fp16(monkeypatch) -> None:
     assert autocast_dtype("auto", torch.device("cpu")) == torch.bfloat16
 
 
-def test_augmentation_flags_and_view_size_follow_the_cli() -> None:
-    args = build_parser("train").parse_args(
-        ["train", "--image-size", "48", "--aug-jitter", "0.8", "0.8", "0.8", "0.2",
-         "--aug-blur-p", "0.5", "--aug-crop-scale", "0.2", "1.0", "--aug-gray-p", "0.1"])
-    cfg = config_from_args(args)
+def parsed(monkeypatch, *argv: str) -> TrainConfig:
+    """The TrainConfig `simclr-embed train ARGV` would train with."""
+    seen: list[TrainConfig] = []
+    monkeypatch.setattr("simclr_embed.commands.train.train",
+                        lambda cfg, resume, stop_after: seen.append(cfg))
+    assert cli.main(["train", *argv]) == 0
+    return seen[0]
+
+
+def test_augmentation_flags_and_view_size_follow_the_cli(monkeypatch) -> None:
+    cfg = parsed(monkeypatch, "--image-size", "48", "--aug-jitter", "0.8", "0.8", "0.8", "0.2",
+                 "--aug-blur-p", "0.5", "--aug-crop-scale", "0.2", "1.0", "--aug-gray-p", "0.1")
     assert cfg.augment.jitter == (0.8, 0.8, 0.8, 0.2) and cfg.augment.blur_p == 0.5
     assert cfg.augment.crop_scale == (0.2, 1.0) and cfg.augment.gray_p == 0.1
     assert cfg.augment.size == 48  # views as large as what export and serving see
@@ -42,8 +49,8 @@ def test_augmentation_flags_and_view_size_follow_the_cli() -> None:
     assert TrainConfig.from_dict({"image_size": 64}).augment.size == 64
 
 
-def test_recipe_sets_defaults_that_explicit_flags_override() -> None:
-    parse = lambda *a: config_from_args(parse_args(["train", *a]))  # noqa: E731
+def test_recipe_sets_defaults_that_explicit_flags_override(monkeypatch) -> None:
+    parse = lambda *a: parsed(monkeypatch, *a)  # noqa: E731
     cifar = parse("--recipe", "cifar")
     assert (cifar.optimizer, cifar.temperature, cifar.batch_size) == ("sgd", 0.5, 512)
     assert cifar.resolved_lr() == pytest.approx(0.06 * 512 / 256)
@@ -54,8 +61,7 @@ def test_recipe_sets_defaults_that_explicit_flags_override() -> None:
                  ["--recipe", "cifar", "--temperature", "0.3"]):
         assert parse(*argv).temperature == 0.3 and parse(*argv).optimizer == "sgd"
     assert parse().temperature == TrainConfig().temperature  # no recipe: the plain defaults
-    with pytest.raises(SystemExit):
-        parse("--recipe", "imagenet")
+    assert cli.main(["train", "--recipe", "imagenet"]) == 2
     with pytest.raises(ValueError, match="valid choices: default, solo, cifar"):
         TrainConfig.recipe("imagenet")
 
