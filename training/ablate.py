@@ -40,6 +40,11 @@ class AblateConfig:
     recipe: str = "default"  # training/train.py RECIPES: everything but tau and the head
     compile: bool = False
     max_cells: int | None = None  # stop after this many cells trained in this call
+    # Optional axes (#37): "off" or the momentum encoder's base coefficient, and multi-crop
+    # "G,L" values; queue_size applies wherever the momentum encoder is on.
+    momentum_encoders: tuple[str, ...] = ("off",)
+    multi_crops: tuple[str, ...] = ("2,0",)
+    queue_size: int = 0
 
     def __post_init__(self) -> None:
         for depth in self.head_layers:
@@ -48,24 +53,43 @@ class AblateConfig:
                                  f"{', '.join(str(d + 1) for d in PROJ_LAYERS)}")
 
 
-def cell_name(tau: float, depth: int) -> str:
-    return f"tau{tau:g}_layers{depth}"
+@dataclass(frozen=True)
+class Cell:
+    tau: float
+    depth: int
+    momentum: str = "off"
+    crops: str = "2,0"
+
+    @property
+    def name(self) -> str:
+        """tau<T>_layers<L>, plus the optional axes where they are not SimCLR's own."""
+        extra = "" if self.momentum == "off" else f"_ema{self.momentum}"
+        extra += "" if self.crops == "2,0" else f"_crops{self.crops.replace(',', 'x')}"
+        return f"tau{self.tau:g}_layers{self.depth}{extra}"
 
 
-def cell_config(cfg: AblateConfig, tau: float, depth: int) -> TrainConfig:
-    """Every cell shares data, budget, seed and recipe; only tau and the head differ."""
+def cells_of(cfg: AblateConfig) -> list[Cell]:
+    return [Cell(tau, depth, m, c) for depth in cfg.head_layers for tau in cfg.temperatures
+            for m in cfg.momentum_encoders for c in cfg.multi_crops]
+
+
+def cell_config(cfg: AblateConfig, cell: Cell) -> TrainConfig:
+    """Every cell shares data, budget, seed and recipe; only its axes differ."""
+    on = cell.momentum != "off"
     return TrainConfig.recipe(
-        cfg.recipe, data=cfg.data, out_dir=str(Path(cfg.out) / cell_name(tau, depth)),
+        cfg.recipe, data=cfg.data, out_dir=str(Path(cfg.out) / cell.name),
         train_per_class=cfg.train_per_class, test_per_class=cfg.test_per_class,
         epochs=cfg.epochs, batch_size=cfg.batch_size, warmup_epochs=max(1, cfg.epochs // 10),
-        temperature=tau, seed=cfg.seed, knn_every=0, compile=cfg.compile,
-        model_proj_layers=depth - 1,
+        temperature=cell.tau, seed=cfg.seed, knn_every=0, compile=cfg.compile,
+        model_proj_layers=cell.depth - 1, multi_crop=cell.crops,
+        momentum_encoder=float(cell.momentum) if on else None,
+        queue_size=cfg.queue_size if on else 0,
     )
 
 
-def run_cell(cfg: AblateConfig, tau: float, depth: int) -> tuple[dict[str, Any], bool]:
+def run_cell(cfg: AblateConfig, cell: Cell) -> tuple[dict[str, Any], bool]:
     """(the cell's scores, whether this call trained it)."""
-    tcfg = cell_config(cfg, tau, depth)
+    tcfg = cell_config(cfg, cell)
     out = Path(tcfg.out_dir)
     done = out / "cell.json"
     if done.is_file():
@@ -77,7 +101,8 @@ def run_cell(cfg: AblateConfig, tau: float, depth: int) -> tuple[dict[str, Any],
     summary = json.loads((out / "summary.json").read_text())
     test = stratified_subset(load_dataset(cfg.data, 32)[1], cfg.test_per_class, cfg.seed)
     geo = geometry(Embedder(ckpt), test.images, cfg.seed)
-    row = {"cell": out.name, "temperature": tau, "head_layers": depth,
+    row = {"cell": out.name, "temperature": cell.tau, "head_layers": cell.depth,
+           "momentum_encoder": cell.momentum, "multi_crop": cell.crops,
            "knn_top1": summary["knn_top1"], "linear_top1": summary["linear_top1"],
            "h": geo["h"], "z": geo["z"]}
     done.write_text(json.dumps(row, indent=2) + "\n")
@@ -87,17 +112,16 @@ def run_cell(cfg: AblateConfig, tau: float, depth: int) -> tuple[dict[str, Any],
 def run_ablation(cfg: AblateConfig) -> list[dict[str, Any]]:
     """Train the missing cells in grid order; returns the finished cells."""
     cells, trained = [], 0
-    for depth in cfg.head_layers:
-        for tau in cfg.temperatures:
-            if cfg.max_cells is not None and trained >= cfg.max_cells:
-                log.info("stopping after %d cells; run again to continue", trained)
-                return cells
-            row, fresh = run_cell(cfg, tau, depth)
-            trained += fresh
-            cells.append(row)
-            log.info("cell %s: kNN %.2f %%, linear %.2f %%, h align %.3f unif %.3f", row["cell"],
-                     row["knn_top1"], row["linear_top1"], row["h"]["alignment"],
-                     row["h"]["uniformity"])
+    for cell in cells_of(cfg):
+        if cfg.max_cells is not None and trained >= cfg.max_cells:
+            log.info("stopping after %d cells; run again to continue", trained)
+            return cells
+        row, fresh = run_cell(cfg, cell)
+        trained += fresh
+        cells.append(row)
+        log.info("cell %s: kNN %.2f %%, linear %.2f %%, h align %.3f unif %.3f", row["cell"],
+                 row["knn_top1"], row["linear_top1"], row["h"]["alignment"],
+                 row["h"]["uniformity"])
     write_report(cfg, cells)
     return cells
 
@@ -124,9 +148,11 @@ def write_report(cfg: AblateConfig, cells: list[dict[str, Any]]) -> None:
     (out / "ablation.json").write_text(json.dumps(
         {"config": asdict(budget), "cells": cells, "correlation_with_linear_top1": corr},
         indent=2) + "\n")
-    lines = ["| tau | head layers | kNN top-1 (%) | linear top-1 (%) | align h | unif h | "
-             "align z | unif z |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {c['temperature']:g} | {c['head_layers']} | {c['knn_top1']:.2f} | "
+    lines = ["| tau | head layers | momentum | crops | kNN top-1 (%) | linear top-1 (%) | "
+             "align h | unif h | align z | unif z |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {c['temperature']:g} | {c['head_layers']} | {c.get('momentum_encoder', 'off')}"
+              f" | {c.get('multi_crop', '2,0')} | {c['knn_top1']:.2f} | "
               f"{c['linear_top1']:.2f} | {c['h']['alignment']:.3f} | {c['h']['uniformity']:.3f}"
               f" | {c['z']['alignment']:.3f} | {c['z']['uniformity']:.3f} |" for c in cells]
     if corr:

@@ -10,7 +10,7 @@ Unlike torchvision, the jitter order is drawn once per batch rather than once pe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -192,3 +192,23 @@ class Normalize:
 def two_views(images: Tensor, cfg: AugmentConfig, norm: Normalize) -> tuple[Tensor, Tensor]:
     """SimCLR's pair: two independent random views of each image, normalized."""
     return norm(random_view(images, cfg)), norm(random_view(images, cfg))
+
+
+# Local views of multi-crop (Caron et al., 2020): half the training size, from smaller crops.
+# SwAV's ImageNet locals take 5-14 % of the image; at 32 px that leaves a few pixels of object,
+# so the CIFAR locals here take 5-40 %.
+LOCAL_CROP_SCALE = (0.05, 0.4)
+
+
+def local_config(cfg: AugmentConfig) -> AugmentConfig:
+    """The local views' augmentation: the same path at half the size, smaller crops."""
+    return replace(cfg, size=max(8, cfg.size // 2), crop_scale=LOCAL_CROP_SCALE)
+
+
+def multi_views(images: Tensor, cfg: AugmentConfig, norm: Normalize, n_global: int,
+                n_local: int) -> tuple[list[Tensor], list[Tensor]]:
+    """Multi-crop: n_global views at cfg.size and n_local at half of it, each (B, 3, s, s)
+    normalized, each with its own per-sample draws."""
+    small = local_config(cfg)
+    return ([norm(random_view(images, cfg)) for _ in range(n_global)],
+            [norm(random_view(images, small)) for _ in range(n_local)])

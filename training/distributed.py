@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import Tensor
 
-from simclr_embed.training.loss import info_nce
+from simclr_embed.training.loss import info_nce, key_nce
 
 
 def init_from_env(device_type: str) -> tuple[int, int]:
@@ -84,3 +84,37 @@ def simclr_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
         return info_nce(z1, z2, temperature)
     z1_all, z2_all = gather_with_grad(z1), gather_with_grad(z2)  # (N, D) each
     return info_nce(z1, z2, temperature, z1_all, z2_all, dist.get_rank())
+
+
+def gather(x: Tensor) -> Tensor:
+    """(n, D) on each rank -> (world * n, D), rank-major, without gradient: the momentum
+    encoder's keys, which every rank then scores and enqueues alike."""
+    if not is_distributed():
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def views_loss(z_global: list[Tensor], z_local: list[Tensor], temperature: float,
+               keys_all: list[Tensor] | None = None, queue: Tensor | None = None) -> Tensor:
+    """The training objective over this rank's views, the mean of its terms.
+
+    z_global: G >= 2 tensors (n, D), the online projections of the global views; z_local: L
+    tensors (n, D) of the local views (multi-crop). Without keys_all: SimCLR's InfoNCE for each
+    pair of global views, and each local view against each global view (key_nce, the online
+    global views as keys, gathered with their gradient). With keys_all, G tensors (N, D) of the
+    momentum encoder's gathered keys: each global view against the other global views' keys
+    and each local view against every global view's keys, the queue's negatives added to all.
+    One pair of global views and no momentum encoder is plain SimCLR, unchanged.
+    """
+    rank = dist.get_rank() if is_distributed() else 0
+    pairs = [(a, b) for a in range(len(z_global)) for b in range(len(z_global)) if a != b]
+    terms = []
+    if keys_all is None:
+        terms += [simclr_loss(z_global[a], z_global[b], temperature) for a, b in pairs if a < b]
+        keys_all = [gather_with_grad(z) for z in z_global] if z_local else []
+    else:
+        terms += [key_nce(z_global[a], keys_all[b], temperature, rank, queue) for a, b in pairs]
+    terms += [key_nce(q, k, temperature, rank, queue) for q in z_local for k in keys_all]
+    return torch.stack(terms).mean()

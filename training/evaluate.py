@@ -110,12 +110,16 @@ def linear_probe(
     weight_decay: float = 1e-4,
     batch_size: int = 256,
     seed: int = 0,
+    mixup: float = 0.0,
 ) -> ProbeResult:
     """A linear layer trained on frozen h (SGD, momentum 0.9, cosine schedule), scored on test.
 
     The encoder is frozen and un-augmented, so its features are computed once by the caller.
+    mixup: alpha of mixup (Zhang et al., 2018) on the features: each batch is blended with a
+    shuffled copy of itself by lambda ~ Beta(alpha, alpha), and so are the two losses; 0: off.
     """
     gen = torch.Generator().manual_seed(seed)
+    lambdas = np.random.default_rng(seed)
     head = nn.Linear(train_feats.shape[1], num_classes)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -128,7 +132,15 @@ def linear_probe(
         perm = torch.randperm(len(train_labels), generator=gen)
         total = 0.0
         for idx in perm.split(batch_size):
-            loss = F.cross_entropy(head(train_feats[idx]), train_labels[idx])
+            x, y = train_feats[idx], train_labels[idx]  # (b, 512), (b,)
+            if mixup > 0:
+                lam = float(lambdas.beta(mixup, mixup))
+                other = torch.randperm(len(idx), generator=gen)  # (b,)
+                logits = head(lam * x + (1 - lam) * x[other])
+                loss = (lam * F.cross_entropy(logits, y)
+                        + (1 - lam) * F.cross_entropy(logits, y[other]))
+            else:
+                loss = F.cross_entropy(head(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

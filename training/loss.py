@@ -49,3 +49,35 @@ def info_nce(
     logits = logits.masked_fill(is_self, float("-inf"))  # (2n, 2N)
     with torch.autocast(queries.device.type, enabled=False):
         return F.cross_entropy(logits, positive_idx)
+
+
+def key_nce(
+    q: Tensor,
+    k_all: Tensor,
+    temperature: float = 0.1,
+    rank: int = 0,
+    queue: Tensor | None = None,
+) -> Tensor:
+    """InfoNCE of queries against keys of another view: MoCo's loss (He et al., 2020, eq. 1),
+    and multi-crop's local-to-global term (Caron et al., 2020).
+
+    Query i's positive is key i of this rank's rows; its negatives are the batch's other keys and
+    every row of the queue. The queue holds keys of earlier batches only: the current batch's
+    keys join it after the step, so none is its own image's negative there.
+
+    Args:
+        q: (n, D) L2-normalized queries of this rank's n images (with gradient).
+        k_all: (N, D) L2-normalized keys of the global batch, rank-major (N = n in one process):
+            the momentum encoder's (no gradient), or the online encoder's global views.
+        temperature: tau in sim(u, v) / tau.
+        rank: this rank's index, which locates its rows in k_all.
+        queue: (Q, D) L2-normalized keys of earlier batches, or None.
+
+    Returns:
+        () the loss averaged over the n queries.
+    """
+    keys = k_all if queue is None else torch.cat([k_all, queue.to(k_all.dtype)])  # (N + Q, D)
+    with torch.autocast(q.device.type, enabled=False):  # fp32 cosines, as in info_nce
+        logits = q.float() @ keys.float().T / temperature  # (n, N + Q)
+        target = torch.arange(q.shape[0], device=q.device) + rank * q.shape[0]  # (n,)
+        return F.cross_entropy(logits, target)

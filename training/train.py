@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from simclr_embed.errors import ConfigError
 from simclr_embed.training import distributed
-from simclr_embed.training.augment import AugmentConfig, Normalize, two_views
+from simclr_embed.training.augment import AugmentConfig, Normalize, multi_views
 from simclr_embed.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from simclr_embed.training.data import ImageArray, channel_stats, load_dataset, stratified_subset
 from simclr_embed.training.evaluate import (
@@ -36,6 +36,7 @@ from simclr_embed.training.evaluate import (
     linear_probe_augmented,
 )
 from simclr_embed.training.model import ModelConfig, SimCLR, stem_for
+from simclr_embed.training.momentum import MomentumEncoder
 from simclr_embed.training.optim import Optimizer, WarmupCosine, build_optimizer
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,15 @@ class TrainConfig:
     # Wall-clock budget for training: after the second epoch the epoch count shrinks to fit
     # (the cosine schedule is re-planned), so a leased GPU run ends inside its lease.
     time_budget_s: float | None = None
+    # MoCo's momentum encoder: the base coefficient of its moving average (e.g. 0.99), rising
+    # to 1 on a cosine over the run; None: off. Its keys of past batches, queue_size of them,
+    # are extra negatives (training/momentum.py).
+    momentum_encoder: float | None = None
+    queue_size: int = 0
+    # Multi-crop "G,L": G global views at image_size and L local views at half of it, each
+    # local view contrasted with the global views; "2,0" is SimCLR's pair.
+    multi_crop: str = "2,0"
+    probe_mixup: float = 0.0  # mixup's alpha in the linear probe (Beta(alpha, alpha)); 0: off
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -103,6 +113,24 @@ class TrainConfig:
         if self.augment.size != self.image_size:  # views are as large as the images served
             self.augment = replace(self.augment, size=self.image_size)
         self.model = stem_for(self.model, self.image_size)  # recorded resolved
+        self.crops()  # a malformed --multi-crop stops here, before any data is read
+        if self.momentum_encoder is not None and not 0 <= self.momentum_encoder < 1:
+            raise ConfigError(f"--momentum-encoder {self.momentum_encoder}: the moving "
+                              "average's coefficient lies in [0, 1), e.g. 0.99")
+        if self.queue_size and self.momentum_encoder is None:
+            raise ConfigError("--queue-size holds the momentum encoder's keys: give "
+                              "--momentum-encoder too, e.g. 0.99")
+
+    def crops(self) -> tuple[int, int]:
+        """(global, local) views per image, from --multi-crop G,L."""
+        try:
+            g, l_ = (int(v) for v in self.multi_crop.split(","))
+        except ValueError:
+            g, l_ = 0, -1
+        if g < 2 or l_ < 0:
+            raise ConfigError(f"--multi-crop {self.multi_crop!r}: give G,L with G >= 2 global "
+                              "and L >= 0 local views, e.g. 2,4")
+        return g, l_
 
     def resolved_lr(self) -> float:
         base = OPTIMIZER_DEFAULTS[self.optimizer][0]
@@ -186,6 +214,7 @@ class Run:
     rank: int
     world: int
     steps_per_epoch: int
+    momentum: MomentumEncoder | None = None
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -248,11 +277,15 @@ def build_run(cfg: TrainConfig) -> Run:
     steps = len(train) // cfg.batch_size
     schedule = WarmupCosine(cfg.warmup_epochs * steps, cfg.epochs * steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    momentum = None
+    if cfg.momentum_encoder is not None:
+        momentum = MomentumEncoder(model, cfg.momentum_encoder, cfg.queue_size,
+                                   cfg.model.proj_out_dim)
     return Run(
         cfg, device, amp_dtype, train, test, resident_images(train.images, device),
         Normalize(mean, std, device), {"mean": mean, "std": std}, model, step_model, optimizer,
         scheduler, schedule, torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
-        torch.Generator().manual_seed(cfg.seed), rank, world, steps,
+        torch.Generator().manual_seed(cfg.seed), rank, world, steps, momentum,
     )
 
 
@@ -288,13 +321,9 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
             batch = run.train_images[idx.to(run.train_images.device)].to(run.device,
                                                                         non_blocking=True)
         with record_function("augment"):
-            x1, x2 = two_views(batch, cfg.augment, run.norm)  # (n, 3, S, S) each
-            x = torch.cat([x1, x2])  # (2n, 3, S, S): one forward keeps BN statistics shared
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            views = multi_views(batch, cfg.augment, run.norm, *cfg.crops())
         with record_function("forward_loss"), run.autocast():
-            _, z = model(x)  # (2n, d)
-            loss = distributed.simclr_loss(*z.chunk(2), cfg.temperature)
+            loss, keys = step_loss(run, *views)
         with record_function("backward_step"):
             run.optimizer.zero_grad(set_to_none=True)
             run.scaler.scale(loss).backward()
@@ -302,6 +331,10 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
             run.scaler.update()
             run.scheduler.step()
             total += loss.detach()
+            if run.momentum is not None:
+                run.momentum.update(run.model, run.scheduler.last_epoch,
+                                    run.schedule.total_steps)
+                run.momentum.enqueue(keys[0])
         if (step + 1) % report_every == 0 and run.rank == 0:  # one sync per tenth of an epoch
             rate = (step + 1) * cfg.batch_size / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}")
@@ -314,6 +347,30 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
         "images_per_s": run.steps_per_epoch * cfg.batch_size / elapsed,
         "epoch_s": elapsed,
     }
+
+
+def step_model_input(run: Run, views: list[torch.Tensor]) -> torch.Tensor:
+    """The views of one size as one batch: one forward keeps their BN statistics shared."""
+    x = torch.cat(views)  # (V * n, 3, S, S)
+    return x.contiguous(memory_format=torch.channels_last) if run.cfg.channels_last else x
+
+
+def step_loss(run: Run, global_views: list[torch.Tensor], local_views: list[torch.Tensor]
+              ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The loss of one step and the momentum encoder's gathered keys of the global views
+    (empty without one): each size of view through the online model once."""
+    _, z = run.step_model(step_model_input(run, global_views))  # (G * n, d)
+    z_local = []
+    if local_views:
+        z_local = run.step_model(step_model_input(run, local_views))[1].chunk(len(local_views))
+    keys: list[torch.Tensor] = []
+    if run.momentum is not None:
+        k = run.momentum.keys(step_model_input(run, global_views)).float()  # (G * n, d)
+        keys = [distributed.gather(part) for part in k.chunk(len(global_views))]
+    queue = run.momentum.negatives() if run.momentum is not None else None
+    loss = distributed.views_loss(list(z.chunk(len(global_views))), list(z_local),
+                                  run.cfg.temperature, keys or None, queue)
+    return loss, keys
 
 
 def fit_time_budget(run: Run, epoch: int, spent_s: float, epoch_s: float) -> None:
@@ -368,6 +425,7 @@ def checkpoint_state(run: Run, epoch: int, history: list[dict]) -> dict[str, Any
             "data": run.data_gen.get_state(),
         },
         "metrics": history,
+        **({"momentum": run.momentum.state_dict()} if run.momentum is not None else {}),
     }
 
 
@@ -376,6 +434,8 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
+    if run.momentum is not None:
+        run.momentum.load_state_dict(state["momentum"])
     rng = state["rng"]
     if len(rng["torch"]) == run.world:  # same world size: every rank continues its own stream
         torch.set_rng_state(rng["torch"][run.rank])
@@ -473,7 +533,7 @@ def evaluate_checkpoint_run(run: Run) -> dict[str, Any]:
     knn = knn_accuracy(train_f, train_y, test_f, test_y, cfg.knn_k, cfg.knn_temperature)
     probe = linear_probe(
         train_f, train_y, test_f, test_y, len(run.train.classes), cfg.probe_epochs,
-        cfg.probe_lr, cfg.probe_weight_decay, seed=cfg.seed,
+        cfg.probe_lr, cfg.probe_weight_decay, seed=cfg.seed, mixup=cfg.probe_mixup,
     )
     result = {
         "knn_top1": knn,

@@ -30,3 +30,13 @@ def test_profile(tmp_path: Path, cifar10_dir: Path) -> None:
     # backward pass costs about twice the forward.
     assert 5e9 < res["flops_per_image"] < 8e9
     assert res["top_ops"] and res["share_of_peak"] is None
+
+
+def test_tricks(tmp_path: Path, cifar10_dir: Path) -> None:
+    res = quick("train", "tricks", "--data", cifar10_dir, out=tmp_path / "tricks.json")
+    assert {r["variant"] for r in res["runs"]} == {"simclr", "momentum+queue", "multi-crop 2x4"}
+    for r in res["runs"]:
+        assert r["epochs"] >= 2 and r["steps"] > 0 and 0 <= r["knn_top1"] <= 100
+    plain = next(r for r in res["runs"] if r["variant"] == "simclr")
+    assert 0 <= plain["linear_mixup_top1"] <= 100
+    assert (tmp_path / "tricks.png").stat().st_size > 0

@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from simclr_embed.cli import main
-from simclr_embed.training.ablate import AblateConfig, cell_config, correlations, run_ablation
+from simclr_embed.training.ablate import (
+    AblateConfig,
+    Cell,
+    cell_config,
+    cells_of,
+    correlations,
+    run_ablation,
+)
 from simclr_embed.training.checkpoint import load_checkpoint
 from simclr_embed.training.train import RECIPES, train
 
@@ -27,7 +34,7 @@ def test_interrupted_grid_continues(cifar10_dir: Path, tmp_path: Path) -> None:
     assert len(run_ablation(cfg)) == 1  # "interrupted" after the first cell
     first = tmp_path / "tau0.1_layers1"
     stamp = (first / "checkpoint.pt").stat().st_mtime_ns
-    half = cell_config(cfg, 0.5, 1)
+    half = cell_config(cfg, Cell(0.5, 1))
     train(half, stop_after=1)  # the second cell dies after one of its two epochs
     assert load_checkpoint(Path(half.out_dir) / "checkpoint.pt")["epoch"] == 1
     cfg.max_cells = None
@@ -72,9 +79,20 @@ def test_bad_head_depth_names_valid_choices(tmp_path: Path) -> None:
 
 
 def test_a_cell_takes_the_recipe_but_its_own_tau_and_head() -> None:
-    cell = cell_config(AblateConfig(recipe="cifar", epochs=30, batch_size=512), 0.05, 1)
+    cell = cell_config(AblateConfig(recipe="cifar", epochs=30, batch_size=512), Cell(0.05, 1))
     recipe = RECIPES["cifar"]
     assert (cell.optimizer, cell.weight_decay) == (recipe["optimizer"], recipe["weight_decay"])
     assert cell.model.proj_hidden_dim == recipe["model_proj_hidden_dim"]
     assert cell.augment.gray_p == recipe["aug_gray_p"]
     assert (cell.temperature, cell.model.proj_layers, cell.epochs) == (0.05, 0, 30)
+
+
+def test_momentum_and_multi_crop_are_optional_axes() -> None:
+    cfg = AblateConfig(temperatures=(0.1,), head_layers=(2,), momentum_encoders=("off", "0.99"),
+                       multi_crops=("2,0", "2,4"), queue_size=512)
+    cells = cells_of(cfg)
+    assert [c.name for c in cells] == ["tau0.1_layers2", "tau0.1_layers2_crops2x4",
+                                       "tau0.1_layers2_ema0.99", "tau0.1_layers2_ema0.99_crops2x4"]
+    configs = [cell_config(cfg, c) for c in cells]
+    assert [(t.momentum_encoder, t.queue_size, t.multi_crop) for t in configs] == [
+        (None, 0, "2,0"), (None, 0, "2,4"), (0.99, 512, "2,0"), (0.99, 512, "2,4")]

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from simclr_embed.training.loss import info_nce
+from simclr_embed.training.distributed import views_loss
+from simclr_embed.training.loss import info_nce, key_nce
 
 
 def slow_info_nce(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
@@ -85,3 +86,54 @@ def test_logits_stay_fp32_under_bf16_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):  # what the old code computed
         rounded = (torch.cat([z1, z2]) @ torch.cat([z1, z2]).T).float()
     assert (rounded - torch.cat([z1, z2]) @ torch.cat([z1, z2]).T).abs().max() > 1e-3
+
+
+def slow_moco(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor | None,
+              tau: float) -> torch.Tensor:
+    """Eq. 1 of MoCo as a loop: L_q = -log exp(q.k+/t) / (exp(q.k+/t) + sum_k- exp(q.k-/t)),
+    the positive the key of the query's own image, the negatives the batch's other keys and
+    every key in the queue; averaged over the queries."""
+    negatives = [*k, *(queue if queue is not None else [])]
+    total = 0.0
+    for i, qi in enumerate(q.double()):
+        pos = math.exp(float(qi @ k[i].double()) / tau)
+        neg = sum(math.exp(float(qi @ kj.double()) / tau)
+                  for j, kj in enumerate(negatives) if j != i)
+        total += -math.log(pos / (pos + neg))
+    return torch.tensor(total / len(q))
+
+
+@pytest.mark.parametrize(("n", "queue_len", "tau"), [(4, 0, 0.2), (6, 10, 0.1), (3, 32, 0.07)])
+def test_key_nce_matches_slow_loop_from_the_moco_paper(n: int, queue_len: int,
+                                                       tau: float) -> None:
+    q, k = unit(n, 16, seed=1), unit(n, 16, seed=2)
+    queue = unit(queue_len, 16, seed=3) if queue_len else None
+    expected = slow_moco(q, k, queue, tau).item()
+    assert key_nce(q, k, tau, queue=queue).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_key_nce_finds_its_rows_in_the_global_batch() -> None:
+    """Rank 1 of 2: its queries' positives are rows n..2n-1 of the gathered keys."""
+    q, k_all = unit(8, 16, seed=1), unit(8, 16, seed=2)
+    halves = [key_nce(q[r * 4:(r + 1) * 4], k_all, 0.1, rank=r) for r in (0, 1)]
+    assert torch.stack(halves).mean().item() == pytest.approx(key_nce(q, k_all, 0.1).item(),
+                                                              rel=1e-5)
+    assert key_nce(q[4:], k_all, 0.1, rank=1).item() != pytest.approx(
+        key_nce(q[4:], k_all, 0.1, rank=0).item())
+
+
+def test_views_loss_is_plain_simclr_for_one_pair() -> None:
+    z1, z2 = unit(8, 16, seed=1), unit(8, 16, seed=2)
+    assert views_loss([z1, z2], [], 0.1).item() == pytest.approx(info_nce(z1, z2, 0.1).item())
+
+
+def test_views_loss_adds_each_local_view_against_each_global_view() -> None:
+    g1, g2, l1 = unit(8, 16, seed=1), unit(8, 16, seed=2), unit(8, 16, seed=3)
+    terms = [info_nce(g1, g2, 0.1), key_nce(l1, g1, 0.1), key_nce(l1, g2, 0.1)]
+    assert views_loss([g1, g2], [l1], 0.1).item() == pytest.approx(
+        torch.stack(terms).mean().item())
+    keys, queue = [unit(8, 16, seed=4), unit(8, 16, seed=5)], unit(5, 16, seed=6)
+    with_keys = [key_nce(g1, keys[1], 0.1, queue=queue), key_nce(g2, keys[0], 0.1, queue=queue),
+                 key_nce(l1, keys[0], 0.1, queue=queue), key_nce(l1, keys[1], 0.1, queue=queue)]
+    assert views_loss([g1, g2], [l1], 0.1, keys, queue).item() == pytest.approx(
+        torch.stack(with_keys).mean().item())
