@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from simclr_embed.errors import UserError
+from simclr_embed.export.near_duplicates import calibrate
 from simclr_embed.export.onnx_export import (
     Exporter,
     build_embed_classify,
@@ -166,10 +167,13 @@ def _build(cfg: ExportConfig, out: Path) -> None:
     check_int8(report, cfg)
 
     runtimes = write_gallery(out, gallery, shown, emb, paths, report, served, cfg)
+    duplicates = {p: calibrate(lambda x, s=sessions[p]: run_batches(s, x, desc="calibrate")[0],
+                               test.images, test.labels, cfg.seed) for p in served}
     np.save(out / "pca.npy", pca_rotation(emb["fp32"][0]))
     head = state["linear_head"]
     np.savez(out / "head.npz", weight=head["weight"].numpy(), bias=head["bias"].numpy())
-    write_manifest(out, manifest(state, cfg, report, runtimes, time.perf_counter() - start))
+    write_manifest(out, manifest(state, cfg, report, runtimes, time.perf_counter() - start)
+                   | {"duplicates": duplicates})
     log.info("bundle built in %.0f s", time.perf_counter() - start)
 
 

@@ -17,6 +17,7 @@ from simclr_embed.service import tracing
 from simclr_embed.service.batcher import Batcher
 from simclr_embed.service.bundle import Bundle
 from simclr_embed.service.gallery import Gallery, gallery_path
+from simclr_embed.service.gallery_map import GalleryMap
 from simclr_embed.service.metrics import Metrics, ModelMetrics
 from simclr_embed.service.model import Model
 from simclr_embed.service.settings import Settings
@@ -60,6 +61,7 @@ class Engine:
         self._stopped = False
         self._model: Model | None = None  # load() makes them: see .model, .gallery
         self._gallery: GalleryStore | None = None
+        self._map: GalleryMap | None = None
         self.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="dec")
         self.decode_slots = asyncio.Semaphore(settings.decode_threads)
         self.size = 0  # the model's input side, which decoding resizes to: set by load()
@@ -75,6 +77,12 @@ class Engine:
         if self._gallery is None:
             raise RuntimeError("the engine is used before load()")
         return self._gallery
+
+    @property
+    def gallery_map(self) -> GalleryMap:
+        if self._map is None:
+            raise RuntimeError("the engine is used before load()")
+        return self._map
 
     # What the routes read about the model.
     @property
@@ -130,12 +138,16 @@ class Engine:
         s, model = self.settings, self.model
         if self._previous is not None and self._previous.model_id == model.id:
             self._gallery, self.owns_gallery = self._previous.gallery, False
+            self._map = self._previous.gallery_map
             ids = model.bundle.gallery_ids()  # the vectors are in the shared gallery already
         else:
-            self._gallery = open_gallery(s, Space(model.id, s.precision, model.dim))
+            space = Space(model.id, s.precision, model.dim)
+            self._gallery = open_gallery(s, space)
             ids, labels, emb = model.bundle.gallery(s.precision)
             classes = model.bundle.classes
             self._gallery.load(ids.tolist(), [classes[y] for y in labels.tolist()], emb)
+            db = gallery_path(s.data_dir, space)  # the map lies beside the index snapshot
+            self._map = GalleryMap(self._gallery, db.with_name(db.stem + ".map.npz"))
         self.bundle_rows = {i: n for n, i in enumerate(ids.tolist())}
 
     def thumbnail(self, id_: str) -> np.ndarray | bytes | None:

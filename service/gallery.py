@@ -677,6 +677,16 @@ class Gallery:
         self._fresh()
         return len(self.mem)
 
+    def changes(self) -> int:
+        self._fresh()
+        return self.applied
+
+    def items(self) -> tuple[list[str], list[str | None], np.ndarray]:
+        self._fresh()
+        with self.lock.read():
+            rows, vecs = self.mem.live()
+        return [r[0] for r in rows], [r[1] for r in rows], vecs
+
     def search(self, queries: np.ndarray, k: int,
                f: Filter | None = None) -> list[list[Neighbor]]:
         """queries (Q, D) unit-norm -> k best neighbours each (among those `f` lets through),

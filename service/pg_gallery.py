@@ -184,6 +184,18 @@ class PgGallery:
         vec = row[1].to_numpy() if hasattr(row[1], "to_numpy") else row[1]  # pgvector's Vector
         return row[0], np.asarray(vec, np.float32), row[2]
 
+    def changes(self) -> int:
+        """The item count: the table keeps no change sequence, so a replacement goes unseen."""
+        return self.size()
+
+    def items(self) -> tuple[list[str], list[str | None], np.ndarray]:
+        with self.db() as db:
+            rows = db.execute(f"SELECT id, label, embedding FROM {self.table} "
+                              "ORDER BY id").fetchall()
+        vecs = [r[2].to_numpy() if hasattr(r[2], "to_numpy") else r[2] for r in rows]
+        return ([r[0] for r in rows], [r[1] for r in rows],
+                np.asarray(vecs, np.float32).reshape(len(rows), self.space.dim))
+
     def listing(self, after: str | None, limit: int) -> list[tuple[str, str | None]]:
         with self.db() as db:
             return db.execute(

@@ -105,6 +105,13 @@ class GalleryDeleteRequest(Strict):
     ids: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(..., min_length=1)
 
 
+class DuplicatesRequest(Strict):
+    threshold: float | None = Field(None, gt=0, le=1, description="the cosine from which two "
+                                    "items are near-duplicates (default: the bundle's "
+                                    "calibrated threshold)")
+    limit: int = Field(1000, ge=1, description="pairs returned at most (all are counted)")
+
+
 class EmbedResponse(BaseModel):
     model: str
     precision: str

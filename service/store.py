@@ -76,6 +76,14 @@ class GalleryStore(GalleryWriter, Protocol):
 
     def listing(self, after: str | None, limit: int) -> list[tuple[str, str | None]]: ...
 
+    def items(self) -> tuple[list[str], list[str | None], np.ndarray]:
+        """Every item's id and label, and the vectors (n, D): for duplicates and the map."""
+        ...
+
+    def changes(self) -> int:
+        """A count that moves with every add or delete: how far the gallery map is behind."""
+        ...
+
     def search(self, queries: np.ndarray, k: int,
                f: Filter | None = None) -> list[list[Neighbor]]: ...
 

@@ -37,6 +37,8 @@ COMMANDS: dict[str, str] = {
     "index": "embed a folder, an archive or a manifest into the gallery",
     "search": "nearest gallery items of image files, from a server",
     "gallery": "the embedded gallery's database: backup",
+    "duplicates": "exact and near duplicates of a collection or the gallery, by the bundle's "
+                  "calibrated threshold",
 }
 
 

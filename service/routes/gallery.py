@@ -13,8 +13,14 @@ from simclr_embed.service import schemas
 from simclr_embed.service.bodies import decode_base64_images, read_json
 from simclr_embed.service.checks import check_vectors
 from simclr_embed.service.deps import EngineDep, NumpyJSON, SettingsDep
+from simclr_embed.service.duplicates import (
+    calibrated_threshold,
+    find_pairs,
+    report,
+    vector_hash,
+)
 from simclr_embed.service.engine import Engine
-from simclr_embed.service.errors import InvalidInput, NotFound
+from simclr_embed.service.errors import Conflict, InvalidInput, NotFound
 from simclr_embed.service.page import png_bytes
 from simclr_embed.service.pipeline import decode_all, infer
 from simclr_embed.service.policy import policy
@@ -39,6 +45,41 @@ async def gallery_list(engine: EngineDep, settings: SettingsDep,
     return {"size": size, "index": engine.gallery.kind,
             "items": [{"id": i, "label": lab} for i, lab in page],
             "next": page[-1][0] if len(page) == limit else None}
+
+
+# Declared before /v1/gallery/{item_id:path}, which would take "map" for an id.
+@router.get("/v1/gallery/map", tags=["gallery"], responses=schemas.ERRORS)
+@policy("read")
+async def gallery_map(engine: EngineDep) -> dict:
+    """A 2-D map of the gallery (UMAP, or PCA without umap-learn), at most 20,000 points,
+    made off the request path: `ready` is false until the first is made, `refreshing` while
+    a newer one is made (service/gallery_map.py)."""
+    return await asyncio.to_thread(engine.gallery_map.answer)
+
+
+@router.post("/v1/gallery/duplicates", tags=["gallery"], responses=schemas.ERRORS,
+             openapi_extra=schemas.json_body(schemas.DuplicatesRequest))
+@policy("read", body="ids")
+async def gallery_duplicates(request: Request, engine: EngineDep,
+                             settings: SettingsDep) -> dict:
+    """Pairs of gallery items that are exact duplicates (identical vectors: the same pixels)
+    or near ones (cosine at or above the bundle's calibrated threshold), and their groups."""
+    body = await read_json(request, schemas.DuplicatesRequest)
+    if body.limit > settings.max_list_items:
+        raise InvalidInput(f"limit must be at most {settings.max_list_items}, got {body.limit}")
+    threshold = body.threshold or calibrated_threshold(engine.bundle.manifest,
+                                                       settings.precision)
+    if threshold is None:
+        raise Conflict("this bundle has no calibrated near-duplicate threshold: give "
+                       '{"threshold": 0.9}, or calibrate it: simclr-embed duplicates '
+                       "--calibrate --bundle BUNDLE --data DATA")
+    return await asyncio.to_thread(gallery_duplicate_pairs, engine, threshold, body.limit)
+
+
+def gallery_duplicate_pairs(engine: Engine, threshold: float, limit: int) -> dict:
+    ids, _, vectors = engine.gallery.items()
+    pairs = find_pairs(vectors, [vector_hash(v) for v in vectors], threshold)
+    return report(ids, pairs, threshold, limit)
 
 
 @router.get("/v1/gallery/{item_id:path}", tags=["gallery"], responses=schemas.ERRORS)

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from simclr_embed.service import schemas
 from simclr_embed.service.deps import EngineDep, SettingsDep, check_ready
+from simclr_embed.service.duplicates import calibrated_threshold
 from simclr_embed.service.errors import Conflict, NotReady, StorageError
 from simclr_embed.service.policy import policy
 
@@ -81,4 +82,5 @@ async def model_info(engine: EngineDep, settings: SettingsDep) -> dict:
             "metrics": m["metrics"], "gallery_size": await engine.gallery_size(),
             "gallery_index": engine.gallery.kind,
             "gallery_recall": engine.gallery.recall_info(),
+            "near_duplicate_threshold": calibrated_threshold(m, settings.precision),
             "checkpoint": {"epoch": ckpt.get("epoch"), "eval": scores}}

@@ -37,3 +37,13 @@ def test_million(bundle_dir: Path, tmp_path: Path) -> None:
     res = quick("gallery", "million", "--bundle", bundle_dir, out=tmp_path / "m.json")
     assert res["serve"]["size"] == res["vectors"] == 5000
     assert res["serve"]["recall_at_10"] >= 0.9 and res["serve"]["search"]["n"] == 300
+
+
+def test_duplicates(bundle_dir: Path, cifar10_dir: Path, tmp_path: Path) -> None:
+    res = quick("gallery", "duplicates", "--bundle", bundle_dir, "--data", cifar10_dir,
+                out=tmp_path / "d.json")
+    held = res["calibration"]["held_out"]
+    assert held["images"] == 50 and 0 <= held["precision"] <= 1
+    pairs = res["gallery_pairs"]
+    assert pairs["vectors"] == 200 and pairs["threshold"] == res["calibration"]["threshold"]
+    assert len(pairs["seconds"]) == 1 and res["map"]["points"] == 200

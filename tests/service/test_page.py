@@ -159,3 +159,54 @@ def test_page_picks_among_several_models(browser, bundle_dir, second_bundle_dir,
                                  for i in imgs))
     finally:
         srv.stop()
+
+
+def isolated_point(points: list[dict], width: int = 720, height: int = 480) -> dict:
+    """A point with no other within 10 canvas pixels: a click on it can mean only it."""
+    pad = 8
+    xy = [(pad + p["x"] * (width - 2 * pad), pad + (1 - p["y"]) * (height - 2 * pad))
+          for p in points]
+    for n, (x, y) in enumerate(xy):
+        if all((x - a) ** 2 + (y - b) ** 2 > 100 for m, (a, b) in enumerate(xy) if m != n):
+            return points[n] | {"px": x, "py": y}
+    raise AssertionError("every point has a neighbour within 10 pixels")
+
+
+def test_the_map_draws_the_gallery_and_a_click_searches(browser, server, client, cifar10,
+                                                        tmp_path) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    browser.get(server.url + "/")
+    wait = WebDriverWait(browser, 60)
+    canvas = browser.find_element(By.ID, "gallery-map")
+    wait.until(lambda d: int(canvas.get_attribute("data-points") or 0) > 0)
+    served = client.get("/v1/gallery/map").json()
+    assert int(canvas.get_attribute("data-points") or 0) == served["shown"]
+    drawn = browser.execute_script(
+        "const c = arguments[0], d = c.getContext('2d').getImageData(0, 0, c.width, c.height)"
+        ".data; let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n;",
+        canvas)
+    assert drawn >= served["shown"]  # at least a pixel for each point
+    about = browser.find_element(By.ID, "about")
+    model = client.get("/v1/model").json()
+    assert model["model"] in about.text and model["precision"] in about.text
+
+    point = isolated_point(served["points"])
+    ActionChains(browser).move_to_element_with_offset(
+        canvas, int(point["px"] - 360), int(point["py"] - 240)).click().perform()
+    body = browser.find_element(By.TAG_NAME, "body")
+    wait.until(lambda d: body.get_attribute("data-state"))
+    assert body.get_attribute("data-state") == "done"
+    assert body.get_attribute("data-query-id") == point["id"]
+    vector = client.get("/v1/gallery/" + point["id"]).json()["embedding"]
+    api = client.post("/v1/search", json={"embeddings": [vector], "k": 8}).json()
+    hits = browser.find_elements(By.CSS_SELECTOR, "#hits .hit")
+    assert [h.get_attribute("data-id") for h in hits] == [r["id"] for r in api["results"][0]]
+
+    image = tmp_path / "query.png"  # a dropped image lands beside its neighbours
+    image.write_bytes(png(cifar10[1].images[3]))
+    browser.find_element(By.ID, "file").send_keys(str(image))
+    wait.until(lambda d: canvas.get_attribute("data-query-x"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "gallery-map.png"))
+    assert 0 <= float(canvas.get_attribute("data-query-x") or -1) <= 1

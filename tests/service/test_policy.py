@@ -27,6 +27,8 @@ EXPECTED = {
     ("POST", "/v1/search"): ("any", "images", False, True),
     ("POST", "/v1/classify"): ("any", "images", False, False),
     ("GET", "/v1/gallery"): ("read", "images", False, False),
+    ("GET", "/v1/gallery/map"): ("read", "images", False, False),
+    ("POST", "/v1/gallery/duplicates"): ("read", "ids", False, False),
     ("GET", "/v1/gallery/{item_id:path}"): ("read", "images", False, False),
     ("POST", "/v1/gallery"): ("write", "images", False, False),
     ("DELETE", "/v1/gallery/{item_id:path}"): ("write", "images", False, False),
