@@ -40,11 +40,9 @@ def pixel_hash(pixels: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def vector_hash(vector: np.ndarray) -> str:
-    """Where pixels are gone (the served gallery), identical embeddings stand for identical
-    pixels: the same pixels always give the same vector."""
-    return hashlib.blake2b(np.ascontiguousarray(vector, np.float32).tobytes(),
-                           digest_size=16).hexdigest()
+# Where pixels are gone (the served gallery), the same pixels give the same vector, up to the
+# rounding of a normalization (an item added by its embedding is normalized again).
+EXACT_COSINE = 1 - 1e-6
 
 
 def near_pairs(vectors: np.ndarray, threshold: float) -> Iterator[tuple[int, int, float]]:
@@ -64,9 +62,14 @@ def near_pairs(vectors: np.ndarray, threshold: float) -> Iterator[tuple[int, int
                     yield i, int(j), float(s)
 
 
-def find_pairs(vectors: np.ndarray, hashes: Sequence[str], threshold: float) -> list[Pair]:
-    """Exact pairs (each item with the first of its hash) and near pairs (the rest above the
-    threshold, pairs inside one exact group left out), in order of a, then b."""
+def find_pairs(vectors: np.ndarray, hashes: Sequence[str] | None,
+               threshold: float) -> list[Pair]:
+    """Exact pairs and near pairs (the rest at or above the threshold), by a, then b. With
+    pixel hashes, exact is each item with the first of its hash, and pairs inside one exact
+    group are not listed again as near; without them, a cosine of EXACT_COSINE or more."""
+    if hashes is None:
+        return [Pair(i, j, "exact" if s >= EXACT_COSINE else "near", s)
+                for i, j, s in near_pairs(vectors, min(threshold, EXACT_COSINE))]
     first: dict[str, int] = {}
     exact_of = np.arange(len(hashes))  # each row's exact group: the row of its first copy
     pairs = []

@@ -65,9 +65,12 @@ def project(vectors: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
         centered = vectors - vectors.mean(0)
         _, _, vt = np.linalg.svd(centered, full_matrices=False)
         xy, method = centered @ vt[:2].T, "pca"
+    # Scaled by the 0.5th to 99.5th percentiles, the rest clipped to the edge: one far island
+    # (UMAP makes some) would otherwise squeeze the whole map into a corner.
     xy = np.asarray(xy, np.float64)
-    lo, span = xy.min(0), np.ptp(xy, 0)
-    return ((xy - lo) / np.where(span > 0, span, 1)).astype(np.float32), method
+    lo, hi = np.percentile(xy, [0.5, 99.5], axis=0)
+    span = np.where(hi > lo, hi - lo, 1)
+    return np.clip((xy - lo) / span, 0, 1).astype(np.float32), method
 
 
 class GalleryMap:

@@ -20,7 +20,7 @@ import numpy as np
 from simclr_embed.benchmarks.harness import hardware, write_result
 from simclr_embed.export.near_duplicates import calibrate
 from simclr_embed.service.bundle import load_bundle
-from simclr_embed.service.duplicates import find_pairs, groups, vector_hash
+from simclr_embed.service.duplicates import find_pairs, groups
 from simclr_embed.service.gallery_map import MAX_POINTS, project, thin
 from simclr_embed.service.runtime import make_session, run_batches
 from simclr_embed.training.data import load_dataset, stratified_subset
@@ -49,7 +49,7 @@ def all_pairs(vectors: np.ndarray, threshold: float, rounds: int) -> dict:
     pairs: list = []
     for _ in range(rounds):
         start = time.perf_counter()
-        pairs = find_pairs(vectors, [vector_hash(v) for v in vectors], threshold)
+        pairs = find_pairs(vectors, None, threshold)
         runs.append(time.perf_counter() - start)
     found = groups(pairs, len(vectors))
     return {"vectors": len(vectors), "threshold": threshold, "seconds": runs,

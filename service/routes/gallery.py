@@ -17,7 +17,6 @@ from simclr_embed.service.duplicates import (
     calibrated_threshold,
     find_pairs,
     report,
-    vector_hash,
 )
 from simclr_embed.service.engine import Engine
 from simclr_embed.service.errors import Conflict, InvalidInput, NotFound
@@ -62,8 +61,9 @@ async def gallery_map(engine: EngineDep) -> dict:
 @policy("read", body="ids")
 async def gallery_duplicates(request: Request, engine: EngineDep,
                              settings: SettingsDep) -> dict:
-    """Pairs of gallery items that are exact duplicates (identical vectors: the same pixels)
-    or near ones (cosine at or above the bundle's calibrated threshold), and their groups."""
+    """Pairs of gallery items that are exact duplicates (the same vector up to rounding: the
+    same pixels) or near ones (cosine at or above the bundle's calibrated threshold), and
+    their groups."""
     body = await read_json(request, schemas.DuplicatesRequest)
     if body.limit > settings.max_list_items:
         raise InvalidInput(f"limit must be at most {settings.max_list_items}, got {body.limit}")
@@ -78,7 +78,7 @@ async def gallery_duplicates(request: Request, engine: EngineDep,
 
 def gallery_duplicate_pairs(engine: Engine, threshold: float, limit: int) -> dict:
     ids, _, vectors = engine.gallery.items()
-    pairs = find_pairs(vectors, [vector_hash(v) for v in vectors], threshold)
+    pairs = find_pairs(vectors, None, threshold)
     return report(ids, pairs, threshold, limit)
 
 

@@ -38,9 +38,9 @@ def command(source: Annotated[Path | None, typer.Argument(
             labels: Annotated[bool, typer.Option(
                 help="the first folder level is the label")] = True,
             **given: Any) -> None:
-    """Pairs {a, b, kind, score} and groups: exact duplicates (identical decoded pixels; in the
-    gallery, identical vectors) and near ones (cosine at or above the threshold calibrated
-    at export, docs/gallery.md)."""
+    """Pairs {a, b, kind, score} and groups: exact duplicates (identical decoded pixels; in
+    the gallery, the same vector up to rounding) and near ones (cosine at or above the
+    threshold calibrated at export, docs/gallery.md)."""
     settings = load_settings(**given)
     if calibrate:
         return calibrate_bundle(settings, data)
@@ -82,10 +82,9 @@ def calibrate_bundle(settings: Settings, data: str) -> None:
     log.info("stored in %s: threshold %.4f", bundle.root / "manifest.json", found["threshold"])
 
 
-def served(settings: Settings, bundle: Any) -> tuple[list[str], np.ndarray, list[str]]:
+def served(settings: Settings, bundle: Any) -> tuple[list[str], np.ndarray, None]:
     """The gallery a server with these settings serves: the bundle's items and every change."""
     from simclr_embed.service.bundle import model_id
-    from simclr_embed.service.duplicates import vector_hash
     from simclr_embed.service.engine import open_gallery
     from simclr_embed.service.store import Space
 
@@ -99,7 +98,7 @@ def served(settings: Settings, bundle: Any) -> tuple[list[str], np.ndarray, list
         names, _, vectors = store.items()
     finally:
         store.close()
-    return names, vectors, [vector_hash(v) for v in vectors]
+    return names, vectors, None  # no pixels: exact by cosine (service/duplicates.py)
 
 
 def embedded(source: Path, labels: bool, settings: Settings, bundle: Any

@@ -192,6 +192,8 @@ def test_the_map_draws_the_gallery_and_a_click_searches(browser, server, client,
     assert model["model"] in about.text and model["precision"] in about.text
 
     point = isolated_point(served["points"])
+    # Wholly in view: selenium's offsets start from the centre of the element's visible part.
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
     ActionChains(browser).move_to_element_with_offset(
         canvas, int(point["px"] - 360), int(point["py"] - 240)).click().perform()
     body = browser.find_element(By.TAG_NAME, "body")
