@@ -34,7 +34,8 @@ def command(source: Annotated[Path | None, typer.Argument(
                 "--calibrate", help="measure the threshold on --data and store it in the "
                 "bundle")] = False,
             data: Annotated[str, typer.Option(help="with --calibrate: images with a test "
-                                                   "split")] = "../shared/data/cifar10",
+                                                   "split, as `train --data` takes them")
+                            ] = "cifar10",
             labels: Annotated[bool, typer.Option(
                 help="the first folder level is the label")] = True,
             **given: Any) -> None:

@@ -177,7 +177,7 @@ def test_the_map_draws_the_gallery_and_a_click_searches(browser, server, client,
     from selenium.webdriver.common.action_chains import ActionChains
 
     browser.get(server.url + "/")
-    wait = WebDriverWait(browser, 60)
+    wait = WebDriverWait(browser, 180)  # UMAP's first call compiles (numba)
     canvas = browser.find_element(By.ID, "gallery-map")
     wait.until(lambda d: int(canvas.get_attribute("data-points") or 0) > 0)
     served = client.get("/v1/gallery/map").json()

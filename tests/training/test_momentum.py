@@ -86,3 +86,20 @@ def test_resume_continues_with_the_same_queue_and_moving_average(cifar10_dir, tm
 def test_mistakes_are_named(flags: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(")", r"\)")):
         TrainConfig(**flags)
+
+
+@pytest.mark.slow
+def test_a_run_with_the_options_exports_a_bundle(cifar10_dir, tmp_path) -> None:
+    """The checkpoint's extra state (key encoder, queue) does not stand in export's way: the
+    bundle serves the online encoder, as MoCo evaluates its query encoder."""
+    from simclr_embed.export.build import ExportConfig, build_bundle
+    from simclr_embed.service.bundle import load_bundle
+
+    ckpt = train(tiny(cifar10_dir, tmp_path / "run", epochs=1))
+    out = build_bundle(ExportConfig(str(ckpt), out=str(tmp_path / "b"), calibration_per_class=2,
+                                    gallery_per_class=4, test_per_class=4, latency_rounds=1,
+                                    tolerance=100.0, min_cosine_mean=0.0,
+                                    min_top10_overlap=0.0))
+    bundle = load_bundle(out)
+    assert bundle.manifest["checkpoint"]["epoch"] == 1
+    assert "int8" in bundle.manifest["duplicates"]
