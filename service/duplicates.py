@@ -5,7 +5,7 @@ export/near_duplicates.py), and the groups they join into.
 Near pairs come from an exact range search (FAISS, a flat inner-product index): every pair
 above the threshold, none missed, as fastdup's maintainers ended up recommending over
 approximate clusters. Queries go in chunks, so memory is bounded by the pairs found; on 2 cores
-a 50,000 x 512 collection takes ~15 s (benchmarks/results/duplicates.json).
+a 50,000 x 512 collection takes ~17 s (benchmarks/results/duplicates.json).
 """
 
 from __future__ import annotations

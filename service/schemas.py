@@ -109,7 +109,8 @@ class DuplicatesRequest(Strict):
     threshold: float | None = Field(None, gt=0, le=1, description="the cosine from which two "
                                     "items are near-duplicates (default: the bundle's "
                                     "calibrated threshold)")
-    limit: int = Field(1000, ge=1, description="pairs returned at most (all are counted)")
+    limit: int = Field(1000, ge=1, description="pairs listed at most, and never more than "
+                       "SIMCLR_EMBED_MAX_LIST_ITEMS (all are counted in total_pairs)")
 
 
 class EmbedResponse(BaseModel):

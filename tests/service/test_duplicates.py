@@ -224,3 +224,13 @@ def test_gallery_routes_find_the_added_copies_and_map_them(own_server, bundle_di
                       timeout=30).status_code == 422
     after = ready_map(url)  # 31 changes on 200 items: past the fraction, so made again
     assert after["size"] == len(ids) + 31 and "near-0" in {p["id"] for p in after["points"]}
+
+
+def test_a_limit_past_the_list_size_lists_that_many(own_server) -> None:
+    """Schemathesis's case: a valid limit above SIMCLR_EMBED_MAX_LIST_ITEMS is capped, not a
+    422; every pair is still counted."""
+    r = httpx.post(own_server.url + "/v1/gallery/duplicates",
+                   json={"threshold": 0.5, "limit": 6932}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["pairs"]) == min(1000, body["total_pairs"]) and body["total_pairs"] > 1000
