@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from simclr_embed.service.bundle import Bundle
+
 log = logging.getLogger(__name__)
 
 # Chosen on the calibration half, above the goal of 0.95 on the held-out half: a margin for
@@ -143,3 +145,17 @@ def calibrate(embed: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
     log.info("near-duplicate threshold %.4f: held out, precision %.3f, recall %.3f (%d images)",
              threshold, held["precision"], held["recall"], held["images"])
     return result
+
+
+def calibrate_bundle(bundle: Bundle, data: str, precision: str, per_class: int = 200,
+                     seed: int = 0) -> dict[str, Any]:
+    """`calibrate` for an exported bundle's encoder at `precision`, on `per_class` test images
+    of each class of `data` (ONNX Runtime on the CPU)."""
+    from simclr_embed.service.runtime import make_session, run_batches
+    from simclr_embed.training.data import load_dataset, stratified_subset
+
+    size = int(bundle.manifest["input"]["size"])
+    test = stratified_subset(load_dataset(data, size)[1], per_class, seed, "--data")
+    session = make_session(bundle.encoder_path(precision))
+    return calibrate(lambda x: run_batches(session, x, desc="calibrate")[0], test.images,
+                     test.labels, seed)

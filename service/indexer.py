@@ -365,15 +365,20 @@ def run_index(job: IndexJob, settings: Settings) -> dict[str, Any]:
                    "indexed": indexed, "pruned": pruned}, skipped)
 
 
-def embed_here(job: IndexJob, settings: Settings, bundle, source: Source, todo: list[Entry],
-               writer: GalleryWriter) -> tuple[int, list[tuple[Entry, str]]]:
-    """Decode on a thread pool, embed and write here; (items written, entries skipped)."""
+def embedding_session(bundle, settings: Settings) -> tuple[Any, str, int]:
+    """(session, its input's name, the input side): the runtime a server with these settings
+    would choose, for `index` and `duplicates`."""
     session, why = open_runtime(bundle.encoder_path(settings.precision), bundle.manifest,
                                 settings.precision, settings.threads, settings.provider,
                                 settings.data_dir / CHOICE_FILE)
     log.info("embedding on %s (%s)", session.get_providers()[0], why)
-    name = session.get_inputs()[0].name
-    size = int(bundle.manifest["input"]["size"])
+    return session, session.get_inputs()[0].name, int(bundle.manifest["input"]["size"])
+
+
+def embed_here(job: IndexJob, settings: Settings, bundle, source: Source, todo: list[Entry],
+               writer: GalleryWriter) -> tuple[int, list[tuple[Entry, str]]]:
+    """Decode on a thread pool, embed and write here; (items written, entries skipped)."""
+    session, name, size = embedding_session(bundle, settings)
     indexed, skipped = 0, []
     stream = read_files(source, todo, settings.max_body_bytes)
     with tqdm(total=len(todo), unit="img", desc="index", smoothing=0.05) as bar:

@@ -312,6 +312,7 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
     total = torch.zeros((), device=run.device)  # summed on the device: no host sync per step
     start = time.perf_counter()
     report_every = max(1, run.steps_per_epoch // 10)
+    crops = cfg.crops()  # (global, local) views per image, parsed once
     bar = tqdm(range(run.steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}",
                disable=run.rank != 0)
     for step in bar:  # the labels name the stages in benchmarks/parts/step_profile.py
@@ -321,7 +322,7 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
             batch = run.train_images[idx.to(run.train_images.device)].to(run.device,
                                                                         non_blocking=True)
         with record_function("augment"):
-            views = multi_views(batch, cfg.augment, run.norm, *cfg.crops())
+            views = multi_views(batch, cfg.augment, run.norm, *crops)
         with record_function("forward_loss"), run.autocast():
             loss, keys = step_loss(run, *views)
         with record_function("backward_step"):
@@ -359,13 +360,14 @@ def step_loss(run: Run, global_views: list[torch.Tensor], local_views: list[torc
               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The loss of one step and the momentum encoder's gathered keys of the global views
     (empty without one): each size of view through the online model once."""
-    _, z = run.step_model(step_model_input(run, global_views))  # (G * n, d)
+    x = step_model_input(run, global_views)  # (G * n, 3, S, S): online and key encoder alike
+    _, z = run.step_model(x)  # (G * n, d)
     z_local = []
     if local_views:
         z_local = run.step_model(step_model_input(run, local_views))[1].chunk(len(local_views))
     keys: list[torch.Tensor] = []
     if run.momentum is not None:
-        k = run.momentum.keys(step_model_input(run, global_views)).float()  # (G * n, d)
+        k = run.momentum.keys(x).float()  # (G * n, d)
         keys = [distributed.gather(part) for part in k.chunk(len(global_views))]
     queue = run.momentum.negatives() if run.momentum is not None else None
     loss = distributed.views_loss(list(z.chunk(len(global_views))), list(z_local),

@@ -18,12 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from simclr_embed.benchmarks.harness import hardware, write_result
-from simclr_embed.export.near_duplicates import calibrate
+from simclr_embed.export.near_duplicates import calibrate_bundle
 from simclr_embed.service.bundle import load_bundle
 from simclr_embed.service.duplicates import find_pairs, groups
 from simclr_embed.service.gallery_map import MAX_POINTS, project, thin
-from simclr_embed.service.runtime import make_session, run_batches
-from simclr_embed.training.data import load_dataset, stratified_subset
 
 log = logging.getLogger("benchmarks.gallery_duplicates")
 
@@ -69,11 +67,7 @@ def projections(vectors: np.ndarray) -> dict:
 
 def run(args: argparse.Namespace) -> None:
     bundle = load_bundle(args.bundle)
-    size = int(bundle.manifest["input"]["size"])
-    test = stratified_subset(load_dataset(args.data, size)[1], args.test_per_class, 0)
-    session = make_session(bundle.encoder_path(args.precision))
-    found = calibrate(lambda x: run_batches(session, x, desc="calibrate")[0], test.images,
-                      test.labels)
+    found = calibrate_bundle(bundle, args.data, args.precision, args.test_per_class)
     vectors = bundle.gallery(args.precision)[2]
     pairs = all_pairs(vectors, found["threshold"], args.rounds)
     result = {"benchmark": "duplicates", "bundle": bundle.manifest["checkpoint"]["file"],

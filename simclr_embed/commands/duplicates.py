@@ -66,17 +66,11 @@ def command(source: Annotated[Path | None, typer.Argument(
 
 
 def calibrate_bundle(settings: Settings, data: str) -> None:
-    from simclr_embed.export.near_duplicates import calibrate
+    from simclr_embed.export.near_duplicates import calibrate_bundle as measure
     from simclr_embed.service.bundle import load_bundle, write_manifest
-    from simclr_embed.service.runtime import make_session, run_batches
-    from simclr_embed.training.data import load_dataset, stratified_subset
 
     bundle = load_bundle(settings.bundle_dirs()[0])
-    size = int(bundle.manifest["input"]["size"])
-    test = stratified_subset(load_dataset(data, size)[1], 200, 0, "--data")
-    session = make_session(bundle.encoder_path(settings.precision))
-    found = calibrate(lambda x: run_batches(session, x, desc="calibrate")[0], test.images,
-                      test.labels)
+    found = measure(bundle, data, settings.precision)
     manifest = bundle.manifest
     manifest.setdefault("duplicates", {})[settings.precision] = found
     write_manifest(bundle.root, manifest)
@@ -114,18 +108,14 @@ def embedded(source: Path, labels: bool, settings: Settings, bundle: Any
         check_entries,
         chunks,
         decode_chunk,
+        embedding_session,
         list_source,
         read_files,
     )
-    from simclr_embed.service.runtime import CHOICE_FILE, open_runtime
 
     listed = list_source(source, labels)
     entries = check_entries(listed, settings.max_label_chars)
-    session, why = open_runtime(bundle.encoder_path(settings.precision), bundle.manifest,
-                                settings.precision, settings.threads, settings.provider,
-                                settings.data_dir / CHOICE_FILE)
-    log.info("embedding on %s (%s)", session.get_providers()[0], why)
-    name, size = session.get_inputs()[0].name, int(bundle.manifest["input"]["size"])
+    session, name, size = embedding_session(bundle, settings)
     names, vectors, hashes = [], [], []
     with tqdm(total=len(entries), unit="img", desc="duplicates") as bar:
         for chunk in chunks(read_files(listed, entries, settings.max_body_bytes), BATCH):
